@@ -1,0 +1,3 @@
+from qaflow_mail.cli import main
+
+raise SystemExit(main())

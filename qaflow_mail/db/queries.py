@@ -1,0 +1,196 @@
+"""Small async queries over an AsyncSession. They never open, commit or close a session."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.db.models import (
+    Category,
+    CategorySubscription,
+    MessageRef,
+    PendingReference,
+    Post,
+    Topic,
+    User,
+    UserAddress,
+    UserStatus,
+)
+
+
+def normalize_email(address: str) -> str:
+    return address.strip().lower()
+
+
+async def category_slugs(session: AsyncSession) -> set[str]:
+    return set((await session.scalars(select(Category.slug))).all())
+
+
+async def category_by_slug(session: AsyncSession, slug: str) -> Category | None:
+    result: Category | None = await session.scalar(select(Category).where(Category.slug == slug.lower()))
+    return result
+
+
+async def list_categories(session: AsyncSession) -> Sequence[Category]:
+    return (await session.scalars(select(Category).order_by(Category.slug))).all()
+
+
+async def add_category(session: AsyncSession, *, slug: str, name: str, allow_strangers: bool) -> Category:
+    category = Category(slug=slug.lower(), name=name, allow_strangers=allow_strangers)
+    session.add(category)
+    await session.flush()
+    return category
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User | None:
+    address = normalize_email(email)
+    user: User | None = await session.scalar(select(User).where(User.email == address))
+    if user is None:
+        user = await session.scalar(
+            select(User).join(UserAddress, UserAddress.user_id == User.id).where(UserAddress.email == address)
+        )
+    return user
+
+
+async def user_by_id(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def add_user(
+    session: AsyncSession,
+    *,
+    email: str,
+    display_name: str = "",
+    is_admin: bool = False,
+    status: UserStatus = UserStatus.ACTIVE,
+    now: datetime,
+) -> User:
+    user = User(
+        email=normalize_email(email), display_name=display_name, is_admin=is_admin, status=status,
+        created_at=now,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def list_users(session: AsyncSession) -> Sequence[User]:
+    return (await session.scalars(select(User).order_by(User.email))).all()
+
+
+async def posts_by_message_ids(session: AsyncSession, message_ids: Collection[str]) -> dict[str, int]:
+    """Map each known id (a post's own, or one we sent for it) to its post id, in two queries."""
+    if not message_ids:
+        return {}
+    ids = list(message_ids)
+    found = dict((await session.execute(select(Post.message_id, Post.id).where(Post.message_id.in_(ids)))).tuples())
+    refs = await session.execute(
+        select(MessageRef.message_id, MessageRef.post_id).where(
+            MessageRef.message_id.in_(ids), MessageRef.post_id.is_not(None)
+        )
+    )
+    for mid, post_id in refs.tuples():
+        if post_id is not None:
+            found.setdefault(mid, post_id)
+    return found
+
+
+async def post_exists(session: AsyncSession, message_id: str) -> bool:
+    return (await session.scalar(select(Post.id).where(Post.message_id == message_id))) is not None
+
+
+async def create_topic(
+    session: AsyncSession, *, category_id: int, author_id: int, subject: str, now: datetime
+) -> Topic:
+    topic = Topic(category_id=category_id, author_id=author_id, subject=subject, created_at=now,
+                  last_post_at=now)
+    session.add(topic)
+    await session.flush()
+    return topic
+
+
+async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:
+    """Move topics started by orphans that were waiting for `parent` into parent's topic. Returns the count."""
+    orphan_ids = (
+        await session.scalars(select(PendingReference.post_id).where(PendingReference.message_id == parent.message_id))
+    ).all()
+    moved = 0
+    for orphan_id in set(orphan_ids):
+        orphan = await session.get(Post, orphan_id)
+        if orphan is None or orphan.topic_id == parent.topic_id:
+            continue
+        old_topic_id = orphan.topic_id
+        first_post_id = await session.scalar(
+            select(Post.id).where(Post.topic_id == old_topic_id).order_by(Post.created_at, Post.id).limit(1)
+        )
+        if first_post_id != orphan.id:
+            continue  # the orphan has since been threaded elsewhere
+        await session.execute(update(Post).where(Post.topic_id == old_topic_id).values(topic_id=parent.topic_id))
+        orphan.parent_id = parent.id
+        await session.execute(delete(Topic).where(Topic.id == old_topic_id))
+        await session.execute(delete(PendingReference).where(PendingReference.post_id == orphan.id))
+        moved += 1
+    if moved:
+        latest = await session.scalar(select(func.max(Post.created_at)).where(Post.topic_id == parent.topic_id))
+        topic = await session.get(Topic, parent.topic_id)
+        if topic is not None and latest is not None and latest > topic.last_post_at:
+            topic.last_post_at = latest
+    return moved
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSummary:
+    id: int
+    category: str
+    subject: str
+    author_email: str
+    post_count: int
+    created_at: datetime
+    last_post_at: datetime
+
+
+async def list_topics(session: AsyncSession, *, category_slug: str | None = None) -> list[TopicSummary]:
+    post_counts = (
+        select(Post.topic_id, func.count(Post.id).label("n")).group_by(Post.topic_id).subquery()
+    )
+    stmt = (
+        select(Topic, Category.slug, User.email, post_counts.c.n)
+        .join(Category, Category.id == Topic.category_id)
+        .join(User, User.id == Topic.author_id)
+        .outerjoin(post_counts, post_counts.c.topic_id == Topic.id)
+        .order_by(Topic.last_post_at.desc(), Topic.id.desc())
+    )
+    if category_slug:
+        stmt = stmt.where(Category.slug == category_slug.lower())
+    rows = (await session.execute(stmt)).tuples().all()
+    return [
+        TopicSummary(
+            id=topic.id, category=slug, subject=topic.subject, author_email=email, post_count=n or 0,
+            created_at=topic.created_at, last_post_at=topic.last_post_at,
+        )
+        for topic, slug, email, n in rows
+    ]
+
+
+async def topic_posts(session: AsyncSession, topic_id: int) -> list[tuple[Post, str]]:
+    stmt = (
+        select(Post, User.email)
+        .join(User, User.id == Post.author_id)
+        .where(Post.topic_id == topic_id)
+        .order_by(Post.created_at, Post.id)
+    )
+    return list((await session.execute(stmt)).tuples().all())
+
+
+async def subscriptions_of(session: AsyncSession, user_id: int) -> list[tuple[CategorySubscription, str]]:
+    stmt = (
+        select(CategorySubscription, Category.slug)
+        .join(Category, Category.id == CategorySubscription.category_id)
+        .where(CategorySubscription.user_id == user_id)
+        .order_by(Category.slug)
+    )
+    return list((await session.execute(stmt)).tuples().all())

@@ -1,0 +1,469 @@
+"""Trims quoted history, "On … wrote:" lines and signatures from a reply body. Pure.
+
+The approach follows Discourse's email_reply_trimmer (MIT): each line is classified as
+empty / delimiter / signature / embedded-mail marker / mail header / quote / text, giving
+a one-letter-per-line pattern string, and a handful of rules over that string decide which
+lines are the visible reply. The rules are evaluated with explicit scans rather than
+backtracking regexes, so the cost stays linear in the number of lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["split_reply", "trim_reply"]
+
+EMPTY = "e"
+DELIMITER = "d"
+SIGNATURE = "s"
+EMBEDDED = "b"
+EMAIL_HEADER = "h"
+QUOTE = "q"
+TEXT = "t"
+
+# Lines longer than this are never markers, headers or signatures; skipping the costly
+# classifiers for them keeps a pathological single-line body linear.
+_MAX_MARKER_LINE = 1000
+
+# POSIX [[:blank:]] in Unicode mode: tab plus every space separator (NBSP included).
+_B = r" \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+_BLANK = "[{B}]"
+_I = re.IGNORECASE
+_WRAPPED = re.IGNORECASE | re.MULTILINE | re.DOTALL  # markers that may be wrapped over lines
+
+
+def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """Compile, with {B} standing for the blank class (so patterns keep their own braces)."""
+    return re.compile(pattern.replace("{B}", _B), flags)
+
+
+def _compile_all(patterns: Iterable[str], flags: int = 0) -> tuple[re.Pattern[str], ...]:
+    return tuple(_rx(p, flags) for p in patterns)
+
+
+# --- line classifiers -----------------------------------------------------------------
+
+_EMPTY_RE = _rx(rf"^{_BLANK}*$")
+_DELIMITER_RE = _rx(rf"^{_BLANK}*[-_,=+~#*ᐧ—]+{_BLANK}*$")
+_QUOTE_RE = _rx(rf"^{_BLANK}*>")
+_MARKDOWN_LINK_RE = _rx(r"\[([^\]]+)\]\([^)]+\)")
+
+_SIGNATURE_RES = _compile_all(
+    (
+        rf"^{_BLANK}*{p}"
+        for p in (
+        r"從我的 iPhone 傳送",  # zh
+        r"\w+ from mobile",  # en
+        r"[(<]*Sent (?:from|via|with|by) .+[)>]*",
+        r"From my .{1,20}",
+        r"Get Outlook for ",
+        r"Envoyé (?:depuis|de) (?:mon|Yahoo Mail)",  # fr
+        r"Von meinem .+ gesendet",  # de
+        r"Diese Nachricht wurde von .+ gesendet",
+        r"Inviato da ",  # it
+        r"Sendt fra min ",  # no / da
+        r"Enviado do meu ",  # pt
+        r"Enviado desde mi ",  # es
+        r"Verzonden met ",  # nl
+        r"Verstuurd vanaf mijn ",
+        r"Skickat från min ",  # sv
+        r"från min ",
+        r"Отправлено с ",  # ru
+        r"iPhoneから送信",  # ja
+        )
+    ),
+    _I,
+)
+
+# "On <date>, <someone> wrote:" and its translations. They are matched on the whole text
+# too (DOTALL), to re-join a marker that a mail client wrapped over several lines.
+_ON_DATE_SOMEONE_WROTE = (
+    # zh
+    r"^[{B}<>-]*在 (?:(?!\b(?>在|写道)\b).)+?写道[{B}.:：>-]*$",
+    # nl
+    r"^[{B}<>-]*Op (?:(?!\b(?>Op|het\svolgende\sgeschreven|schreef)\b).)+?"
+    r"(?:het\svolgende\sgeschreven|schreef[^:]+)[{B}.:>-]*$",
+    # en
+    r"^[{B}<>-]*In message (?:(?!\b(?>In message|writes)\b).)+?writes[{B}.:>-]*$",
+    r"^[{B}<>-]*(?:On|At) (?:(?!\b(?>On|wrote|writes|says|said)\b).)+?(?:wrote|writes|says|said)[{B}.:>-]*$",
+    # fr
+    r"^[{B}<>-]*Le (?:(?!\b(?>Le|nous\sa\sdit|a\s+écrit)\b).)+?(?:nous\sa\sdit|a\s+écrit)[{B}.:>-]*$",
+    # de
+    r"^[{B}<>-]*Am (?:(?!\b(?>Am|schrieben\sSie)\b).)+?schrieben\sSie[{B}.:>-]*$",
+    r"^[{B}<>-]*Am (?:(?!\b(?>Am|geschrieben)\b).)+?(?:geschrieben|schrieb[^:]+)[{B}.:>-]*$",
+    # it
+    r"^[{B}<>-]*Il (?:(?!\b(?>Il|ha\sscritto)\b).)+?ha\sscritto[{B}.:>-]*$",
+    # pl / sk
+    r"^[{B}<>-]*(?:Dnia|Dňa) (?:(?!\b(?>Dnia|Dňa|napisał)\b).)+?napisał(?:\(a\))?[{B}.:>-]*$",
+    # pt
+    r"^[{B}<>-]*Em (?:(?!\b(?>Em|escreveu)\b).)+?escreveu[{B}.:>-]*$",
+    # es
+    r"^[{B}<>-]*El (?:(?!\b(?>El|escribió)\b).)+?escribió[{B}.:>-]*$",
+)
+_ON_DATE_SOMEONE_WROTE_RES = _compile_all(_ON_DATE_SOMEONE_WROTE, _WRAPPED)
+
+# "Am 18.09.2013 um 16:24 schrieb Someone <x@example.com>:"
+_ON_DATE_WROTE_SOMEONE_RES = _compile_all(
+    rf"^[{{B}}>]*{on}\s.+\s{wrote}\s[^:]+:"
+    for on, wrote in (("Op", "schreef"), ("Am", "schrieb"), ("Den", "skrev"), (r"søn\.", "skrev"))
+)
+
+# "суббота, 14 марта 2015 г. пользователь X написал:", "23 mar 2017 21:25 X napisał(a):"
+_DATE_SOMEONE_WROTE = (
+    r"[0-9]{4}.{1,80}пользователь.{0,80}\n?.{0,80}?написал(?:\(а\))?:",
+    r"[0-9]{4}.{1,80}\n?.{0,80}?napisał\(a\):",
+    r"[0-9]{4}.{1,80}\n?.{0,80}?пише:",
+)
+_DATE_SOMEONE_WROTE_RES = _compile_all(_DATE_SOMEONE_WROTE)
+
+# "Max <x@example.com> schrieb am Fr., 28. Apr. 2017 um 11:53 Uhr:"
+_SOMEONE_WROTE_ON_DATE = (
+    r"^.+\bwrote\b\s+\bon\b.+[^:]+:",
+    r"^.+\bschrieb\b\s+\bam\b.+[^:]+:",
+)
+_SOMEONE_WROTE_ON_DATE_RES = _compile_all(_SOMEONE_WROTE_ON_DATE, re.MULTILINE)
+
+# "2015-10-18 0:17 GMT+03:00 Matt <x@example.com>:", "вт, 5 янв. 2016 г. в 23:39, X <x@y.org>:"
+_DATE_SOMEONE_EMAIL = r"[0-9]{4}.{1,80}\s?<[^@<>]+@[^@<>.]+\.[^@<>]+>:?$"
+_DATE_SOMEONE_EMAIL_RE = re.compile(_DATE_SOMEONE_EMAIL, re.MULTILINE)
+
+_OTHER_EMBEDDED_RES = (
+    # "2016-03-03 17:21 GMT+01:00 Some One"
+    _rx(r"^[{B}>]*20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} GMT\+[0-9]{2}:[0-9]{2} [\w \t]+$"),
+    # "someone via Discourse Meta wrote:"
+    _rx(r"^.+ via .+ wrote:?[{B}]*$"),
+    _rx(r"^.+ via .+ schrieb:?[{B}]*$"),
+    # "Some One <x@example.com> wrote:"
+    _rx(r"^.+\b[\w.+-]+@[\w.-]+\.\w{2,}\b.+wrote:?$"),
+    # "Posted by someone on 01/21/2016"
+    _rx(r"^[{B}>]*Posted by .+ on [0-9]{2}/[0-9]{2}/[0-9]{4}$", _I),
+    # ja: "2016/03/03 17:21、Some One <x@example.com> のメール:"
+    _rx(r"^[{B}>]*[0-9]{4}.{1,80}(?:のメール|は書きました|さんは書きました)[:：]?[{B}]*$"),
+    # forwarded / original message separators
+    _rx(r"^[{B}>]*Begin forwarded message:", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Forwarded|Original|Reply) Message[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>]*Début du message transféré :", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*Message transféré[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprüngliche Nachricht|Weitergeleitete Nachricht)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Mensaje original|Mensaje reenviado)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Oorspronkelijk bericht|Doorgestuurd bericht)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Messaggio originale|Messaggio inoltrato)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprungligt meddelande|Vidarebefordrat meddelande)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Исходное сообщение|Пересылаемое сообщение)[{B}]*-{2,}", _I),
+    _rx(r"^[{B}>*]*-{2,}[{B}]*原始邮件[{B}]*-{2,}"),
+)
+
+_EMBEDDED_RES = (
+    *_ON_DATE_SOMEONE_WROTE_RES,
+    *_ON_DATE_WROTE_SOMEONE_RES,
+    *_DATE_SOMEONE_WROTE_RES,
+    _DATE_SOMEONE_EMAIL_RE,
+    *_SOMEONE_WROTE_ON_DATE_RES,
+    *_OTHER_EMBEDDED_RES,
+)
+
+# Header lines of a quoted message ("From: …", "Sent: …") in several languages.
+_HEADERS_WITH_DATE = ("Sendt", "Sent", "Date", "Le", "Gesendet", "Enviada em", "Enviado", "Fecha", "Data",
+                      "Datum", "Skickat", "发送时间", "送信日時", "Отправлено")
+_HEADERS_WITH_TEXT = ("Fra", "Til", "Emne", "From", "To", "Cc", "Reply-To", "Subject", "De", "Expéditeur", "À",
+                      "Destinataire", "Répondre à", "Objet", "Von", "An", "Betreff", "Para", "Assunto", "Asunto",
+                      "Da", "Risposta", "A", "Oggetto", "Van", "Beantwoorden - Aan", "Aan", "Onderwerp", "Från",
+                      "Till", "Ämne", "发件人", "收件人", "主题", "差出人", "宛先", "件名", "От", "Кому", "Тема")
+_HEADER_RES = (
+    _rx(rf"^[{{B}}*]*(?:{'|'.join(map(re.escape, _HEADERS_WITH_DATE))})[{{B}}*]*:.*[0-9]+"),
+    _rx(rf"^[{{B}}*]*(?:{'|'.join(map(re.escape, _HEADERS_WITH_TEXT))})[{{B}}*]*:.*\w+", _I),
+)
+
+
+def _is_signature(line: str) -> bool:
+    stripped = _MARKDOWN_LINK_RE.sub(r"\1", line) if "](" in line else line
+    return any(r.search(stripped) for r in _SIGNATURE_RES)
+
+
+def classify_line(line: str) -> str:
+    """One letter for what a line is: e, d, s, b (embedded-mail marker), h (header), q or t."""
+    if _EMPTY_RE.search(line):
+        return EMPTY
+    if _DELIMITER_RE.search(line):
+        return DELIMITER
+    if len(line) <= _MAX_MARKER_LINE:
+        if _is_signature(line):
+            return SIGNATURE
+        if any(r.search(line) for r in _EMBEDDED_RES):
+            return EMBEDDED
+        if any(r.search(line) for r in _HEADER_RES):
+            return EMAIL_HEADER
+    if _QUOTE_RE.search(line):
+        return QUOTE
+    return TEXT
+
+
+# --- text clean-up before classification ------------------------------------------------
+
+_PGP_HEAD_RE = _rx(r"\A-----BEGIN PGP SIGNED MESSAGE-----\n(?:Hash: \w+)?\s+", _I)
+_PGP_SIGNATURE_RE = re.compile(
+    r"^-----BEGIN PGP SIGNATURE-----$[\s\S]+^-----END PGP SIGNATURE-----", re.MULTILINE
+)
+_UNSUBSCRIBE_RE = _rx(r"^Unsubscribe: .+@.+(?:\n.+http:.+)?\s*\Z", re.MULTILINE | _I)
+_ALIAS_QUOTE_RE = _rx(r'^.*>{5} "[^"\n]+" == .+ writes:', re.MULTILINE)
+_ENCLOSED_NAMED_RE = _rx(r"^>>> ?(.+) ?>>>$\n([\s\S]+?)\n^<<< ?\1 ?<<<$", re.MULTILINE)
+_ENCLOSED_RE = _rx(r"^>{4,}[{B}]*$\n([\s\S]+?)\n^<{4,}[{B}]*$", re.MULTILINE)
+_QUOTE_PREFIX_RE = _rx(r"^((?:[{B}]*[^\W\d_]*[>|])+)", re.MULTILINE)
+_QUOTE_PREFIX_PART_RE = _rx(r"[^\W\d_]+>|\|")
+_LINE_START_RE = _rx(r"^", re.MULTILINE)
+_WRAP_RE = _rx(r"\n+\s*")
+_WRAPPED_MARKER_RES = (
+    *_ON_DATE_SOMEONE_WROTE_RES,
+    *_SOMEONE_WROTE_ON_DATE_RES,
+    *_DATE_SOMEONE_WROTE_RES,
+    _DATE_SOMEONE_EMAIL_RE,
+)
+_CODE_BLOCK_RE = _rx(r"^```\w*$\n.*?^```$", re.MULTILINE | re.DOTALL)
+
+
+def _quote_lines(text: str) -> str:
+    return _LINE_START_RE.sub("> ", text)
+
+
+def _unwrap_marker(match: re.Match[str]) -> str:
+    found = match.group(0)
+    return found if found.count("\n") > 4 else _WRAP_RE.sub(" ", found)
+
+
+def _preprocess(text: str) -> str:
+    text = text.replace("\r\n", "\n")
+    if "-----BEGIN PGP" in text:
+        text = _PGP_HEAD_RE.sub("", text)
+        text = _PGP_SIGNATURE_RE.sub("", text)
+    if "Unsubscribe: " in text or "unsubscribe: " in text.lower():
+        text = _UNSUBSCRIBE_RE.sub("", text)
+    if '" == ' in text:
+        text = _ALIAS_QUOTE_RE.sub("", text)
+    if "<<<" in text:
+        text = _ENCLOSED_NAMED_RE.sub(lambda m: _quote_lines(m.group(2)), text)
+    if "<<<<" in text:
+        text = _ENCLOSED_RE.sub(lambda m: _quote_lines(m.group(1)), text)
+    if ">" in text or "|" in text:
+        text = _QUOTE_PREFIX_RE.sub(lambda m: _QUOTE_PREFIX_PART_RE.sub(">", m.group(1)), text)
+    for marker in _WRAPPED_MARKER_RES:
+        text = marker.sub(_unwrap_marker, text)
+    return text.strip()
+
+
+def _hoist_code_blocks(text: str) -> tuple[str, dict[str, str]]:
+    """Replace fenced code blocks by placeholder lines, so their content is never trimmed."""
+    blocks: dict[str, str] = {}
+
+    def stash(match: re.Match[str]) -> str:
+        token = f"\ue000qaflow-code-block-{len(blocks)}\ue000"
+        blocks[token] = match.group(0)
+        return token
+
+    if "```" in text:
+        text = _CODE_BLOCK_RE.sub(stash, text)
+    return text, blocks
+
+
+def _restore_code_blocks(text: str, blocks: dict[str, str]) -> str:
+    for token, block in blocks.items():
+        text = text.replace(token, block)
+    return text
+
+
+# --- rules over the pattern string --------------------------------------------------------
+
+
+class _Lines:
+    """The lines still in play, with their one-letter kinds."""
+
+    __slots__ = ("lines", "pattern")
+
+    def __init__(self, lines: list[str], pattern: str) -> None:
+        self.lines = lines
+        self.pattern = pattern
+
+    def keep_through(self, index: int) -> None:
+        self.lines = self.lines[: index + 1]
+        self.pattern = self.pattern[: index + 1]
+
+    def keep_before(self, index: int) -> None:
+        self.lines = self.lines[:index]
+        self.pattern = self.pattern[:index]
+
+    def drop_kind(self, kind: str) -> None:
+        if kind in self.pattern:
+            kept = [i for i, k in enumerate(self.pattern) if k != kind]
+            self.lines = [self.lines[i] for i in kept]
+            self.pattern = "".join(self.pattern[i] for i in kept)
+
+
+def _last_run_start(pattern: str, allowed: str) -> int:
+    """Start of the longest suffix made only of `allowed` kinds (len(pattern) when none)."""
+    i = len(pattern)
+    while i > 0 and pattern[i - 1] in allowed:
+        i -= 1
+    return i
+
+
+def _reply_at_end_start(pattern: str) -> int | None:
+    """Bottom-posting: the pattern is b, then no text, then text to the end (b[^t]+t[et]*)."""
+    if not pattern.startswith(EMBEDDED):
+        return None
+    start = _last_run_start(pattern, "et")
+    first_text = pattern.find(TEXT, start)
+    if first_text < 2 or TEXT in pattern[1:first_text]:
+        return None
+    return first_text
+
+
+def _text_before_marker(pattern: str, marker: int) -> int | None:
+    """Index of the text line before `marker` with only empty lines between (t e* b)."""
+    i = marker - 1
+    while i >= 0 and pattern[i] == EMPTY:
+        i -= 1
+    return i if i >= 0 and pattern[i] == TEXT else None
+
+
+def _marker_not_followed_by_quote(pattern: str) -> int | None:
+    """Leftmost text line of `t e* b [^q]*$`: a marker with no quote after it."""
+    last_quote = pattern.rfind(QUOTE)
+    best: int | None = None
+    for marker in range(last_quote + 1, len(pattern)):
+        if pattern[marker] == EMBEDDED:
+            found = _text_before_marker(pattern, marker)
+            if found is not None and (best is None or found < best):
+                best = found
+    return best
+
+
+def _marker_followed_by_quote(pattern: str) -> int | None:
+    """Leftmost text line of `t e* b [eqbh]* ([te]*)$` when that tail holds fewer than 7 text lines."""
+    tail_start = _last_run_start(pattern, "te")
+    quote_start = _last_run_start(pattern[:tail_start], "eqbh")
+    for marker in range(len(pattern)):
+        if pattern[marker] != EMBEDDED:
+            continue
+        found = _text_before_marker(pattern, marker)
+        if found is None:
+            continue
+        # The regex engine takes the leftmost `t e* b` whose remainder is [eqbh]*[te]*.
+        if marker + 1 >= quote_start:
+            tail = pattern[max(marker + 1, _greedy_eqbh_end(pattern, marker + 1)) :]
+            return found if tail.count(TEXT) < 7 else -1
+    return None
+
+
+def _greedy_eqbh_end(pattern: str, start: int) -> int:
+    i = start
+    while i < len(pattern) and pattern[i] in "eqbh":
+        i += 1
+    return i
+
+
+def _trailing_quote_start(pattern: str) -> int | None:
+    """Start of `t? e* [qbe]+$`: a quote (and its marker) ending the mail."""
+    start = _last_run_start(pattern, "qbe")
+    if start == len(pattern):
+        return None
+    if start > 0 and pattern[start - 1] == TEXT:
+        return start - 1
+    return start
+
+
+def _spread_multiline_headers(pattern: str) -> str:
+    """Headers wrapped over several lines (h+[hte]+h+e) become one header block."""
+    runs = re.finditer(r"[hte]+", pattern)
+    for run in runs:
+        first_h = pattern.find(EMAIL_HEADER, run.start(), run.end())
+        if first_h < 0:
+            continue
+        for end in range(run.end() - 1, first_h + 2, -1):
+            if pattern[end] == EMPTY and pattern[end - 1] == EMAIL_HEADER:
+                return pattern[:first_h] + EMAIL_HEADER * (end - first_h + 1) + pattern[end + 1 :]
+    return pattern
+
+
+def _text_before_header_block(pattern: str) -> int | None:
+    """Leftmost text line of `t [eq]* h{3,}`: a quoted message's header block after the reply."""
+    for i, kind in enumerate(pattern):
+        if kind != TEXT:
+            continue
+        j = i + 1
+        while j < len(pattern) and pattern[j] in "eq":
+            j += 1
+        k = j
+        while k < len(pattern) and pattern[k] == EMAIL_HEADER:
+            k += 1
+        if k - j >= 3:
+            return i
+    return None
+
+
+def _select_reply(state: _Lines) -> None:
+    first_delimiter = state.pattern.find(DELIMITER)
+    if first_delimiter >= 0:
+        state.keep_before(first_delimiter)
+    state.drop_kind(SIGNATURE)
+
+    at_end = _reply_at_end_start(state.pattern)
+    if at_end is not None:
+        state.lines = state.lines[at_end:]
+        state.pattern = ""
+
+    index = _marker_not_followed_by_quote(state.pattern)
+    if index is not None:
+        state.keep_through(index)
+
+    index = _marker_followed_by_quote(state.pattern)
+    if index is not None and index >= 0:
+        state.keep_through(index)
+
+    index = _trailing_quote_start(state.pattern)
+    if index is not None:
+        state.keep_through(index)
+
+    state.drop_kind(EMBEDDED)
+    state.pattern = _spread_multiline_headers(state.pattern)
+
+    index = _text_before_header_block(state.pattern)
+    if index is not None:
+        state.keep_through(index)
+    state.drop_kind(EMAIL_HEADER)
+
+    if TEXT in state.pattern:
+        start = _last_run_start(state.pattern, "eq")
+        if start < len(state.pattern):
+            state.keep_before(start)
+
+
+def _elided_lines(original: list[str], kept: list[str]) -> list[str]:
+    """The original lines that did not make it into `kept` (an in-order walk, like upstream)."""
+    elided: list[str] = []
+    o = k = 0
+    while o < len(original):
+        while k < len(kept) and o < len(original) and original[o] == kept[k]:
+            o += 1
+            k += 1
+        if o < len(original):
+            elided.append(original[o])
+        o += 1
+    return elided
+
+
+def split_reply(text: str) -> tuple[str, str]:
+    """(visible reply, elided part): quoted history, markers, headers and signatures go to the second."""
+    if not text or not text.strip():
+        return "", ""
+    text, blocks = _hoist_code_blocks(_preprocess(text))
+    lines = text.split("\n")
+    state = _Lines(list(lines), "".join(classify_line(line) for line in lines))
+    _select_reply(state)
+    visible = _restore_code_blocks("\n".join(state.lines).strip(), blocks)
+    elided = _restore_code_blocks("\n".join(_elided_lines(lines, state.lines)).strip(), blocks)
+    return visible, elided
+
+
+def trim_reply(text: str) -> str:
+    """The visible reply only: what a forum post made from this mail body should show."""
+    return split_reply(text)[0]

@@ -1,0 +1,23 @@
+"""The text a post shows: text/plain preferred, HTML sanitised, quoted history and signatures trimmed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qaflow_mail.errors import SmtpReply
+from qaflow_mail.mail.content import extract_content
+from qaflow_mail.pipeline import Context, Outcome, rejected
+
+EMPTY_REPLY = SmtpReply(
+    550, "5.6.0", "Your reply is empty once quoted text is removed; write your answer above the quote"
+)
+ONLY_SIGNATURE = SmtpReply(550, "5.6.0", "Your reply holds only a signature; write your answer above it")
+
+
+async def extract_body(ctx: Context) -> Context | Outcome:
+    content = extract_content(ctx.parsed)
+    if content.only_signature:
+        return rejected(ONLY_SIGNATURE)
+    if content.is_empty:
+        return rejected(EMPTY_REPLY)
+    return dataclasses.replace(ctx, content=content)

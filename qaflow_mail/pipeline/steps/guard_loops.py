@@ -1,0 +1,22 @@
+"""Automatic mail (auto-replies, bounces sent to the wrong place, our own mail looping back) never becomes a post."""
+
+from __future__ import annotations
+
+from qaflow_mail.mail.automatic import MailKind, classify_automatic
+from qaflow_mail.pipeline import Context, Outcome, discarded
+
+
+async def guard_loops(ctx: Context) -> Context | Outcome:
+    settings = ctx.deps.settings
+    verdict = classify_automatic(
+        ctx.parsed,
+        ctx.raw,
+        envelope_from=ctx.envelope_from,
+        our_domain=settings.site.domain,
+        our_list_id_suffix=f".{settings.site.domain}",
+        max_received=settings.limits.max_received_headers,
+        is_bounce_address=False,
+    )
+    if verdict.kind is MailKind.POST:
+        return ctx
+    return discarded(f"{verdict.kind}: {verdict.reason}")
