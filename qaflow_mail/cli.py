@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import importlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,36 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail import logs
+from qaflow_mail.commands.common import CommandError, iso, print_json, run_in_session
 from qaflow_mail.config import ConfigError, Settings, ensure_token_secret, find_config_path, load_settings, redacted
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Topic
 from qaflow_mail.mail.addresses import is_valid_slug
-
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 1."""
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-async def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
-    engine = create_engine(settings.database.url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            return await work(session)
-    finally:
-        await engine.dispose()
-
-
-def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[Any]]) -> Any:
-    return asyncio.run(_with_session(settings, work))
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
@@ -68,7 +43,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, args: argparse.Namespace) -> int:
-    _print_json(redacted(settings))
+    print_json(redacted(settings))
     return 0
 
 
@@ -83,7 +58,7 @@ def cmd_category_add(settings: Settings, args: argparse.Namespace) -> int:
         await queries.add_category(session, slug=slug, name=args.name or slug.title(),
                                    allow_strangers=args.allow_strangers)
 
-    _run(settings, work)
+    run_in_session(settings, work)
     print(f"category {slug} added: mail to {slug}@{settings.site.domain} starts a topic")
     return 0
 
@@ -92,13 +67,13 @@ def cmd_category_list(settings: Settings, args: argparse.Namespace) -> int:
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         return [
             {"id": c.id, "slug": c.slug, "name": c.name, "allow_strangers": c.allow_strangers,
-             "address": f"{c.slug}@{settings.site.domain}", "created_at": _iso(c.created_at)}
+             "address": f"{c.slug}@{settings.site.domain}", "created_at": iso(c.created_at)}
             for c in await queries.list_categories(session)
         ]
 
-    rows = _run(settings, work)
+    rows = run_in_session(settings, work)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for row in rows:
             flag = " (strangers allowed)" if row["allow_strangers"] else ""
@@ -117,7 +92,7 @@ def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
         await queries.add_user(session, email=address, display_name=args.name or "", is_admin=args.admin,
                                now=datetime.now(UTC))
 
-    _run(settings, work)
+    run_in_session(settings, work)
     print(f"user {address} added{' (admin)' if args.admin else ''}")
     return 0
 
@@ -126,13 +101,13 @@ def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         return [
             {"id": u.id, "email": u.email, "name": u.display_name, "admin": u.is_admin, "status": u.status,
-             "created_at": _iso(u.created_at)}
+             "created_at": iso(u.created_at)}
             for u in await queries.list_users(session)
         ]
 
-    rows = _run(settings, work)
+    rows = run_in_session(settings, work)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for row in rows:
             print(f"{row['email']:<40} {row['name']:<25} {row['status']}{' admin' if row['admin'] else ''}")
@@ -143,13 +118,13 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         return [
             {"id": t.id, "category": t.category, "subject": t.subject, "author": t.author_email,
-             "posts": t.post_count, "created_at": _iso(t.created_at), "last_post_at": _iso(t.last_post_at)}
+             "posts": t.post_count, "created_at": iso(t.created_at), "last_post_at": iso(t.last_post_at)}
             for t in await queries.list_topics(session, category_slug=args.category)
         ]
 
-    rows = _run(settings, work)
+    rows = run_in_session(settings, work)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for row in rows:
             print(f"#{row['id']:<5} [{row['category']}] {row['subject']}  — {row['author']}, "
@@ -166,17 +141,17 @@ def cmd_topic_show(settings: Settings, args: argparse.Namespace) -> int:
         posts = await queries.topic_posts(session, topic.id)
         return {
             "id": topic.id, "category": category.slug, "subject": topic.subject,
-            "created_at": _iso(topic.created_at), "last_post_at": _iso(topic.last_post_at),
+            "created_at": iso(topic.created_at), "last_post_at": iso(topic.last_post_at),
             "posts": [
                 {"id": p.id, "author": email, "message_id": p.message_id, "parent_id": p.parent_id,
-                 "subject": p.subject, "created_at": _iso(p.created_at), "body": p.body_text}
+                 "subject": p.subject, "created_at": iso(p.created_at), "body": p.body_text}
                 for p, email in posts
             ],
         }
 
-    data = _run(settings, work)
+    data = run_in_session(settings, work)
     if args.json:
-        _print_json(data)
+        print_json(data)
     else:
         print(f"#{data['id']} [{data['category']}] {data['subject']}")
         for post in data["posts"]:
@@ -184,6 +159,10 @@ def cmd_topic_show(settings: Settings, args: argparse.Namespace) -> int:
             print(f"\n--- post #{post['id']} by {post['author']} at {post['created_at']}{parent}")
             print(post["body"])
     return 0
+
+
+# Command modules under qaflow_mail/commands/, each with register(subparsers).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     t_show.add_argument("id", type=int)
     t_show.add_argument("--json", action="store_true")
     t_show.set_defaults(func=cmd_topic_show)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"qaflow_mail.commands.{name}").register(sub)
     return parser
 
 

@@ -16,13 +16,21 @@ import email.parser
 import email.policy
 import hashlib
 import mailbox
+import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from qaflow_mail.mail.parse import message_ids, normalize_message_id, parse_message
-from qaflow_mail.mail.threads import ThreadChoice, ThreadVia, parent_candidates, resolve_parent
+from qaflow_mail.mail.threads import (
+    ThreadChoice,
+    ThreadVia,
+    is_plausible_message_id,
+    parent_candidates,
+    resolve_parent,
+)
 
 # --------------------------------------------------------------------------------------------------- threader
 
@@ -33,26 +41,34 @@ class Stored:
 
     message_id: str
     duplicate: bool  # the Message-ID was already stored: this copy is dropped
-    choice: ThreadChoice  # at arrival; a later re-attachment shows in `MemoryThreader.parent_of`
+    choice: ThreadChoice  # at arrival; later adoptions show in `MemoryThreader.parent_of`
 
 
 class MemoryThreader:
-    """Posts kept in dicts; topics are numbered by the post that started them."""
+    """Posts kept in lists and dicts; a topic is numbered by the post that started it.
 
-    def __init__(self, *, reattach_orphans: bool = True) -> None:
+    `reattach_orphans`: a message started a topic because none of its candidates was known yet; when one of them
+    arrives, the message (and its topic) moves under it. `adopt_nearer_parents`: a message attached to a far
+    ancestor moves under a nearer candidate of the same topic when that one arrives late (display only: the
+    topics do not change).
+    """
+
+    def __init__(self, *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False) -> None:
         self._reattach = reattach_orphans
+        self._adopt_nearer = adopt_nearer_parents
         self._post_ids: dict[str, int] = {}
         self._message_ids: list[str] = []
+        self._candidates: list[tuple[str, ...]] = []
         self._parents: list[int | None] = []
         self._topics: list[int] = []
         self._members: dict[int, list[int]] = {}
-        self._waiting: defaultdict[str, list[int]] = defaultdict(list)  # unknown id -> orphans naming it
+        # an id not stored yet -> posts that would rather hang under it than where they are
+        self._waiting: defaultdict[str, list[int]] = defaultdict(list)
 
     def add(self, *, message_id: str, in_reply_to: Sequence[str], references: Sequence[str]) -> Stored:
-        if message_id in self._post_ids:
-            known = self._post_ids[message_id]
-            parent = self._parents[known]
-            choice = ThreadChoice(parent_post_id=parent, via=ThreadVia.NONE, matched_id=None)
+        known = self._post_ids.get(message_id)
+        if known is not None:
+            choice = ThreadChoice(parent_post_id=self._parents[known], via=ThreadVia.NONE, matched_id=None)
             return Stored(message_id=message_id, duplicate=True, choice=choice)
         candidates = parent_candidates(message_id=message_id, in_reply_to=in_reply_to, references=references)
         lookup = {mid: self._post_ids[mid] for mid in candidates if mid in self._post_ids}
@@ -60,31 +76,49 @@ class MemoryThreader:
         post = len(self._message_ids)
         self._post_ids[message_id] = post
         self._message_ids.append(message_id)
+        self._candidates.append(candidates)
         self._parents.append(choice.parent_post_id)
         if choice.parent_post_id is None:
-            self._topics.append(post)
+            topic = post
             self._members[post] = [post]
-            for mid in candidates:
-                self._waiting[mid].append(post)
         else:
             topic = self._topics[choice.parent_post_id]
-            self._topics.append(topic)
             self._members[topic].append(post)
-        if self._reattach:
-            self._adopt_orphans(post)
+        self._topics.append(topic)
+        nearer = candidates if choice.matched_id is None else candidates[: candidates.index(choice.matched_id)]
+        for mid in nearer:
+            self._waiting[mid].append(post)
+        for waiting in self._waiting.pop(message_id, []):
+            self._consider_move(waiting, under=post)
         return Stored(message_id=message_id, duplicate=False, choice=choice)
 
-    def _adopt_orphans(self, post: int) -> None:
-        for orphan in self._waiting.pop(self._message_ids[post], []):
-            # Already adopted through another of its ids, or an ancestor of `post` (a References loop).
-            if self._parents[orphan] is not None or self._topics[orphan] == self._topics[post]:
-                continue
-            self._parents[orphan] = post
-            target = self._topics[post]
-            moved = self._members.pop(self._topics[orphan])
-            for member in moved:
-                self._topics[member] = target
-            self._members[target].extend(moved)
+    def _consider_move(self, post: int, *, under: int) -> None:
+        parent = self._parents[post]
+        if parent is None:
+            # An orphan whose topic already holds `under` is its ancestor: a References loop.
+            if self._reattach and self._topics[post] != self._topics[under]:
+                self._parents[post] = under
+                self._merge_topic(self._topics[post], into=self._topics[under])
+            return
+        if not self._adopt_nearer or self._topics[post] != self._topics[under] or self._descends(under, post):
+            return
+        candidates = self._candidates[post]
+        if candidates.index(self._message_ids[under]) < candidates.index(self._message_ids[parent]):
+            self._parents[post] = under
+
+    def _merge_topic(self, topic: int, *, into: int) -> None:
+        moved = self._members.pop(topic)
+        for member in moved:
+            self._topics[member] = into
+        self._members[into].extend(moved)
+
+    def _descends(self, post: int, ancestor: int) -> bool:
+        node: int | None = post
+        while node is not None:
+            if node == ancestor:
+                return True
+            node = self._parents[node]
+        return False
 
     def __contains__(self, message_id: object) -> bool:
         return message_id in self._post_ids
@@ -239,18 +273,53 @@ def load_mails(corpus_dir: Path, entries: Iterable[ReferenceEntry]) -> tuple[lis
     return mails, failures
 
 
+# ---------------------------------------------------------------------------------------------- notmuch's rule
+
+
+def linked_threads(mails: Sequence[CorpusMail], *, follow: Callable[[str], bool]) -> dict[str, str]:
+    """Message-ID -> a thread key: the messages joined by every In-Reply-To/References id that `follow` accepts.
+
+    With `follow` accepting everything this is notmuch's rule (it merges the threads of all referenced ids,
+    including ids never delivered, its "ghosts"); it reproduces the answer keys exactly, which is what lets the
+    measurement say why a pair differs.
+    """
+    parent: dict[str, str] = {}
+
+    def find(mid: str) -> str:
+        parent.setdefault(mid, mid)
+        while parent[mid] != mid:
+            parent[mid] = parent[parent[mid]]
+            mid = parent[mid]
+        return mid
+
+    seen: set[str] = set()
+    for mail in mails:
+        if mail.message_id in seen:
+            continue
+        seen.add(mail.message_id)
+        root = find(mail.message_id)
+        for ref in (*mail.in_reply_to, *mail.references):
+            if ref != mail.message_id and follow(ref):
+                parent[find(ref)] = root = find(root)
+    return {mid: find(mid) for mid in seen}
+
+
 # ----------------------------------------------------------------------------------------------- measurement
 
 
 @dataclass(frozen=True, slots=True)
 class PairCounts:
-    both: int = 0  # pairs of messages in the same thread for us and for notmuch
+    both: int = 0  # pairs of messages in the same thread for us and for the reference
     ours: int = 0
     reference: int = 0
 
     @property
     def either(self) -> int:
         return self.ours + self.reference - self.both
+
+    @property
+    def has_pairs(self) -> bool:
+        return bool(self.ours or self.reference)
 
     @property
     def precision(self) -> float:
@@ -269,29 +338,35 @@ class PairCounts:
         return PairCounts(self.both + other.both, self.ours + other.ours, self.reference + other.reference)
 
 
-def _pairs(n: int) -> int:
-    return n * (n - 1) // 2
+def _pairs(labels: Iterable[Hashable]) -> int:
+    return sum(n * (n - 1) // 2 for n in Counter(labels).values())
 
 
-def pair_counts(ours: Sequence[str], reference: Sequence[str]) -> PairCounts:
-    """Pairwise agreement of two labelings of the same messages (position i is one message in both)."""
-    cells = Counter(zip(ours, reference, strict=True))
-    return PairCounts(
-        both=sum(_pairs(n) for n in cells.values()),
-        ours=sum(_pairs(n) for n in Counter(ours).values()),
-        reference=sum(_pairs(n) for n in Counter(reference).values()),
-    )
+def pair_counts(ours: Sequence[Hashable], reference: Sequence[Hashable]) -> PairCounts:
+    """Pairwise agreement of two partitions of the same messages (position i is one message in both)."""
+    return PairCounts(both=_pairs(zip(ours, reference, strict=True)), ours=_pairs(ours), reference=_pairs(reference))
+
+
+class Cause(StrEnum):
+    """Why notmuch puts two messages in one thread and we do not."""
+
+    JUNK_ID = "junk id"  # notmuch links them only through ids we refuse (`<yes>`, no '@', too long)
+    UNSEEN_ANCESTOR = "unseen ancestor"  # they share only ids never delivered (notmuch's ghost messages)
+    FARTHER_REFERENCE = "farther reference"  # linked by a reference beyond the nearest known ancestor
 
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """One message as stored once per database: notmuch's id, its thread there and ours, and both parents."""
+    """One message of one notmuch database, stored once, with what each side made of it."""
 
     label: str
     reference_id: str
     our_id: str
     reference_thread: str
     our_topic: str
+    notmuch_rule: str  # `linked_threads` following every id: should equal reference_thread
+    without_junk: str  # notmuch's rule, junk ids not followed
+    delivered_only: str  # notmuch's rule, junk ids and never-delivered ids not followed
     reference_parent: str | None
     our_parent: str | None
     subject: str
@@ -299,11 +374,50 @@ class Unit:
     references: tuple[str, ...]
 
 
+def missed_pairs(units: Sequence[Unit]) -> dict[Cause, int]:
+    """Pairs notmuch joins and we split, by cause. Every pair falls in exactly one cause, or the threader has a
+    bug: our topics always refine `delivered_only`, which refines `without_junk`, which refines notmuch."""
+    ref = [u.reference_thread for u in units]
+    junk_free = [(u.reference_thread, u.without_junk) for u in units]
+    delivered = [(*key, u.delivered_only) for key, u in zip(junk_free, units, strict=True)]
+    ours = [(*key, u.our_topic) for key, u in zip(delivered, units, strict=True)]
+    return {
+        Cause.JUNK_ID: _pairs(ref) - _pairs(junk_free),
+        Cause.UNSEEN_ANCESTOR: _pairs(junk_free) - _pairs(delivered),
+        Cause.FARTHER_REFERENCE: _pairs(delivered) - _pairs(ours),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Disagreement:
+    """A notmuch thread we spread over several topics ("split"), or a topic over several threads ("merged")."""
+
     label: str
-    kind: str  # "split": one notmuch thread over several topics; "merged": one topic over several threads
+    kind: str
     groups: tuple[tuple[Unit, ...], ...]  # the messages, grouped by the side that separates them
+    causes: dict[Cause, int]  # missed pairs by cause (empty for "merged": nothing explains a false merge)
+
+    @property
+    def junk_ids(self) -> tuple[str, ...]:
+        """The ids in these messages' In-Reply-To/References that we refuse."""
+        found = {
+            mid
+            for group in self.groups
+            for u in group
+            for mid in (*u.in_reply_to, *u.references)
+            if mid != u.our_id and not is_plausible_message_id(mid)
+        }
+        return tuple(sorted(found))
+
+    def shared_unseen_ids(self, delivered: Collection[str]) -> tuple[str, ...]:
+        """Ids never delivered that messages of two or more groups name: what notmuch joins them through."""
+        groups_naming: defaultdict[str, set[int]] = defaultdict(set)
+        for index, group in enumerate(self.groups):
+            for u in group:
+                for mid in (*u.in_reply_to, *u.references):
+                    if mid not in delivered and is_plausible_message_id(mid):
+                        groups_naming[mid].add(index)
+        return tuple(sorted(mid for mid, groups in groups_naming.items() if len(groups) > 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,16 +425,44 @@ class CorpusResult:
     corpus: str
     files: int
     units: tuple[Unit, ...]
-    counts: PairCounts
-    duplicates: int  # files dropped as repeated Message-IDs
-    id_mismatches: tuple[tuple[ReferenceEntry, str], ...]  # (entry, our id) where our id differs
-    skipped: tuple[tuple[str, str, str], ...]
-    parse_failures: tuple[ParseFailure, ...] = field(default=())
-    disagreements: tuple[Disagreement, ...] = field(default=())
+    duplicates: int  # files dropped as a repeated Message-ID within their database
+    id_mismatches: tuple[tuple[ReferenceEntry, str], ...]  # (entry, our id) where our id is not notmuch's
+    skipped: tuple[tuple[str, str, str], ...]  # files notmuch refused (skipped.tsv): not threaded
+    parse_failures: tuple[ParseFailure, ...]
+    disagreements: tuple[Disagreement, ...]
+
+    def _by_label(self, key: Callable[[Unit], Hashable], reference: Callable[[Unit], Hashable]) -> PairCounts:
+        total = PairCounts()
+        for label in dict.fromkeys(u.label for u in self.units):
+            units = [u for u in self.units if u.label == label]
+            total += pair_counts([key(u) for u in units], [reference(u) for u in units])
+        return total
+
+    @property
+    def counts(self) -> PairCounts:
+        """Us against notmuch's answer key."""
+        return self._by_label(lambda u: u.our_topic, lambda u: u.reference_thread)
+
+    @property
+    def counts_without_junk(self) -> PairCounts:
+        """Us against notmuch's rule with junk ids not followed."""
+        return self._by_label(lambda u: u.our_topic, lambda u: u.without_junk)
+
+    @property
+    def notmuch_rule_check(self) -> PairCounts:
+        """notmuch's rule as `linked_threads` implements it against the answer key: P = R = 1 expected."""
+        return self._by_label(lambda u: u.notmuch_rule, lambda u: u.reference_thread)
+
+    @property
+    def missed(self) -> dict[Cause, int]:
+        total: Counter[Cause] = Counter()
+        for label in dict.fromkeys(u.label for u in self.units):
+            total.update(missed_pairs([u for u in self.units if u.label == label]))
+        return {cause: total[cause] for cause in Cause}
 
     @property
     def threads_identical(self) -> tuple[int, int]:
-        """(notmuch threads whose member set is exactly one of our topics, notmuch threads)."""
+        """(notmuch threads whose messages are exactly one of our topics, notmuch threads)."""
         ours: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         ref: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
         for u in self.units:
@@ -332,21 +474,29 @@ class CorpusResult:
 
     @property
     def parents_agreeing(self) -> tuple[int, int]:
-        """(messages whose parent is notmuch's tree parent, messages with a parent in parents.tsv or ours)."""
+        """(messages whose parent is the one in parents.tsv, messages with a parent on either side)."""
         judged = [u for u in self.units if u.reference_parent is not None or u.our_parent is not None]
         return sum(u.reference_parent == u.our_parent for u in judged), len(judged)
 
 
-def _order(mails: list[CorpusMail], order: str) -> list[CorpusMail]:
+def arrange(mails: Sequence[CorpusMail], order: str) -> list[CorpusMail]:
+    """Arrival order: "file" (as listed), "reverse", or "shuffle:SEED"."""
     if order == "file":
-        return mails
+        return list(mails)
     if order == "reverse":
-        return mails[::-1]
-    raise ValueError(f"unknown order {order!r} (file, reverse)")
+        return list(reversed(mails))
+    kind, _, seed = order.partition(":")
+    if kind == "shuffle" and seed.isdigit():
+        shuffled = list(mails)
+        random.Random(int(seed)).shuffle(shuffled)
+        return shuffled
+    raise ValueError(f"unknown order {order!r}: file, reverse or shuffle:SEED")
 
 
-def thread_label(mails: Sequence[CorpusMail], *, reattach_orphans: bool = True) -> MemoryThreader:
-    threader = MemoryThreader(reattach_orphans=reattach_orphans)
+def thread_mails(
+    mails: Iterable[CorpusMail], *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False
+) -> MemoryThreader:
+    threader = MemoryThreader(reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents)
     for mail in mails:
         threader.add(message_id=mail.message_id, in_reply_to=mail.in_reply_to, references=mail.references)
     return threader
@@ -354,26 +504,74 @@ def thread_label(mails: Sequence[CorpusMail], *, reattach_orphans: bool = True) 
 
 def _disagreements(label: str, units: Sequence[Unit]) -> list[Disagreement]:
     found = []
-    by_ref: defaultdict[str, list[Unit]] = defaultdict(list)
-    by_ours: defaultdict[str, list[Unit]] = defaultdict(list)
-    for u in units:
-        by_ref[u.reference_thread].append(u)
-        by_ours[u.our_topic].append(u)
-    for kind, outer, inner_key in (
-        ("split", by_ref, lambda u: u.our_topic),
-        ("merged", by_ours, lambda u: u.reference_thread),
-    ):
-        for members in outer.values():
+    sides: tuple[tuple[str, Callable[[Unit], str], Callable[[Unit], str]], ...] = (
+        ("split", lambda u: u.reference_thread, lambda u: u.our_topic),
+        ("merged", lambda u: u.our_topic, lambda u: u.reference_thread),
+    )
+    for kind, outer, inner in sides:
+        threads: defaultdict[str, list[Unit]] = defaultdict(list)
+        for u in units:
+            threads[outer(u)].append(u)
+        for members in threads.values():
             groups: defaultdict[str, list[Unit]] = defaultdict(list)
             for u in members:
-                groups[inner_key(u)].append(u)
+                groups[inner(u)].append(u)
             if len(groups) > 1:
-                found.append(Disagreement(label, kind, tuple(tuple(g) for g in groups.values())))
+                causes = missed_pairs(members) if kind == "split" else {}
+                found.append(
+                    Disagreement(
+                        label=label,
+                        kind=kind,
+                        groups=tuple(tuple(g) for g in groups.values()),
+                        causes={cause: n for cause, n in causes.items() if n},
+                    )
+                )
     return found
 
 
-def evaluate_corpus(corpus_dir: Path, *, order: str = "file", reattach_orphans: bool = True) -> CorpusResult:
-    """Thread each notmuch database (label) of a corpus on its own and compare it to notmuch's partition."""
+def _label_units(
+    label: str, mails: Sequence[CorpusMail], threader: MemoryThreader, parents: Mapping[str, str | None]
+) -> list[Unit]:
+    first: dict[str, CorpusMail] = {}
+    for mail in mails:
+        first.setdefault(mail.entry.message_id, mail)
+    delivered = {mail.message_id for mail in mails}
+    notmuch_rule = linked_threads(mails, follow=lambda _: True)
+    without_junk = linked_threads(mails, follow=is_plausible_message_id)
+    delivered_only = linked_threads(mails, follow=lambda mid: mid in delivered and is_plausible_message_id(mid))
+    to_reference = {mail.message_id: mail.entry.message_id for mail in first.values()}
+    units = []
+    for ref_id, mail in first.items():
+        our_parent = threader.parent_of(mail.message_id)
+        units.append(
+            Unit(
+                label=label,
+                reference_id=ref_id,
+                our_id=mail.message_id,
+                reference_thread=mail.entry.thread_key,
+                our_topic=threader.topic_of(mail.message_id),
+                notmuch_rule=notmuch_rule[mail.message_id],
+                without_junk=without_junk[mail.message_id],
+                delivered_only=delivered_only[mail.message_id],
+                reference_parent=parents.get(ref_id),
+                # our parents are our ids; name them as notmuch does where the two differ
+                our_parent=None if our_parent is None else to_reference.get(our_parent, our_parent),
+                subject=mail.subject,
+                in_reply_to=mail.in_reply_to,
+                references=mail.references,
+            )
+        )
+    return units
+
+
+def evaluate_corpus(
+    corpus_dir: Path,
+    *,
+    order: str = "file",
+    reattach_orphans: bool = True,
+    adopt_nearer_parents: bool = False,
+) -> CorpusResult:
+    """Thread each notmuch database (label) of a corpus on its own and compare it with notmuch's threads."""
     entries = read_reference(corpus_dir)
     parents = read_parents(corpus_dir)
     mails, parse_failures = load_mails(corpus_dir, entries)
@@ -382,54 +580,34 @@ def evaluate_corpus(corpus_dir: Path, *, order: str = "file", reattach_orphans: 
         by_label[mail.entry.label].append(mail)
     units: list[Unit] = []
     disagreements: list[Disagreement] = []
-    duplicates = 0
     for label, label_mails in by_label.items():
-        threader = thread_label(_order(label_mails, order), reattach_orphans=reattach_orphans)
-        first: dict[str, CorpusMail] = {}
-        for mail in label_mails:
-            if mail.entry.message_id in first:
-                duplicates += 1
-            else:
-                first[mail.entry.message_id] = mail
-        # Our parents are our ids; report them as notmuch's ids where the two differ.
-        to_reference = {m.message_id: m.entry.message_id for m in first.values()}
-        label_units = []
-        for ref_id, mail in first.items():
-            our_parent = threader.parent_of(mail.message_id)
-            label_units.append(
-                Unit(
-                    label=label,
-                    reference_id=ref_id,
-                    our_id=mail.message_id,
-                    reference_thread=mail.entry.thread_key,
-                    our_topic=threader.topic_of(mail.message_id),
-                    reference_parent=parents.get(ref_id),
-                    our_parent=None if our_parent is None else to_reference.get(our_parent, our_parent),
-                    subject=mail.subject,
-                    in_reply_to=mail.in_reply_to,
-                    references=mail.references,
-                )
-            )
+        threader = thread_mails(
+            arrange(label_mails, order),
+            reattach_orphans=reattach_orphans,
+            adopt_nearer_parents=adopt_nearer_parents,
+        )
+        label_units = _label_units(label, label_mails, threader, parents)
         units.extend(label_units)
         disagreements.extend(_disagreements(label, label_units))
-    counts = PairCounts()
-    for label in by_label:
-        label_units = [u for u in units if u.label == label]
-        counts += pair_counts([u.our_topic for u in label_units], [u.reference_thread for u in label_units])
-    mismatches = tuple((m.entry, m.message_id) for m in mails if m.message_id != m.entry.message_id)
     return CorpusResult(
         corpus=corpus_dir.name,
         files=len(mails),
         units=tuple(units),
-        counts=counts,
-        duplicates=duplicates,
-        id_mismatches=mismatches,
+        duplicates=len(mails) - len(units),
+        id_mismatches=tuple((m.entry, m.message_id) for m in mails if m.message_id != m.entry.message_id),
         skipped=tuple(read_skipped(corpus_dir)),
         parse_failures=tuple(parse_failures),
         disagreements=tuple(disagreements),
     )
 
 
-def evaluate_all(root: Path, *, order: str = "file", reattach_orphans: bool = True) -> Iterator[CorpusResult]:
-    for corpus_dir in reference_corpora(root):
-        yield evaluate_corpus(corpus_dir, order=order, reattach_orphans=reattach_orphans)
+def evaluate_all(
+    root: Path, *, order: str = "file", reattach_orphans: bool = True, adopt_nearer_parents: bool = False
+) -> list[CorpusResult]:
+    """Every corpus under `root` that has an answer key."""
+    return [
+        evaluate_corpus(
+            corpus_dir, order=order, reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents
+        )
+        for corpus_dir in reference_corpora(root)
+    ]

@@ -70,7 +70,10 @@ async def add_user(
     now: datetime,
 ) -> User:
     user = User(
-        email=normalize_email(email), display_name=display_name, is_admin=is_admin, status=status,
+        email=normalize_email(email),
+        display_name=display_name,
+        is_admin=is_admin,
+        status=status,
         created_at=now,
     )
     session.add(user)
@@ -87,13 +90,15 @@ async def posts_by_message_ids(session: AsyncSession, message_ids: Collection[st
     if not message_ids:
         return {}
     ids = list(message_ids)
-    found = dict((await session.execute(select(Post.message_id, Post.id).where(Post.message_id.in_(ids)))).tuples())
+    found: dict[str, int] = {
+        mid: pid for mid, pid in await session.execute(select(Post.message_id, Post.id).where(Post.message_id.in_(ids)))
+    }
     refs = await session.execute(
         select(MessageRef.message_id, MessageRef.post_id).where(
             MessageRef.message_id.in_(ids), MessageRef.post_id.is_not(None)
         )
     )
-    for mid, post_id in refs.tuples():
+    for mid, post_id in refs:
         if post_id is not None:
             found.setdefault(mid, post_id)
     return found
@@ -106,8 +111,7 @@ async def post_exists(session: AsyncSession, message_id: str) -> bool:
 async def create_topic(
     session: AsyncSession, *, category_id: int, author_id: int, subject: str, now: datetime
 ) -> Topic:
-    topic = Topic(category_id=category_id, author_id=author_id, subject=subject, created_at=now,
-                  last_post_at=now)
+    topic = Topic(category_id=category_id, author_id=author_id, subject=subject, created_at=now, last_post_at=now)
     session.add(topic)
     await session.flush()
     return topic
@@ -154,9 +158,7 @@ class TopicSummary:
 
 
 async def list_topics(session: AsyncSession, *, category_slug: str | None = None) -> list[TopicSummary]:
-    post_counts = (
-        select(Post.topic_id, func.count(Post.id).label("n")).group_by(Post.topic_id).subquery()
-    )
+    post_counts = select(Post.topic_id, func.count(Post.id).label("n")).group_by(Post.topic_id).subquery()
     stmt = (
         select(Topic, Category.slug, User.email, post_counts.c.n)
         .join(Category, Category.id == Topic.category_id)
@@ -166,11 +168,16 @@ async def list_topics(session: AsyncSession, *, category_slug: str | None = None
     )
     if category_slug:
         stmt = stmt.where(Category.slug == category_slug.lower())
-    rows = (await session.execute(stmt)).tuples().all()
+    rows = (await session.execute(stmt)).all()
     return [
         TopicSummary(
-            id=topic.id, category=slug, subject=topic.subject, author_email=email, post_count=n or 0,
-            created_at=topic.created_at, last_post_at=topic.last_post_at,
+            id=topic.id,
+            category=slug,
+            subject=topic.subject,
+            author_email=email,
+            post_count=n or 0,
+            created_at=topic.created_at,
+            last_post_at=topic.last_post_at,
         )
         for topic, slug, email, n in rows
     ]
@@ -183,7 +190,7 @@ async def topic_posts(session: AsyncSession, topic_id: int) -> list[tuple[Post, 
         .where(Post.topic_id == topic_id)
         .order_by(Post.created_at, Post.id)
     )
-    return list((await session.execute(stmt)).tuples().all())
+    return [tuple(row) for row in (await session.execute(stmt)).all()]
 
 
 async def subscriptions_of(session: AsyncSession, user_id: int) -> list[tuple[CategorySubscription, str]]:
@@ -193,4 +200,4 @@ async def subscriptions_of(session: AsyncSession, user_id: int) -> list[tuple[Ca
         .where(CategorySubscription.user_id == user_id)
         .order_by(Category.slug)
     )
-    return list((await session.execute(stmt)).tuples().all())
+    return [tuple(row) for row in (await session.execute(stmt)).all()]

@@ -1,4 +1,8 @@
-"""Raw bytes to ParsedMail: headers decoded, text and HTML parts chosen, attachments listed. Pure."""
+"""Raw bytes to ParsedMail: headers decoded, text and HTML parts chosen, attachments listed. Pure.
+
+Never raises on malformed mail: charsets come from `charsets`, broken base64 is repaired,
+parts that cannot be read are counted in `undecodable_parts`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,33 @@ import email.policy
 import hashlib
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email.message import Message
 from email.utils import getaddresses, parseaddr
 
+from qaflow_mail.mail.charsets import decode_base64, decode_bytes, decode_header, recover_8bit
+
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_MAX_DEPTH = 40  # MIME nesting deeper than this is not walked (a parser bomb, not a mail)
+
+# Header names whose value is a list of addresses: the policy re-quotes display names there.
+_ADDRESS_HEADERS = frozenset(
+    {"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc", "resent-sender"}
+)
+_IGNORED_TYPES = frozenset({"application/pgp-signature", "application/pkcs7-signature",
+                            "application/x-pkcs7-signature"})
+_PLAIN_LIKE = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
+_ENRICHED = frozenset({"text/enriched", "text/richtext"})
+_DEFAULT_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "application/pdf": ".pdf",
+    "message/rfc822": ".eml",
+    "text/calendar": ".ics",
+    "text/plain": ".txt",
+    "text/html": ".html",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +72,9 @@ class ParsedMail:
     sha256: str
     size: int
     defects: tuple[str, ...] = field(default=())
+    enriched: str | None = None  # a text/enriched or text/richtext body, decoded, markup kept
+    undecodable_parts: int = 0  # body parts whose bytes no charset could read without loss
+    guessed_charset_parts: int = 0  # body parts whose declared charset was missing or wrong
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -86,6 +116,10 @@ def message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def unfold(value: str) -> str:
+    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
+
+
 def _header_text(msg: Message, name: str) -> str | None:
     try:
         value = msg.get(name)
@@ -97,101 +131,273 @@ def _header_text(msg: Message, name: str) -> str | None:
     return unfold(str(value))
 
 
-def unfold(value: str) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip()
+def _raw_header(msg: Message, name: str, fallback: str | None = None) -> str | None:
+    """The first raw value of a header, unfolded, 8-bit bytes recovered, encoded words kept."""
+    lname = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == lname:
+            return unfold(recover_8bit(str(value), fallback))
+    return None
 
 
-def _decode_part(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if payload is None:
-        raw = part.get_payload()
-        return raw if isinstance(raw, str) else ""
-    assert isinstance(payload, bytes)
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset)
-    except (LookupError, UnicodeDecodeError):
-        return payload.decode("utf-8", errors="replace")
+def _display_header(msg: Message, key: str, value: str, fallback: str | None) -> str:
+    if key.lower() in _ADDRESS_HEADERS and value.isascii():
+        try:
+            return unfold(str(msg.policy.header_fetch_parse(key, value)))
+        except Exception:  # malformed header the policy cannot parse
+            pass
+    return unfold(decode_header(unfold(value), fallback=fallback))
 
 
-def _walk_bodies(msg: Message) -> tuple[str | None, str | None, list[Attachment]]:
-    text: str | None = None
+# --- bodies -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Bodies:
+    texts: list[str] = field(default_factory=list)
     html: str | None = None
-    attachments: list[Attachment] = []
+    enriched: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    undecodable: int = 0
+    guessed: int = 0
+
+
+def _payload_bytes(part: Message) -> tuple[bytes, bool]:
+    """The decoded payload of a leaf part and whether it decoded cleanly."""
+    try:
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if cte == "base64":
+            raw = part.get_payload(decode=False)
+            if isinstance(raw, str):
+                return decode_base64(raw.encode("ascii", errors="ignore"))
+        # 7bit/8bit/binary come back as the original bytes; QP and uuencode are decoded leniently.
+        payload = part.get_payload(decode=True)
+    except Exception:  # a payload the email package cannot hand back
+        return b"", False
+    return (payload, True) if isinstance(payload, bytes) else (b"", False)
+
+
+def _decode_text(part: Message, bodies: _Bodies) -> str:
+    payload, clean = _payload_bytes(part)
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # unparseable Content-Type parameters
+        charset = None
+    decoded = decode_bytes(payload, charset)
+    if decoded.lossy or not clean:
+        bodies.undecodable += 1
+    elif decoded.guessed:
+        bodies.guessed += 1
+    text = decoded.text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    if _param(part, "format") == "flowed":
+        text = unflow(text, delsp=_param(part, "delsp") == "yes")
+    return text
+
+
+def _param(part: Message, name: str) -> str:
+    try:
+        return str(part.get_param(name, "")).strip().lower()
+    except Exception:  # unparseable Content-Type parameters
+        return ""
+
+
+def unflow(text: str, *, delsp: bool = False) -> str:
+    """Undo RFC 3676 format=flowed: join soft-broken lines, remove space-stuffing. Quote depth is kept."""
+    out: list[str] = []
+    current: str | None = None
+    current_depth = -1
+    for line in text.split("\n"):
+        if line == "-- ":  # the signature separator is never flowed
+            if current is not None:
+                out.append(current)
+            out.append(line)
+            current, current_depth = None, -1
+            continue
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]
+        if current is not None and depth != current_depth:
+            out.append(current)
+            current = None
+        prefix = ">" * depth + (" " if depth else "")
+        current = prefix + content if current is None else current + content
+        current_depth = depth
+        if content.endswith(" ") and content != " ":
+            if delsp:
+                current = current[:-1]
+            continue
+        out.append(current)
+        current, current_depth = None, -1
+    if current is not None:
+        out.append(current)
+    return "\n".join(out)
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # broken RFC 2231 parameters
+        name = None
+    if not name:
+        return None
+    return decode_header(unfold(str(name)))
+
+
+def _content_id(part: Message) -> str | None:
+    raw = _raw_header(part, "Content-ID")
+    if not raw:
+        return None
+    return normalize_message_id(raw) or (raw.strip().strip("<>").strip() or None)
+
+
+def _default_name(ctype: str, base: str) -> str:
+    return base + _DEFAULT_EXTENSIONS.get(ctype, "")
+
+
+def _attachment(part: Message, ctype: str, content: bytes, *, inline: bool, base: str = "attachment") -> Attachment:
+    return Attachment(
+        filename=_filename(part) or _default_name(ctype, base),
+        content_type=ctype,
+        content=content,
+        content_id=_content_id(part),
+        inline=inline,
+    )
+
+
+def _disposition(part: Message) -> str:
+    try:
+        return (part.get_content_disposition() or "").lower()
+    except Exception:  # malformed Content-Disposition
+        return ""
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:  # malformed Content-Type
+        return "application/octet-stream"
+
+
+def _embedded_message_bytes(part: Message) -> bytes:
+    try:
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner:
+            return bytes(inner[0].as_bytes(policy=email.policy.compat32))
+        if isinstance(inner, str):
+            return inner.encode("utf-8", errors="surrogateescape")
+    except Exception:  # an embedded message the generator cannot re-serialise
+        pass
+    return b""
+
+
+def _walk(part: Message, bodies: _Bodies, depth: int, in_alternative: bool) -> None:
+    if depth > _MAX_DEPTH:
+        return
+    ctype = _content_type(part)
+    disposition = _disposition(part)
+    if ctype.startswith("message/") and ctype != "message/partial":
+        bodies.attachments.append(
+            _attachment(part, ctype, _embedded_message_bytes(part), inline=False, base="message")
+        )
+        return
+    if part.is_multipart():
+        children = part.get_payload()
+        if not isinstance(children, list):
+            return
+        alternative = ctype == "multipart/alternative"
+        for child in children:
+            if isinstance(child, Message):
+                _walk(child, bodies, depth + 1, alternative or in_alternative)
+        return
+    if ctype in _IGNORED_TYPES:
+        return
+    filename = _filename(part)
+    is_attachment = disposition == "attachment"
+    if ctype in _PLAIN_LIKE and not is_attachment and not (filename and bodies.texts):
+        if not (in_alternative and bodies.texts):
+            bodies.texts.append(_decode_text(part, bodies))
+        return
+    if ctype == "text/html" and not is_attachment and bodies.html is None and not filename:
+        bodies.html = _decode_text(part, bodies)
+        return
+    if ctype in _ENRICHED and not is_attachment and bodies.enriched is None:
+        bodies.enriched = _decode_text(part, bodies)
+        return
+    if ctype == "text/html" and not is_attachment and in_alternative:
+        return  # a second HTML alternative adds nothing
+    payload, _clean = _payload_bytes(part)
+    inline = disposition == "inline" or (disposition == "" and ctype.startswith("image/"))
+    base = "image" if ctype.startswith("image/") else "attachment"
+    bodies.attachments.append(_attachment(part, ctype, payload, inline=inline, base=base))
+
+
+def _fallback_charset(msg: Message) -> str | None:
+    """The charset of the first text part: the best guess for raw 8-bit bytes in headers."""
     for part in msg.walk():
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        disposition = (part.get_content_disposition() or "").lower()
-        filename = part.get_filename()
-        if disposition == "attachment" or (filename and ctype not in {"text/plain", "text/html"}):
-            payload = part.get_payload(decode=True)
-            attachments.append(
-                Attachment(
-                    filename=filename or "attachment",
-                    content_type=ctype,
-                    content=payload if isinstance(payload, bytes) else b"",
-                    content_id=normalize_message_id(part.get("Content-ID")),
-                    inline=disposition == "inline",
-                )
-            )
-            continue
-        if ctype == "text/plain" and text is None:
-            text = _decode_part(part)
-        elif ctype == "text/html" and html is None:
-            html = _decode_part(part)
-        elif ctype.startswith("image/"):
-            payload = part.get_payload(decode=True)
-            attachments.append(
-                Attachment(
-                    filename=filename or "image",
-                    content_type=ctype,
-                    content=payload if isinstance(payload, bytes) else b"",
-                    content_id=normalize_message_id(part.get("Content-ID")),
-                    inline=True,
-                )
-            )
-    return text, html, attachments
+        if _content_type(part).startswith("text/"):
+            try:
+                charset = part.get_content_charset()
+            except Exception:  # unparseable parameters
+                charset = None
+            if charset:
+                return str(charset)
+    return None
 
 
-def _addresses(msg: Message, name: str) -> tuple[str, ...]:
-    values = [str(v) for v in msg.get_all(name, failobj=[])]
+def _addresses(msg: Message, name: str, fallback: str | None) -> tuple[str, ...]:
+    lname = name.lower()
+    values = [recover_8bit(str(v), fallback) for k, v in msg.raw_items() if k.lower() == lname]
     return tuple(addr.lower() for _, addr in getaddresses(values) if "@" in addr)
+
+
+def _sender(msg: Message, fallback: str | None) -> tuple[str, str]:
+    raw = _raw_header(msg, "From", fallback) or ""
+    name, addr = parseaddr(raw)
+    if not addr and raw:
+        name, addr = parseaddr(decode_header(raw, fallback=fallback))
+    name = unfold(decode_header(name, fallback=fallback)) if name else ""
+    return name, (addr.lower() if "@" in addr else "")
+
+
+_LEADING_BLANK_LINES_RE = re.compile(rb"\A(?:[ \t]*\r?\n)+")
 
 
 def parse_message(raw: bytes) -> ParsedMail:
     digest = hashlib.sha256(raw).hexdigest()
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    headers: list[tuple[str, str]] = []
-    for key, value in msg.raw_items():
-        try:
-            decoded = str(msg.policy.header_fetch_parse(key, value))
-        except Exception:
-            decoded = str(value)
-        headers.append((key, unfold(decoded)))
+    # Blank lines before the first header would make every header part of the body.
+    msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=email.policy.default)
+    fallback = _fallback_charset(msg)
+    headers = tuple(
+        (key, _display_header(msg, key, str(value), fallback)) for key, value in msg.raw_items()
+    )
     mid = normalize_message_id(_header_text(msg, "Message-ID"))
     synthesized = mid is None
     if mid is None:
         mid = f"{digest[:32]}@sha256.invalid"
-    from_name, from_addr = parseaddr(_header_text(msg, "From") or "")
-    text, html, attachments = _walk_bodies(msg)
+    from_name, from_addr = _sender(msg, fallback)
+    bodies = _Bodies()
+    _walk(msg, bodies, 0, False)
+    subject = _raw_header(msg, "Subject", fallback)
     return ParsedMail(
         message_id=mid,
         message_id_synthesized=synthesized,
         in_reply_to=message_ids(_header_text(msg, "In-Reply-To")),
         references=message_ids(_header_text(msg, "References")),
-        from_address=from_addr.lower() if "@" in from_addr else "",
+        from_address=from_addr,
         from_name=from_name,
-        subject=_header_text(msg, "Subject") or "",
+        subject=unfold(decode_header(subject, fallback=fallback)) if subject else "",
         date=_header_text(msg, "Date"),
-        to=_addresses(msg, "To"),
-        cc=_addresses(msg, "Cc"),
-        text=text,
-        html=html,
-        attachments=tuple(attachments),
-        headers=tuple(headers),
+        to=_addresses(msg, "To", fallback),
+        cc=_addresses(msg, "Cc", fallback),
+        text="\n\n".join(bodies.texts) if bodies.texts else None,
+        html=bodies.html,
+        attachments=tuple(bodies.attachments),
+        headers=headers,
         sha256=digest,
         size=len(raw),
         defects=tuple(type(d).__name__ for d in msg.defects),
+        enriched=bodies.enriched,
+        undecodable_parts=bodies.undecodable,
+        guessed_charset_parts=bodies.guessed,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["split_reply", "trim_reply"]
+__all__ = ["classify_line", "is_signature_only", "split_reply", "trim_reply"]
 
 EMPTY = "e"
 DELIMITER = "d"
@@ -451,13 +451,36 @@ def _elided_lines(original: list[str], kept: list[str]) -> list[str]:
     return elided
 
 
+def _classified(text: str) -> tuple[list[str], str, dict[str, str]]:
+    text, blocks = _hoist_code_blocks(_preprocess(text))
+    lines = text.split("\n")
+    return lines, "".join(classify_line(line) for line in lines), blocks
+
+
+def is_signature_only(text: str) -> bool:
+    """True when the writer's own (unquoted) lines are nothing but a signature.
+
+    That is: a "Sent from my phone" line, or lines after a "-- " style delimiter, with no
+    text line before them, ahead of any quote, quoted-mail marker or header block.
+    """
+    if not text or not text.strip():
+        return False
+    _lines, pattern, _blocks = _classified(text)
+    own_end = min((i for i in (pattern.find(k) for k in "qbh") if i >= 0), default=len(pattern))
+    own = pattern[:own_end]
+    delimiter = own.find(DELIMITER)
+    before_delimiter = own if delimiter < 0 else own[:delimiter]
+    if TEXT in before_delimiter:
+        return False
+    return SIGNATURE in own or (delimiter >= 0 and TEXT in own[delimiter:])
+
+
 def split_reply(text: str) -> tuple[str, str]:
     """(visible reply, elided part): quoted history, markers, headers and signatures go to the second."""
     if not text or not text.strip():
         return "", ""
-    text, blocks = _hoist_code_blocks(_preprocess(text))
-    lines = text.split("\n")
-    state = _Lines(list(lines), "".join(classify_line(line) for line in lines))
+    lines, pattern, blocks = _classified(text)
+    state = _Lines(list(lines), pattern)
     _select_reply(state)
     visible = _restore_code_blocks("\n".join(state.lines).strip(), blocks)
     elided = _restore_code_blocks("\n".join(_elided_lines(lines, state.lines)).strip(), blocks)

@@ -15,8 +15,9 @@ from enum import StrEnum
 # parse.message_ids already drops ids longer than this; an id this long is not something a mail client minted.
 MAX_MESSAGE_ID_LENGTH = 250
 
-# Printable ASCII without space, '<' or '>': what can sit between the brackets of a real msg-id.
-_ID_CHARS_RE = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+")
+# What can sit between the brackets of a msg-id: no whitespace, control characters or brackets (UTF-8 is allowed,
+# RFC 6532).
+_ID_CHARS_RE = re.compile(r"[^\s<>\x00-\x1f\x7f]+")
 
 
 class ThreadVia(StrEnum):
@@ -45,9 +46,7 @@ def is_plausible_message_id(mid: str) -> bool:
     return bool(at and left and right)
 
 
-def parent_candidates(
-    *, message_id: str, in_reply_to: Sequence[str], references: Sequence[str]
-) -> tuple[str, ...]:
+def parent_candidates(*, message_id: str, in_reply_to: Sequence[str], references: Sequence[str]) -> tuple[str, ...]:
     """Ids to look up, nearest ancestor first: In-Reply-To, then References from last to first.
 
     Junk ids and the message's own id are dropped, and each id appears once.

@@ -17,11 +17,11 @@ from sqlalchemy.exc import IntegrityError
 
 from qaflow_mail.db.models import Disposition, InboundMessage
 from qaflow_mail.errors import OK, UNKNOWN_RECIPIENT, SmtpReply
-from qaflow_mail.mail.addresses import Announce, NewTopic, Postmaster, Reply, classify
+from qaflow_mail.mail.addresses import Announce, Reply, classify
 from qaflow_mail.mail.parse import ParsedMail, parse_message
-from qaflow_mail.pipeline import Context, Outcome, Step, accepted, rejected, run
+from qaflow_mail.pipeline import Context, Outcome, Step, rejected, run
 from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.pipeline.routes import special_steps, steps_for_post
+from qaflow_mail.pipeline.routes import POST_DESTINATIONS, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def parse(raw: bytes) -> ParsedMail:
 
 
 def _is_post_destination(destination: object) -> bool:
-    return isinstance(destination, NewTopic | Reply | Announce)
+    return isinstance(destination, POST_DESTINATIONS)
 
 
 async def _process(
@@ -77,9 +77,7 @@ async def _process(
                 continue
             if _is_post_destination(destination) and (rcpt, destination) != primary:
                 continue
-            steps: Sequence[Step] = (
-                steps_for_post(destination) if _is_post_destination(destination) else special_steps(destination)
-            )
+            steps: Sequence[Step] = steps_for(destination)
             ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
                           recipient=rcpt, destination=destination, source=source, now=now)
             outcome = await run(steps, ctx)
@@ -134,4 +132,3 @@ async def ingest(
     return IngestResult(outcomes=outcomes, reply=reply, message_id=parsed.message_id)
 
 
-__all__ = ["IngestResult", "Postmaster", "accepted", "combine", "ingest"]

@@ -1,50 +1,65 @@
-"""The ordered step lists, one per kind of destination. The order of work lives here and nowhere else."""
+"""The ordered step lists, one per kind of destination. The order of work lives here and nowhere else.
+
+A step is named after its module: `qaflow_mail/pipeline/steps/<name>.py` defines `async def <name>(ctx)`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from functools import cache
 
-from qaflow_mail.errors import UNKNOWN_RECIPIENT
-from qaflow_mail.mail.addresses import Announce, Postmaster
-from qaflow_mail.pipeline import Context, Outcome, Step, rejected
-from qaflow_mail.pipeline.steps.accept import accept
-from qaflow_mail.pipeline.steps.authorize_sender import authorize_sender
-from qaflow_mail.pipeline.steps.check_attachments import check_attachments
-from qaflow_mail.pipeline.steps.dedupe import dedupe
-from qaflow_mail.pipeline.steps.extract_body import extract_body
-from qaflow_mail.pipeline.steps.guard_loops import guard_loops
-from qaflow_mail.pipeline.steps.keep_for_postmaster import keep_for_postmaster
-from qaflow_mail.pipeline.steps.resolve_thread import resolve_thread
-from qaflow_mail.pipeline.steps.store_post import store_post
+from qaflow_mail.mail.addresses import Announce, Bounce, Confirm, NewTopic, Postmaster, Reply, Request, Unsubscribe
+from qaflow_mail.pipeline import Step
 
-POST_STEPS: tuple[Step, ...] = (
-    guard_loops,
-    dedupe,
-    resolve_thread,
-    authorize_sender,
-    check_attachments,
-    extract_body,
-    store_post,
-    accept,
+POST_STEPS = (
+    "guard_loops",
+    "dedupe",
+    "resolve_thread",
+    "authorize_sender",
+    "check_attachments",
+    "extract_body",
+    "store_post",
+    "enqueue_notifications",
+    "accept",
 )
+ANNOUNCE_STEPS = (
+    "guard_loops",
+    "dedupe",
+    "authorize_announcer",
+    "check_attachments",
+    "extract_body",
+    "store_announcement",
+)
+CONFIRM_STEPS = ("guard_loops", "dedupe", "apply_confirmation")
+UNSUBSCRIBE_STEPS = ("dedupe", "apply_unsubscribe")
+BOUNCE_STEPS = ("dedupe", "record_bounce")
+REQUEST_STEPS = ("guard_loops", "dedupe", "apply_command")
+POSTMASTER_STEPS = ("dedupe", "keep_for_postmaster")
 
-POSTMASTER_STEPS: tuple[Step, ...] = (dedupe, keep_for_postmaster)
+ROUTES: dict[type, tuple[str, ...]] = {
+    NewTopic: POST_STEPS,
+    Reply: POST_STEPS,
+    Announce: ANNOUNCE_STEPS,
+    Confirm: CONFIRM_STEPS,
+    Unsubscribe: UNSUBSCRIBE_STEPS,
+    Bounce: BOUNCE_STEPS,
+    Request: REQUEST_STEPS,
+    Postmaster: POSTMASTER_STEPS,
+}
+
+POST_DESTINATIONS = (NewTopic, Reply, Announce)
 
 
-async def refuse_unhandled(ctx: Context) -> Context | Outcome:
-    return rejected(UNKNOWN_RECIPIENT, f"no route for {type(ctx.destination).__name__}", notify_sender=False)
+@cache
+def load_step(name: str) -> Step:
+    module = importlib.import_module(f"qaflow_mail.pipeline.steps.{name}")
+    step: Step = getattr(module, name)
+    return step
 
 
-UNHANDLED_STEPS: tuple[Step, ...] = (refuse_unhandled,)
-
-
-def steps_for_post(destination: object) -> Sequence[Step]:
-    if isinstance(destination, Announce):
-        return UNHANDLED_STEPS
-    return POST_STEPS
-
-
-def special_steps(destination: object) -> Sequence[Step]:
-    if isinstance(destination, Postmaster):
-        return POSTMASTER_STEPS
-    return UNHANDLED_STEPS
+def steps_for(destination: object) -> Sequence[Step]:
+    names = ROUTES.get(type(destination))
+    if names is None:
+        raise LookupError(f"no route for {type(destination).__name__}")
+    return [load_step(name) for name in names]

@@ -37,7 +37,7 @@ async def resolve_thread(ctx: Context) -> Context | Outcome:
         message_id=parsed.message_id, in_reply_to=parsed.in_reply_to, references=parsed.references
     )
     known = await queries.posts_by_message_ids(ctx.session, candidates)
-    choice = resolve_parent(token_post_id=None, candidates=candidates, lookup=known)
+    choice = resolve_parent(token_post_id=None, candidates=candidates, lookup=known, in_reply_to=parsed.in_reply_to)
     if choice.parent_post_id is None:
         return dataclasses.replace(ctx, category=category, candidates=candidates)
     parent = await ctx.session.get(Post, choice.parent_post_id)

@@ -1,0 +1,1 @@
+"""Sub-commands of qaflow-mail beyond the core ones in cli.py: each module has register(subparsers)."""

@@ -1,0 +1,166 @@
+"""One recipient address to a typed Destination, and the rules for category slugs. Pure.
+
+Tokens are only split off here; the caller verifies them with ``mail.tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class NewTopic:
+    category_slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Postmaster:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    category_slug: str
+
+
+Destination: TypeAlias = NewTopic | Reply | Announce | Unsubscribe | Bounce | Confirm | Postmaster | Request
+
+REPLY_PREFIX = "reply"
+UNSUBSCRIBE_PREFIX = "unsubscribe"
+BOUNCES_PREFIX = "bounces"
+CONFIRM_PREFIX = "confirm"
+POSTMASTER = "postmaster"
+FROM_LOCAL_PART = "notifications"
+TOKEN_SEPARATOR = "+"
+REQUEST_SUFFIX = "-request"
+UNSUBSCRIBE_SUFFIX = "-unsubscribe"
+
+_TOKEN_ROUTES: dict[str, type[Reply | Unsubscribe | Bounce | Confirm]] = {
+    REPLY_PREFIX: Reply,
+    UNSUBSCRIBE_PREFIX: Unsubscribe,
+    BOUNCES_PREFIX: Bounce,
+    CONFIRM_PREFIX: Confirm,
+}
+_RESERVED = frozenset(
+    {
+        "announce",
+        BOUNCES_PREFIX,
+        REPLY_PREFIX,
+        UNSUBSCRIBE_PREFIX,
+        CONFIRM_PREFIX,
+        POSTMASTER,
+        FROM_LOCAL_PART,
+        "abuse",
+        "mailer-daemon",
+        "noreply",
+    }
+)
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_QUOTED_PAIR_RE = re.compile(r"\\(.)")
+
+
+def reserved_local_parts(*, announce_local: str = "announce") -> frozenset[str]:
+    """Local parts that are never category slugs (the announce address may be renamed in config)."""
+    return _RESERVED | {announce_local.lower()}
+
+
+def is_valid_slug(slug: str, *, announce_local: str = "announce") -> bool:
+    """Whether ``slug`` may name a category, i.e. be used as ``<slug>@domain`` and ``<slug>-request@domain``."""
+    return (
+        _SLUG_RE.fullmatch(slug) is not None
+        and slug not in reserved_local_parts(announce_local=announce_local)
+        and not slug.endswith((REQUEST_SUFFIX, UNSUBSCRIBE_SUFFIX))
+    )
+
+
+def classify(
+    address: str,
+    *,
+    domain: str,
+    category_slugs: Collection[str],
+    announce_local: str = "announce",
+) -> Destination | None:
+    """Where mail to ``address`` goes, or None when it is not one of ours.
+
+    ``category_slugs`` holds the (lowercase) slugs of existing categories. Local parts are matched
+    case-insensitively; tokens are returned lowercased, which they are designed to survive.
+    """
+    split = _split(address)
+    if split is None:
+        return None
+    local, address_domain = split
+    if address_domain is None:
+        # RFC 5321 4.1.1.3: "RCPT TO:<Postmaster>" without a domain must be accepted.
+        return Postmaster() if local == POSTMASTER else None
+    if _normalize_domain(address_domain) != _normalize_domain(domain):
+        return None
+    if local == POSTMASTER:
+        return Postmaster()
+    if local == announce_local.lower():
+        return Announce()
+    prefix, separator, token = local.partition(TOKEN_SEPARATOR)
+    if separator:
+        route = _TOKEN_ROUTES.get(prefix)
+        return route(token) if route is not None and token else None
+    if local in _RESERVED:
+        return None
+    if local in category_slugs:
+        return NewTopic(local)
+    if local.endswith(REQUEST_SUFFIX):
+        slug = local.removesuffix(REQUEST_SUFFIX)
+        if slug in category_slugs:
+            return Request(slug)
+    return None
+
+
+def _split(address: str) -> tuple[str, str | None] | None:
+    """(lowercased local part, domain or None), or None when the address cannot be ours."""
+    text = address.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    local, at, domain = text.rpartition("@")
+    if not at:
+        local, domain = text, ""
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        local = _QUOTED_PAIR_RE.sub(r"\1", local[1:-1])
+    if not local or any(ch.isspace() or ord(ch) < 0x20 or ch in "<>@\x7f" for ch in local):
+        return None
+    if at and not domain:
+        return None
+    return local.lower(), (domain if at else None)
+
+
+def _normalize_domain(domain: str) -> str:
+    name = domain.strip().rstrip(".").lower()
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name

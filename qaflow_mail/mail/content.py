@@ -1,0 +1,111 @@
+"""What a post shows from a parsed mail: the body chosen, quoted history and signatures trimmed. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from qaflow_mail.mail.parse import ParsedMail
+from qaflow_mail.mail.quotes import is_signature_only, split_reply
+from qaflow_mail.mail.sanitize import escape_text_to_html, html_to_text, sanitize_html, strip_quoted_html
+
+__all__ = ["BodySource", "Content", "enriched_to_text", "extract_content"]
+
+
+class BodySource(StrEnum):
+    PLAIN = "plain"
+    HTML = "html"
+    ENRICHED = "enriched"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    text: str  # the trimmed visible reply a post shows
+    full_text: str  # the chosen body as text, untrimmed
+    html: str | None  # sanitised HTML of the visible reply when the mail had HTML, else None
+    elided: str  # what trimming removed (quoted history, signatures)
+    is_empty: bool  # nothing left once trimmed
+    only_signature: bool  # the writer's own lines were only a signature
+    source: BodySource = BodySource.NONE
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WORD_RE = re.compile(r"\w+")
+
+
+def _normalize(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL_RE.sub("", text).replace("\u00a0", " ")
+
+
+_ENRICHED_TOKEN_RE = re.compile(r"(<<|<[^<>]{1,60}>)")
+_NEWLINES_RE = re.compile(r"\n+")
+
+
+def enriched_to_text(enriched: str) -> str:
+    """text/enriched (RFC 1896) or text/richtext as plain text: commands dropped, line filling applied."""
+    out: list[str] = []
+    param = nofill = 0
+    for token in _ENRICHED_TOKEN_RE.split(enriched.replace("\r\n", "\n")):
+        if token == "<<":
+            if not param:
+                out.append("<")
+        elif token.startswith("<") and token.endswith(">"):
+            name = token[1:-1].strip().lower()
+            param += {"param": 1, "/param": -1}.get(name, 0)
+            nofill += {"nofill": 1, "/nofill": -1}.get(name, 0)
+            param, nofill = max(param, 0), max(nofill, 0)
+            if name in {"nl", "lt"}:  # text/richtext spells these as commands
+                out.append("\n" if name == "nl" else "<")
+        elif not param:
+            if nofill:
+                out.append(token)
+            else:
+                out.append(_NEWLINES_RE.sub(lambda m: " " if len(m.group()) == 1 else "\n" * (len(m.group()) - 1), token))
+    return "".join(out)
+
+
+def _choose_body(parsed: ParsedMail) -> tuple[BodySource, str]:
+    if parsed.text is not None and parsed.text.strip():
+        return BodySource.PLAIN, parsed.text
+    if parsed.html is not None and parsed.html.strip():
+        return BodySource.HTML, html_to_text(parsed.html)
+    if parsed.enriched is not None and parsed.enriched.strip():
+        return BodySource.ENRICHED, enriched_to_text(parsed.enriched)
+    return BodySource.NONE, parsed.text or ""
+
+
+def _visible_html(raw_html: str, visible: str) -> str:
+    """The mail's HTML without its quoted history, sanitised; the escaped visible text if that fails.
+
+    Trimming the HTML works on the containers mail clients put quotes in. When what is left
+    still says clearly more than the trimmed text (an unknown client's quoting), the HTML
+    is rebuilt from the trimmed text instead, so a post never shows the quoted history.
+    """
+    trimmed = sanitize_html(strip_quoted_html(raw_html))
+    html_words = len(_WORD_RE.findall(html_to_text(trimmed))) if trimmed else 0
+    text_words = len(_WORD_RE.findall(visible))
+    if html_words == 0 or html_words > text_words * 1.3 + 20:
+        return escape_text_to_html(visible)
+    return trimmed
+
+
+def extract_content(parsed: ParsedMail) -> Content:
+    source, body = _choose_body(parsed)
+    full_text = _normalize(body).strip()
+    visible, elided = split_reply(full_text)
+    is_empty = not visible.strip()
+    html = None
+    if parsed.html is not None and parsed.html.strip() and not is_empty:
+        html = _visible_html(parsed.html, visible)
+    return Content(
+        text=visible,
+        full_text=full_text,
+        html=html,
+        elided=elided,
+        is_empty=is_empty,
+        only_signature=is_empty and is_signature_only(full_text),
+        source=source,
+    )

@@ -1,0 +1,252 @@
+"""HTML from mail made safe to show, HTML turned into readable text, and text turned into HTML. Pure.
+
+The only module that imports bleach. Input is cut at MAX_HTML_CHARS before any parsing, so
+the cost of a hostile message stays bounded.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from collections.abc import Callable
+from html.parser import HTMLParser
+
+import bleach
+import html2text
+from bleach.linkifier import LinkifyFilter
+from bleach.sanitizer import Cleaner
+
+__all__ = ["MAX_HTML_CHARS", "escape_text_to_html", "html_to_text", "sanitize_html", "strip_quoted_html"]
+
+MAX_HTML_CHARS = 1_000_000
+
+ALLOWED_TAGS = frozenset(
+    {"p", "br", "a", "b", "strong", "i", "em", "u", "s", "code", "pre", "blockquote", "ul", "ol", "li",
+     "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tfoot", "tr", "th", "td",
+     "caption", "img"}
+)
+LINK_REL = "nofollow noopener"
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
+
+# Dropped with everything inside them, not just the tags.
+_DROP_WITH_CONTENT = frozenset(
+    {"script", "style", "head", "title", "template", "noscript", "iframe", "frame", "frameset", "object",
+     "embed", "applet", "svg", "math", "textarea", "select", "xml", "canvas", "audio", "video"}
+)
+_VOID = frozenset(
+    {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "param", "source", "track", "wbr"}
+)
+# Block elements outside the allowlist: their boundaries become line breaks once the tag is gone.
+_BLOCKISH = frozenset({"div", "center", "section", "article", "header", "footer", "address", "figure", "dl",
+                       "dt", "dd", "main", "aside", "nav", "form", "fieldset"})
+_KEPT_BLOCKS = frozenset({"p", "blockquote", "ul", "ol", "li", "pre", "table", "tr", "td", "th", "h1", "h2",
+                          "h3", "h4", "h5", "h6", "hr", "br"})
+
+# Quoted-history containers written by common mail clients (Gmail, Apple Mail, Thunderbird, Yahoo,
+# Proton, Zoho): removed with their content when trimming.
+_QUOTE_CLASSES = frozenset({"gmail_quote", "gmail_extra", "gmail_signature", "yahoo_quoted", "moz-cite-prefix",
+                            "moz-signature", "protonmail_quote", "zmail_extra", "outlookmessageheader",
+                            "ms-outlook-mobile-reference-message", "x_gmail_quote"})
+# Markers after which the rest of an Outlook / Windows Mail body is the quoted message.
+_CUT_IDS = frozenset({"divrplyfwdmsg", "x_divrplyfwdmsg", "olk_src_body_section", "appendonsend", "stopspelling",
+                      "mail-editor-reference-message-container"})
+_OUTLOOK_SEPARATOR_RE = re.compile(r"border-top:\s*solid\s+#(?:b5c4df|e1e1e1)", re.IGNORECASE)
+
+
+def _bounded(text: str) -> str:
+    return text[:MAX_HTML_CHARS] if len(text) > MAX_HTML_CHARS else text
+
+
+class _Prepass(HTMLParser):
+    """Re-emits HTML without dangerous or hidden elements; optionally without quoted history.
+
+    Runs before bleach so that script/style bodies vanish (bleach would keep their text) and
+    so that the block structure of divs survives as <br> once bleach strips the div tags.
+    """
+
+    def __init__(self, *, trim_quotes: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self.trim_quotes = trim_quotes
+        self.out: list[str] = []
+        self.skipping: str | None = None
+        self.skip_depth = 0
+        self.stopped = False
+        self.line_open = False
+
+    def _skip(self, tag: str) -> None:
+        self.skipping, self.skip_depth = tag, 1
+
+    def _is_quote_container(self, tag: str, attrs: dict[str, str]) -> bool:
+        if not self.trim_quotes:
+            return False
+        classes = set(attrs.get("class", "").lower().split())
+        if classes & _QUOTE_CLASSES:
+            return True
+        return tag == "blockquote" and attrs.get("type", "").lower() == "cite"
+
+    def _is_cut_marker(self, tag: str, attrs: dict[str, str]) -> bool:
+        if not self.trim_quotes:
+            return False
+        if attrs.get("id", "").lower() in _CUT_IDS:
+            return True
+        return tag == "div" and bool(_OUTLOOK_SEPARATOR_RE.search(attrs.get("style", "")))
+
+    def _break_line(self) -> None:
+        if self.line_open:
+            self.out.append("<br>")
+            self.line_open = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._start(tag, attrs, closed=False)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._start(tag, attrs, closed=True)
+
+    def _start(self, tag: str, raw_attrs: list[tuple[str, str | None]], *, closed: bool) -> None:
+        if self.stopped:
+            return
+        if self.skipping is not None:
+            if tag == self.skipping and not closed and tag not in _VOID:
+                self.skip_depth += 1
+            return
+        attrs = {k.lower(): (v or "") for k, v in raw_attrs}
+        if self._is_cut_marker(tag, attrs):
+            self.stopped = True
+            return
+        if tag in _DROP_WITH_CONTENT or self._is_quote_container(tag, attrs):
+            if not closed and tag not in _VOID:
+                self._skip(tag)
+            return
+        if tag == "img":
+            src = attrs.get("src", "").strip()
+            if not src.lower().startswith("cid:"):
+                return  # remote and data: images are never shown
+            raw_attrs = [("src", src), ("alt", attrs.get("alt", ""))]
+        elif tag == "a":
+            href = attrs.get("href", "").strip()
+            safe_href = [("href", href)] if href.lower().startswith(_LINK_SCHEMES) else []
+            raw_attrs = [*safe_href, *(("title", v) for k, v in attrs.items() if k == "title")]
+        else:
+            raw_attrs = [(k, v) for k, v in raw_attrs if not k.lower().startswith("on")]
+        if tag in _BLOCKISH:
+            self._break_line()
+            return
+        if tag in _KEPT_BLOCKS:
+            self.line_open = False
+        rendered = "".join(f' {k}="{html_lib.escape(v or "", quote=True)}"' for k, v in raw_attrs)
+        self.out.append(f"<{tag}{rendered}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.stopped:
+            return
+        if self.skipping is not None:
+            if tag == self.skipping:
+                self.skip_depth -= 1
+                if self.skip_depth == 0:
+                    self.skipping = None
+            return
+        if tag in _BLOCKISH:
+            self._break_line()
+            return
+        if tag in _KEPT_BLOCKS:
+            self.line_open = False
+        self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        if self.stopped or self.skipping is not None:
+            return
+        if data.strip():
+            self.line_open = True
+        self.out.append(html_lib.escape(data, quote=False))
+
+
+def _prepass(html: str, *, trim_quotes: bool) -> str:
+    parser = _Prepass(trim_quotes=trim_quotes)
+    parser.feed(_bounded(html))
+    parser.close()
+    return "".join(parser.out)
+
+
+def strip_quoted_html(html: str) -> str:
+    """HTML without the quoted history containers of common mail clients (not yet sanitised)."""
+    return _prepass(html, trim_quotes=True)
+
+
+def _allow_attribute(tag: str, name: str, value: str) -> bool:
+    if tag == "a":
+        return name == "title" or (name == "href" and value.strip().lower().startswith(_LINK_SCHEMES))
+    if tag == "img":
+        return (name == "src" and value.strip().lower().startswith("cid:")) or name in {"alt", "title"}
+    if tag in {"td", "th"}:
+        return name in {"colspan", "rowspan"}
+    if tag == "ol":
+        return name == "start"
+    return False
+
+
+def _set_rel(attrs: dict[tuple[str | None, str], str], new: bool) -> dict[tuple[str | None, str], str] | None:
+    href = attrs.get((None, "href"), "")
+    if not href.strip().lower().startswith(_LINK_SCHEMES):
+        return None if new else attrs  # bleach already dropped a bad href; keep the text
+    attrs[(None, "rel")] = LINK_REL
+    return attrs
+
+
+_Callback = Callable[[dict[tuple[str | None, str], str], bool], dict[tuple[str | None, str], str] | None]
+_CALLBACKS: list[_Callback] = [_set_rel]
+
+
+def _cleaner() -> Cleaner:
+    return Cleaner(
+        tags=ALLOWED_TAGS,
+        attributes=_allow_attribute,
+        protocols=frozenset({"http", "https", "mailto", "cid"}),
+        strip=True,
+        strip_comments=True,
+        filters=[lambda source: LinkifyFilter(source, callbacks=_CALLBACKS, skip_tags={"pre", "code"})],
+    )
+
+
+_EMPTY_IMG_RE = re.compile(r"<img(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
+_BR_RUN_RE = re.compile(r"(?:<br>\s*){3,}")
+
+
+def sanitize_html(html: str) -> str:
+    """Strict allowlist cleaning: safe tags only, links with rel="nofollow noopener", inline (cid:) images only."""
+    cleaned = str(_cleaner().clean(_prepass(html, trim_quotes=False)))
+    cleaned = _EMPTY_IMG_RE.sub("", cleaned)
+    return _BR_RUN_RE.sub("<br><br>", cleaned).strip()
+
+
+def _converter() -> html2text.HTML2Text:
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.unicode_snob = True
+    converter.ignore_images = True
+    converter.ignore_emphasis = True
+    converter.skip_internal_links = True
+    converter.single_line_break = False
+    return converter
+
+
+_TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_BLANK_RUN_RE = re.compile(r"\n{3,}")
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text; blockquotes become "> " lines so quote trimming works on the result."""
+    text = _converter().handle(_prepass(html, trim_quotes=False))
+    text = text.replace("\u00a0", " ")
+    text = _TRAILING_SPACE_RE.sub("", text)
+    return _BLANK_RUN_RE.sub("\n\n", text).strip()
+
+
+def escape_text_to_html(text: str) -> str:
+    """Plain text as safe HTML paragraphs (line breaks kept), URLs linkified with rel="nofollow noopener"."""
+    paragraphs = re.split(r"\n[ \t]*\n+", _bounded(text).replace("\r\n", "\n").strip())
+    body = "".join(
+        "<p>" + "<br>\n".join(html_lib.escape(line, quote=False) for line in para.split("\n")) + "</p>\n"
+        for para in paragraphs
+        if para.strip()
+    )
+    return str(bleach.linkify(body, callbacks=_CALLBACKS, skip_tags={"pre", "code"})).strip()

@@ -1,0 +1,196 @@
+"""Stateless signed tokens carried in address local parts (reply+, unsubscribe+, bounces+, confirm+). Pure.
+
+Layout before base32: one byte ``version << 4 | kind``, one unsigned LEB128 varint per id, a varint for the
+issue day (days since 2020-01-01), then the first ``MAC_BYTES`` of HMAC-SHA256 over all of that. The result
+is base32, lowercase, unpadded, so it survives the lowercasing that some MTAs apply to local parts.
+With ids up to 2**40 a token is at most 44 characters, so even ``unsubscribe+<token>`` fits the
+64-octet local-part limit of RFC 5321.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from enum import StrEnum
+
+EPOCH = date(2020, 1, 1)
+MAC_BYTES = 10
+MAX_ID = 2**63 - 1
+MAX_TOKEN_CHARS = 64
+# Tokens minted by a host whose clock runs a little ahead (or in an earlier time zone) are still fine.
+FUTURE_SKEW_DAYS = 1
+
+_VERSION = 1
+_MAC_CONTEXT = b"qaflow-mail token v1\x00"
+_BASE32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+_MAX_VARINT_BYTES = 9  # 63 bits
+
+
+class TokenKind(StrEnum):
+    REPLY = "reply"  # ids: (post id, user id)
+    UNSUBSCRIBE = "unsubscribe"  # ids: (user id, category id), category id 0 meaning "all announcements"
+    BOUNCE = "bounce"  # ids: (user id, outbox id), VERP envelope sender
+    CONFIRM = "confirm"  # ids: (announcement id, user id); the caller enforces single use
+
+
+class TokenError(StrEnum):
+    TAMPERED = "tampered"
+    EXPIRED = "expired"
+    MALFORMED = "malformed"
+    WRONG_KIND = "wrong kind"
+
+
+_KIND_CODES: dict[TokenKind, int] = {
+    TokenKind.REPLY: 1,
+    TokenKind.UNSUBSCRIBE: 2,
+    TokenKind.BOUNCE: 3,
+    TokenKind.CONFIRM: 4,
+}
+_KINDS_BY_CODE = {code: kind for kind, code in _KIND_CODES.items()}
+_ID_COUNT: dict[TokenKind, int] = dict.fromkeys(TokenKind, 2)
+
+
+class InvalidToken(ValueError):
+    """A token that must not be honoured; ``reason`` says why (never shown to the sender in detail)."""
+
+    def __init__(self, reason: TokenError, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPayload:
+    kind: TokenKind
+    ids: tuple[int, ...]
+    issued: date
+    key_index: int  # 0 for the current secret, 1 for the previous one, ...
+
+
+def sign(kind: TokenKind, ids: tuple[int, ...], *, secret: str, issued: date) -> str:
+    """The token for ``ids`` of ``kind``, issued on ``issued``."""
+    if not secret:
+        raise ValueError("token secret must not be empty")
+    if len(ids) != _ID_COUNT[kind]:
+        raise ValueError(f"{kind} tokens carry {_ID_COUNT[kind]} ids, got {len(ids)}")
+    for value in ids:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+            raise ValueError(f"token ids must be integers in [0, 2**63), got {value!r}")
+    day = (issued - EPOCH).days
+    if day < 0:
+        raise ValueError(f"issue date {issued} is before {EPOCH}")
+    body = bytes([_VERSION << 4 | _KIND_CODES[kind]]) + b"".join(_varint(v) for v in (*ids, day))
+    raw = body + _mac(secret, body)
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def verify(
+    token: str,
+    *,
+    kind: TokenKind,
+    secrets: Sequence[str],
+    today: date,
+    max_age_days: int | None,
+) -> TokenPayload:
+    """The payload of a genuine, unexpired token of ``kind``; raises ``InvalidToken`` otherwise.
+
+    ``secrets`` lists the current secret first, then older ones still accepted during a rotation; empty
+    entries are ignored. A token dated more than a day after ``today`` counts as expired: it is outside
+    its validity window either way.
+    """
+    raw = _decode(token)
+    if len(raw) <= MAC_BYTES + 1:
+        raise InvalidToken(TokenError.MALFORMED, "too short")
+    body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+    token_kind, ids, day = _parse_body(body)
+
+    key_index = _matching_key(body, mac, secrets)
+    if key_index is None:
+        raise InvalidToken(TokenError.TAMPERED, "signature mismatch")
+    if token_kind is not kind:
+        raise InvalidToken(TokenError.WRONG_KIND, f"expected {kind}, got {token_kind}")
+    try:
+        issued = EPOCH + timedelta(days=day)
+    except OverflowError:
+        raise InvalidToken(TokenError.MALFORMED, "issue day out of range") from None
+    age = (today - issued).days
+    if age < -FUTURE_SKEW_DAYS:
+        raise InvalidToken(TokenError.EXPIRED, f"issued in the future ({issued})")
+    if max_age_days is not None and age > max_age_days:
+        raise InvalidToken(TokenError.EXPIRED, f"issued {issued}, {age} days ago")
+    return TokenPayload(kind=token_kind, ids=ids, issued=issued, key_index=key_index)
+
+
+def _mac(secret: str, body: bytes) -> bytes:
+    return hmac.new(secret.encode("utf-8"), _MAC_CONTEXT + body, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _matching_key(body: bytes, mac: bytes, secrets: Sequence[str]) -> int | None:
+    found: int | None = None
+    for index, secret in enumerate(secrets):
+        # An empty key would let anyone mint tokens, so an unset previous secret must never verify.
+        if secret and hmac.compare_digest(_mac(secret, body), mac) and found is None:
+            found = index
+    return found
+
+
+def _decode(token: str) -> bytes:
+    text = token.strip().lower()
+    if not text or len(text) > MAX_TOKEN_CHARS or not set(text) <= _BASE32_ALPHABET:
+        raise InvalidToken(TokenError.MALFORMED, "not a base32 token")
+    try:
+        raw = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    except binascii.Error:
+        raise InvalidToken(TokenError.MALFORMED, "bad base32 length") from None
+    # b32decode ignores stray low bits in the last character; insist on the one spelling we emit.
+    if base64.b32encode(raw).decode("ascii").rstrip("=").lower() != text:
+        raise InvalidToken(TokenError.MALFORMED, "non-canonical base32")
+    return raw
+
+
+def _parse_body(body: bytes) -> tuple[TokenKind, tuple[int, ...], int]:
+    version, code = body[0] >> 4, body[0] & 0x0F
+    if version != _VERSION:
+        raise InvalidToken(TokenError.MALFORMED, f"unknown token version {version}")
+    kind = _KINDS_BY_CODE.get(code)
+    if kind is None:
+        raise InvalidToken(TokenError.MALFORMED, f"unknown token kind {code}")
+    values: list[int] = []
+    pos = 1
+    for _ in range(_ID_COUNT[kind] + 1):
+        value, pos = _read_varint(body, pos)
+        values.append(value)
+    if pos != len(body):
+        raise InvalidToken(TokenError.MALFORMED, "trailing bytes")
+    return kind, tuple(values[:-1]), values[-1]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift_index in range(_MAX_VARINT_BYTES):
+        if pos >= len(data):
+            raise InvalidToken(TokenError.MALFORMED, "truncated")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << (7 * shift_index)
+        if not byte & 0x80:
+            if byte == 0 and shift_index > 0:
+                raise InvalidToken(TokenError.MALFORMED, "non-minimal varint")
+            return value, pos
+    raise InvalidToken(TokenError.MALFORMED, "varint too long")

@@ -1,0 +1,1 @@
+"""Outbound mail: rendering, notifications, digests, announcements and the outbox."""
