@@ -8,6 +8,9 @@
   samples must never be classified POST, and no file may crash the classifier.
 - the other corpora (real list and personal mail, mboxes split into messages): crashes, and the verdicts
   counted by reason, to see what ordinary mail is held back and why.
+
+Every file is classified as it would arrive over IMAP to a reply address: no SMTP envelope (the Return-Path
+header stands in for it) and not on the bounce address, the hardest case for bounces.
 """
 
 from __future__ import annotations

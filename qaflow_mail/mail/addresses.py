@@ -10,6 +10,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from qaflow_mail.mail.tokens import TokenKind
+
 
 @dataclass(frozen=True, slots=True)
 class NewTopic:
@@ -69,6 +71,13 @@ _TOKEN_ROUTES: dict[str, type[Reply | Unsubscribe | Bounce | Confirm]] = {
     BOUNCES_PREFIX: Bounce,
     CONFIRM_PREFIX: Confirm,
 }
+_TOKEN_PREFIXES: dict[TokenKind, str] = {
+    TokenKind.REPLY: REPLY_PREFIX,
+    TokenKind.UNSUBSCRIBE: UNSUBSCRIBE_PREFIX,
+    TokenKind.BOUNCE: BOUNCES_PREFIX,
+    TokenKind.CONFIRM: CONFIRM_PREFIX,
+}
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 _RESERVED = frozenset(
     {
         "announce",
@@ -99,6 +108,14 @@ def is_valid_slug(slug: str, *, announce_local: str = "announce") -> bool:
         and slug not in reserved_local_parts(announce_local=announce_local)
         and not slug.endswith((REQUEST_SUFFIX, UNSUBSCRIBE_SUFFIX))
     )
+
+
+def token_address(kind: TokenKind, token: str, *, domain: str) -> str:
+    """The address carrying ``token``: reply+, unsubscribe+, bounces+ (VERP envelope sender) or confirm+."""
+    local = f"{_TOKEN_PREFIXES[kind]}{TOKEN_SEPARATOR}{token}"
+    if not token or len(local) > MAX_LOCAL_PART:
+        raise ValueError(f"local part must be 1..{MAX_LOCAL_PART} octets: {local!r}")
+    return f"{local}@{domain.lower()}"
 
 
 def classify(

@@ -45,7 +45,6 @@ _BOUNCE_SUBJECT_RE = re.compile(
       | mail\ system\ error
       | mail\ error\b
       | message\ status\ -\ undeliverable
-      | returned\ mail
       | ndn:
       | unzustellbar | nicht\ zustellbar | unzustellbare
       | non\ remis | échec\ de\ (?:la\ )?(?:remise|distribution) | message\ non\ délivré
@@ -71,7 +70,7 @@ _REPLY_OR_FORWARD_RE = re.compile(
 _LEADING_TAGS_RE = re.compile(r"^\s*(?:\[[^\]]{0,60}\]\s*)+")
 
 _DAEMON_LOCAL_RE = re.compile(
-    r"^(?:mailer[-_]?daemon|mail[-_]?daemon|postmaster|post[-_]?master|mail[-_]?delivery[-_]?(?:system|subsystem)"
+    r"^(?:mailer[-_]?daemon|mail[-_]?daemon|post[-_]?master|mail[-_]?delivery[-_]?(?:system|subsystem)"
     r"|microsoftexchange[0-9a-f]*|mdaemon|mmdf|smtp[-_]?daemon)(?:[-+.].*)?$",
     re.IGNORECASE,
 )
@@ -281,18 +280,25 @@ def _has_returned_original(msg: Message) -> bool:
 def _status_blocks(part: Message) -> list[Message]:
     """The header blocks of a delivery-status part: per-message fields first, then one per recipient."""
     payload = part.get_payload()
-    if isinstance(payload, list) and all(isinstance(block, Message) for block in payload):
-        # The compat32 parser splits message/delivery-status into blocks itself.
+    if part.get_content_type() == "message/delivery-status" and isinstance(payload, list):
+        # The compat32 parser splits message/delivery-status into its blocks itself.
         return [block for block in payload if isinstance(block, Message)]
-    decoded = part.get_payload(decode=True)
-    if isinstance(decoded, bytes):
-        text = decoded.decode("utf-8", errors="replace")
-    elif isinstance(payload, str):
-        text = payload
+    if isinstance(payload, list):
+        # message/global-delivery-status (RFC 6533) is parsed as one message: its headers are the first
+        # block and its body holds the rest, UTF-8 bytes included.
+        text = "".join(_message_text(block) for block in payload if isinstance(block, Message))
     else:
-        return []
+        decoded = part.get_payload(decode=True)
+        text = decoded.decode("utf-8", errors="replace") if isinstance(decoded, bytes) else str(payload)
     blocks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
     return [email.message_from_string(block.strip() + "\n\n") for block in blocks if block.strip()]
+
+
+def _message_text(msg: Message) -> str:
+    try:
+        return msg.as_bytes().decode("utf-8", errors="replace")
+    except Exception:  # a part the generator cannot write back: its text form will do
+        return msg.as_string()
 
 
 def _typed_address(value: str) -> str:
@@ -376,10 +382,12 @@ def _for_flufl(msg: Message) -> Message:
 
 
 def _decode_addresses(found: frozenset[bytes]) -> frozenset[str]:
+    """flufl.bounce's byte addresses as lowercased text, without the odd non-address it reports."""
     addresses: set[str] = set()
     for item in found:
         text = item.decode("ascii", errors="replace").strip().strip("<>").strip().lower()
-        if text:
+        local, at, domain = text.rpartition("@")
+        if at and local and domain and not any(c.isspace() for c in text):
             addresses.add(text)
     return frozenset(addresses)
 

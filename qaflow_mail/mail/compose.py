@@ -196,7 +196,8 @@ def compose(
 ) -> EmailMessage:
     """A ready-to-send message: text/plain, or multipart/alternative with the text part first.
 
-    Message-IDs are given without angle brackets. ``in_reply_to`` is appended to References when missing;
+    Message-IDs are given without angle brackets (brackets around ``in_reply_to`` and ``references`` are
+    tolerated; ``message_id`` must be bare). ``in_reply_to`` is appended to References when missing;
     References keeps the first id and the most recent ones (at most ``MAX_REFERENCES``). Ids that are not
     valid ASCII msg-ids (they may come from other people's mail) are dropped rather than emitted.
     ``extra_headers`` may add headers or override Precedence / Auto-Submitted / X-Auto-Response-Suppress
@@ -215,7 +216,11 @@ def compose(
     msg["To"] = Address(addr_spec=_addr_spec(to))
     msg["Subject"] = clean_header_text(subject)
     msg["Message-ID"] = f"<{message_id}>"
-    parent = in_reply_to if in_reply_to is not None and _is_msg_id(in_reply_to) else None
+    if isinstance(references, str):
+        raise TypeError("references must be a sequence of Message-IDs, not a string")
+    parent = _bare_msg_id(in_reply_to) if in_reply_to is not None else None
+    if parent is not None and not _is_msg_id(parent):
+        parent = None
     if parent is not None:
         msg["In-Reply-To"] = f"<{parent}>"
     chain = _reference_chain(references, parent)
@@ -316,7 +321,7 @@ def _list_fields(headers: ListHeaders) -> list[tuple[str, str]]:
 def _reference_chain(references: Sequence[str], parent: str | None) -> list[str]:
     chain: list[str] = []
     for ref in (*references, *([parent] if parent else [])):
-        ref_id = ref.strip().removeprefix("<").removesuffix(">")
+        ref_id = _bare_msg_id(ref)
         if _is_msg_id(ref_id) and ref_id not in chain:
             chain.append(ref_id)
     if parent is not None and chain and chain[-1] != parent:
@@ -325,6 +330,10 @@ def _reference_chain(references: Sequence[str], parent: str | None) -> list[str]
     if len(chain) > MAX_REFERENCES:
         chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
     return chain
+
+
+def _bare_msg_id(value: str) -> str:
+    return value.strip().removeprefix("<").removesuffix(">")
 
 
 def _is_msg_id(value: str) -> bool:

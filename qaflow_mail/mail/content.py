@@ -10,7 +10,7 @@ from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.mail.quotes import is_signature_only, split_reply
 from qaflow_mail.mail.sanitize import escape_text_to_html, html_to_text, sanitize_html, strip_quoted_html
 
-__all__ = ["BodySource", "Content", "enriched_to_text", "extract_content"]
+__all__ = ["BodySource", "Content", "enriched_to_text", "extract_content", "html_reply_text"]
 
 
 class BodySource(StrEnum):
@@ -77,6 +77,11 @@ def _choose_body(parsed: ParsedMail) -> tuple[BodySource, str]:
     return BodySource.NONE, parsed.text or ""
 
 
+def html_reply_text(html: str) -> str:
+    """The visible reply of an HTML body as text: quote containers dropped, then the text trimmed."""
+    return split_reply(_normalize(html_to_text(strip_quoted_html(html))))[0]
+
+
 def _visible_html(raw_html: str, visible: str) -> str:
     """The mail's HTML without its quoted history, sanitised; the escaped visible text if that fails.
 
@@ -96,6 +101,8 @@ def extract_content(parsed: ParsedMail) -> Content:
     source, body = _choose_body(parsed)
     full_text = _normalize(body).strip()
     visible, elided = split_reply(full_text)
+    if source is BodySource.HTML and parsed.html is not None:
+        visible = html_reply_text(parsed.html)
     is_empty = not visible.strip()
     html = None
     if parsed.html is not None and parsed.html.strip() and not is_empty:

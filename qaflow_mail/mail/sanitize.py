@@ -225,11 +225,13 @@ def _converter() -> html2text.HTML2Text:
     converter.ignore_images = True
     converter.ignore_emphasis = True
     converter.skip_internal_links = True
+    converter.ignore_mailto_links = True  # "<a href=mailto:x>x</a>" reads as x, as quote headers expect
     converter.single_line_break = False
     return converter
 
 
 _TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
+_HR_RE = re.compile(r"^\* \* \*$", re.MULTILINE)  # html2text's rendering of <hr>
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
 
@@ -237,7 +239,7 @@ def html_to_text(html: str) -> str:
     """Readable plain text; blockquotes become "> " lines so quote trimming works on the result."""
     text = _converter().handle(_prepass(html, trim_quotes=False))
     text = text.replace("\u00a0", " ")
-    text = _TRAILING_SPACE_RE.sub("", text)
+    text = _HR_RE.sub("---", _TRAILING_SPACE_RE.sub("", text))
     return _BLANK_RUN_RE.sub("\n\n", text).strip()
 
 

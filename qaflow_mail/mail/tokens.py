@@ -102,6 +102,8 @@ def verify(
     entries are ignored. A token dated more than a day after ``today`` counts as expired: it is outside
     its validity window either way.
     """
+    if isinstance(secrets, str):  # a bare string would be tried one character at a time
+        raise TypeError("secrets must be a sequence of secrets, not a string")
     raw = _decode(token)
     if len(raw) <= MAC_BYTES + 1:
         raise InvalidToken(TokenError.MALFORMED, "too short")

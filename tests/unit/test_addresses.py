@@ -17,6 +17,7 @@ from qaflow_mail.mail.addresses import (
     classify,
     is_valid_slug,
     reserved_local_parts,
+    token_address,
 )
 from qaflow_mail.mail.tokens import TokenKind, sign, verify
 
@@ -157,3 +158,26 @@ def test_valid_slugs(slug: str) -> None:
 )
 def test_invalid_slugs(slug: str) -> None:
     assert not is_valid_slug(slug)
+
+
+@pytest.mark.parametrize(
+    ("kind", "destination"),
+    [
+        (TokenKind.REPLY, Reply),
+        (TokenKind.UNSUBSCRIBE, Unsubscribe),
+        (TokenKind.BOUNCE, Bounce),
+        (TokenKind.CONFIRM, Confirm),
+    ],
+)
+def test_token_address_classifies_back_to_its_kind(kind: TokenKind, destination: type) -> None:
+    token = sign(kind, (2**40, 2**40), secret="s", issued=date(2099, 1, 1))
+    address = token_address(kind, token, domain="Forum.Example.org")
+    assert len(address.split("@")[0]) <= 64
+    assert _classify(address) == destination(token)
+
+
+def test_token_address_refuses_empty_or_oversized_tokens() -> None:
+    with pytest.raises(ValueError):
+        token_address(TokenKind.REPLY, "", domain=DOMAIN)
+    with pytest.raises(ValueError):
+        token_address(TokenKind.UNSUBSCRIBE, "a" * 53, domain=DOMAIN)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from email.header import decode_header, make_header
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -77,7 +77,7 @@ def _reparse(msg: EmailMessage) -> EmailMessage:
     return parsed
 
 
-def _content(part: EmailMessage) -> str:
+def _content(part: MIMEPart) -> str:
     content = part.get_content()
     assert isinstance(content, str)
     return content.replace("\r\n", "\n")
@@ -321,6 +321,17 @@ def test_references_are_deduplicated_capped_and_end_with_the_parent() -> None:
     assert ids[0] == "<r0@example.com>"
     assert ids[-1] == "<r5@example.com>"
     assert len(set(ids)) == len(ids)
+
+
+def test_bracketed_parent_ids_are_accepted() -> None:
+    data = _wire(_compose(in_reply_to="<parent@example.com>", references=["<root@example.com>"]))
+    assert _unfolded_raw(data, "In-Reply-To") == ["<parent@example.com>"]
+    assert _unfolded_raw(data, "References") == ["<root@example.com> <parent@example.com>"]
+
+
+def test_references_must_not_be_a_bare_string() -> None:
+    with pytest.raises(TypeError):
+        _compose(references="root@example.com")
 
 
 def test_invalid_reference_ids_are_dropped() -> None:

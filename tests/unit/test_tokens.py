@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import random
 from datetime import date, timedelta
 
@@ -168,7 +169,7 @@ def test_an_empty_secret_never_verifies() -> None:
     # A token "signed" with an empty key is what anyone could forge; an unset previous secret must not help.
     genuine = sign(TokenKind.REPLY, (1, 2), secret=SECRET, issued=ISSUED)
     body = tokens._decode(genuine)[: -tokens.MAC_BYTES]
-    forged = tokens.base64.b32encode(body + tokens._mac("", body)).decode().rstrip("=").lower()
+    forged = base64.b32encode(body + tokens._mac("", body)).decode().rstrip("=").lower()
     assert _reason(forged, secrets=[SECRET, ""]) is TokenError.TAMPERED
     assert _reason(genuine, secrets=["", ""]) is TokenError.TAMPERED
 
@@ -194,4 +195,10 @@ def test_invalid_token_is_a_value_error_with_a_reason() -> None:
     error = InvalidToken(TokenError.EXPIRED, "old")
     assert isinstance(error, ValueError)
     assert str(error) == "expired: old"
-    assert TokenError.WRONG_KIND == "wrong kind"
+    assert str(InvalidToken(TokenError.WRONG_KIND)) == "wrong kind"
+
+
+def test_secrets_must_not_be_a_bare_string() -> None:
+    token = sign(TokenKind.REPLY, (1, 2), secret="s", issued=ISSUED)
+    with pytest.raises(TypeError):
+        verify(token, kind=TokenKind.REPLY, secrets="s", today=ISSUED, max_age_days=None)

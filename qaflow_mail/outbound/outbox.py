@@ -1,0 +1,268 @@
+"""Draining the outbox: claim due rows, hand them to a `Mailer`, record what the relay said.
+
+Row life cycle: pending → sending (claimed by one worker until `claimed_until`) → sent | pending again (a
+temporary failure, with backoff) | failed (a permanent refusal, or out of attempts).
+
+Delivery guarantees, stated honestly:
+- Two workers never send the same row at once: a row moves to "sending" in one conditional UPDATE, and only the
+  worker whose name is in `claimed_by` may record its result. On PostgreSQL the candidate rows are also locked
+  with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint batches instead of waiting for each other.
+- A row is marked sent only after the relay answered 250 to its DATA (or the Maildir file was written).
+- At least once, not exactly once: if the process dies, or the database cannot be reached, between the relay's
+  250 and the commit that marks the batch, the rows of that batch stay "sending"; once their claim expires
+  (`lease_seconds`) another drain claims and sends them again. The window is one batch, at most
+  [outbound] batch_size messages; the same holds for a send cut short by the batch deadline after the relay had
+  in fact accepted it. Recipients see a duplicate at worst, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, and_, case, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db.models import Outbox, OutboxStatus, UTCDateTime
+from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
+from qaflow_mail.outbound.mailer import DeliveryError, Mailer
+
+if TYPE_CHECKING:
+    from qaflow_mail.pipeline.deps import Deps
+
+log = logging.getLogger(__name__)
+
+# How long a claim lasts. A batch gets 80% of it to finish its sends, so its results are recorded before any
+# other worker may take its rows back.
+DEFAULT_LEASE_SECONDS = 300.0
+_SEND_SHARE_OF_LEASE = 0.8
+
+PENDING = OutboxStatus.PENDING.value
+SENDING = OutboxStatus.SENDING.value
+SENT = OutboxStatus.SENT.value
+FAILED = OutboxStatus.FAILED.value
+
+
+class RequeueError(Exception):
+    """The row cannot be requeued; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStats:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+def retry_delay(attempts: int, *, base_seconds: float, max_seconds: float) -> timedelta:
+    """Wait before the next try after `attempts` failed ones: base, 2×base, 4×base, … capped at max."""
+    if attempts < 1:
+        return timedelta(0)
+    exponent = min(attempts - 1, 62)  # 2**62 × any sane base is far past any cap; avoids float overflow
+    return timedelta(seconds=min(base_seconds * 2.0**exponent, max_seconds))
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(Outbox.status == PENDING, Outbox.next_attempt_at <= now),
+        # A claim that ran out: the worker crashed, or never recorded its results.
+        and_(Outbox.status == SENDING, Outbox.claimed_until < now),
+    )
+
+
+async def claim(
+    session: AsyncSession, *, worker: str, now: datetime, limit: int, lease_seconds: float
+) -> list[Outbox]:
+    """Mark up to `limit` due rows as being sent by `worker` until now + lease, and return them, oldest first.
+
+    One statement: UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED]) AND <still due> RETURNING.
+    On SQLite the UPDATE takes the single write lock before reading, so a row claimed by a concurrent worker is
+    no longer due when this statement sees it.
+    """
+    if limit <= 0:
+        return []
+    due = _due(now)
+    candidates = (
+        select(Outbox.id)
+        .where(due)
+        .order_by(Outbox.next_attempt_at, Outbox.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    stmt = (
+        update(Outbox)
+        .where(Outbox.id.in_(candidates), due)
+        .values(status=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds))
+        .returning(Outbox)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    rows = list((await session.scalars(stmt)).all())
+    rows.sort(key=lambda row: (row.next_attempt_at, row.id))
+    return rows
+
+
+def _per_row(values: Mapping[int, Any], type_: Any, fallback: Any) -> Any:
+    """A CASE on the row id: one UPDATE sets a different value on each row of a batch."""
+    return case({row_id: literal(value, type_) for row_id, value in values.items()}, value=Outbox.id,
+                else_=fallback)
+
+
+async def _finish(session: AsyncSession, ids: Collection[int], *, worker: str, values: dict[str, Any]) -> set[int]:
+    """Apply `values` to the rows still claimed by `worker`; return the ids that were."""
+    if not ids:
+        return set()
+    stmt = (
+        update(Outbox)
+        .where(Outbox.id.in_(list(ids)), Outbox.status == SENDING, Outbox.claimed_by == worker)
+        .values(attempts=Outbox.attempts + 1, claimed_until=None, **values)
+        .returning(Outbox.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set((await session.scalars(stmt)).all())
+
+
+async def mark_sent(session: AsyncSession, ids: Collection[int], *, now: datetime, worker: str) -> set[int]:
+    return await _finish(session, ids, worker=worker, values={"status": SENT, "sent_at": now, "last_error": ""})
+
+
+async def mark_retry(
+    session: AsyncSession,
+    failures: Sequence[tuple[Outbox, str]],
+    *,
+    now: datetime,
+    settings: Settings,
+    worker: str,
+) -> tuple[set[int], set[int]]:
+    """Temporary failures: back to pending after a backoff, or failed once out of attempts.
+
+    Returns (retried ids, given-up ids). Giving up records no bounce: a relay that stayed unreachable says
+    nothing about the recipient's address.
+    """
+    outbound = settings.outbound
+    retry: dict[int, tuple[datetime, str]] = {}
+    give_up: dict[int, str] = {}
+    for row, error in failures:
+        attempts = row.attempts + 1
+        if attempts >= outbound.max_attempts:
+            give_up[row.id] = f"gave up after {attempts} attempts: {error}"
+        else:
+            delay = retry_delay(attempts, base_seconds=outbound.retry_base_seconds,
+                                max_seconds=outbound.retry_max_seconds)
+            retry[row.id] = (now + delay, error)
+    retried = await _finish(session, retry.keys(), worker=worker, values={
+        "status": PENDING,
+        "next_attempt_at": _per_row({k: v[0] for k, v in retry.items()}, UTCDateTime(), Outbox.next_attempt_at),
+        "last_error": _per_row({k: v[1] for k, v in retry.items()}, Outbox.last_error.type, Outbox.last_error),
+    })
+    given_up = await _finish(session, give_up.keys(), worker=worker, values={
+        "status": FAILED,
+        "last_error": _per_row(give_up, Outbox.last_error.type, Outbox.last_error),
+    })
+    return retried, given_up
+
+
+async def mark_failed(
+    session: AsyncSession,
+    failures: Sequence[tuple[Outbox, str]],
+    *,
+    now: datetime,
+    settings: Settings,
+    worker: str,
+) -> set[int]:
+    """Permanent refusals: the row is failed, and each recipient gets a hard bounce (see bounce_score)."""
+    errors = {row.id: error for row, error in failures}
+    failed = await _finish(session, errors.keys(), worker=worker, values={
+        "status": FAILED,
+        "last_error": _per_row(errors, Outbox.last_error.type, Outbox.last_error),
+    })
+    bounces = [
+        DeliveryFailure(address=row.recipient, user_id=row.user_id, outbox_id=row.id, diagnostic=error, hard=True)
+        for row, error in failures
+        if row.id in failed
+    ]
+    await record_delivery_failures(session, bounces, settings=settings, now=now)
+    return failed
+
+
+async def requeue(session: AsyncSession, outbox_id: int, now: datetime) -> None:
+    """Send a failed (or waiting) row again as soon as a drain runs, with a fresh count of attempts."""
+    stmt = (
+        update(Outbox)
+        .where(Outbox.id == outbox_id, Outbox.status.in_([FAILED, PENDING]))
+        .values(status=PENDING, next_attempt_at=now, attempts=0, claimed_by=None, claimed_until=None)
+        .returning(Outbox.id)
+        .execution_options(synchronize_session=False)
+    )
+    if (await session.scalars(stmt)).first() is not None:
+        return
+    status = await session.scalar(select(Outbox.status).where(Outbox.id == outbox_id))
+    if status is None:
+        raise RequeueError(f"no outbox row {outbox_id}")
+    if status == SENT:
+        raise RequeueError(f"outbox row {outbox_id} was sent already; requeueing it would send it twice")
+    raise RequeueError(f"outbox row {outbox_id} is being sent right now")
+
+
+async def _attempt(mailer: Mailer, row: Outbox, slots: asyncio.Semaphore, deadline: float) -> DeliveryError | None:
+    try:
+        async with asyncio.timeout_at(deadline), slots:
+            await mailer.send(row.envelope_from, row.recipient, row.raw)
+    except DeliveryError as exc:
+        return exc
+    except TimeoutError:
+        return DeliveryError(False, None, "no answer before the batch deadline")
+    except Exception as exc:  # a bug in a mailer must not stall the queue: retry later, keep the trace
+        log.exception("outbox.send_crashed id=%s", row.id)
+        return DeliveryError(False, None, f"{type(exc).__name__}: {exc}")
+    return None
+
+
+async def drain_once(
+    deps: Deps, mailer: Mailer, *, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> DrainStats:
+    """Claim one batch (one short transaction), send it concurrently, record every result (one transaction)."""
+    settings = deps.settings
+    outbound = settings.outbound
+    started = time.monotonic()
+    async with deps.sessions() as session, session.begin():
+        rows = await claim(session, worker=worker, now=deps.clock(), limit=outbound.batch_size,
+                           lease_seconds=lease_seconds)
+    if not rows:
+        return DrainStats()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lease_seconds * _SEND_SHARE_OF_LEASE
+    slots = asyncio.Semaphore(max(1, outbound.concurrency))
+    results = await asyncio.gather(*(_attempt(mailer, row, slots, deadline) for row in rows))
+
+    sent_ids: list[int] = []
+    temporary: list[tuple[Outbox, str]] = []
+    permanent: list[tuple[Outbox, str]] = []
+    for row, error in zip(rows, results, strict=True):
+        if error is None:
+            sent_ids.append(row.id)
+        elif error.permanent:
+            permanent.append((row, str(error)))
+            log.warning("outbox.refused id=%s recipient=%s error=%s", row.id, row.recipient, error)
+        else:
+            temporary.append((row, str(error)))
+            log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
+
+    # The window between the relay's 250 and this commit is the at-least-once window described above.
+    now = deps.clock()
+    async with deps.sessions() as session, session.begin():
+        sent = await mark_sent(session, sent_ids, now=now, worker=worker)
+        retried, given_up = await mark_retry(session, temporary, now=now, settings=settings, worker=worker)
+        failed = await mark_failed(session, permanent, now=now, settings=settings, worker=worker)
+
+    stats = DrainStats(claimed=len(rows), sent=len(sent), retried=len(retried), failed=len(failed) + len(given_up))
+    log.info("outbox.drained worker=%s claimed=%d sent=%d retried=%d failed=%d ms=%d", worker, stats.claimed,
+             stats.sent, stats.retried, stats.failed, (time.monotonic() - started) * 1000)
+    return stats

@@ -1,0 +1,398 @@
+"""Category subscriptions: one place for the rules the mail pipeline, the HTTP endpoint and the CLI share.
+
+- ``unsubscribe_by_token``: the signed token of a List-Unsubscribe link or address turns one subscription to
+  ``mute`` (category id 0 means the site's announcements: ``users.announcements_muted``). Idempotent.
+- ``set_subscription``: one user, one category, one mode.
+- ``bulk_add_users`` / ``bulk_subscribe``: one address per line, as when a list moves over. Lookups and inserts
+  go by chunks of addresses (one query per chunk, multi-row INSERTs), never one query per line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import getaddresses
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db.models import (
+    Category,
+    CategorySubscription,
+    SubscriptionMode,
+    User,
+    UserAddress,
+    UserStatus,
+)
+from qaflow_mail.mail.addresses import UNSUBSCRIBE_PREFIX
+from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, verify
+from qaflow_mail.pipeline.tokens import token_secrets
+
+ANNOUNCEMENTS_CATEGORY_ID = 0  # the category id an UNSUBSCRIBE token carries for "site announcements"
+CHUNK = 500  # addresses per lookup / insert: far below every backend's bound-parameter limit
+MAX_EMAIL_LENGTH = 320
+MAX_LOCAL_PART = 64
+MAX_NAME_LENGTH = 200
+
+# A plain ASCII addr-spec: what our outbound mail can address (compose refuses anything else).
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unsubscribe by token
+
+
+class UnsubscribeStatus(StrEnum):
+    VALID = "valid"  # the token is good; nothing changed yet (check_unsubscribe_token)
+    UNSUBSCRIBED = "unsubscribed"  # turned off now
+    ALREADY = "already"  # it was off already: nothing changed
+    INVALID = "invalid"  # tampered, malformed, another kind of token, or its user is gone
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeResult:
+    status: UnsubscribeStatus
+    user_id: int | None = None
+    email: str | None = None
+    category_id: int | None = None  # None for site announcements
+    category_name: str | None = None
+    category_slug: str | None = None
+    detail: str = ""  # for the logs only
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (UnsubscribeStatus.VALID, UnsubscribeStatus.UNSUBSCRIBED, UnsubscribeStatus.ALREADY)
+
+    @property
+    def changed(self) -> bool:
+        return self.status is UnsubscribeStatus.UNSUBSCRIBED
+
+    @property
+    def is_announcements(self) -> bool:
+        return self.ok and self.category_id is None
+
+
+def unsubscribe_address(settings: Settings, token: str) -> str:
+    return f"{UNSUBSCRIBE_PREFIX}+{token}@{settings.site.domain}"
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{settings.site.base_url.rstrip('/')}/unsubscribe/{token}"
+
+
+def mask_email(address: str) -> str:
+    """The address as an unsubscribe page may show it to whoever holds the link: 'al***@example.org'."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:2]}***@{domain}"
+
+
+async def check_unsubscribe_token(
+    session: AsyncSession, token: str, settings: Settings, now: datetime
+) -> UnsubscribeResult:
+    """What ``token`` would unsubscribe (status VALID), or why it cannot be honoured. Changes nothing.
+
+    Unsubscribe tokens do not expire with age: a link in an old email must keep working (RFC 8058 senders are
+    expected to honour it), and all it can do is stop mail. Only a token dated in the future counts as expired.
+    """
+    try:
+        payload = verify(token, kind=TokenKind.UNSUBSCRIBE, secrets=token_secrets(settings), today=now.date(),
+                         max_age_days=None)
+    except InvalidToken as exc:
+        status = UnsubscribeStatus.EXPIRED if exc.reason is TokenError.EXPIRED else UnsubscribeStatus.INVALID
+        return UnsubscribeResult(status, detail=str(exc))
+    user_id, category_id = payload.ids
+    user = await session.get(User, user_id)
+    if user is None:
+        return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"user {user_id} no longer exists")
+    if category_id == ANNOUNCEMENTS_CATEGORY_ID:
+        return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email)
+    category = await session.get(Category, category_id)
+    if category is None:
+        return UnsubscribeResult(UnsubscribeStatus.INVALID, user_id=user.id, email=user.email,
+                                 detail=f"category {category_id} no longer exists")
+    return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, category_id=category.id,
+                             category_name=category.name, category_slug=category.slug)
+
+
+async def unsubscribe_by_token(
+    session: AsyncSession, token: str, settings: Settings, now: datetime
+) -> UnsubscribeResult:
+    """Turn off what ``token`` names: the subscription becomes ``mute`` (a row is kept, so the choice is
+    remembered), or the user's announcements are muted. Repeating it changes nothing (status ALREADY)."""
+    target = await check_unsubscribe_token(session, token, settings, now)
+    if target.status is not UnsubscribeStatus.VALID:
+        return target
+    assert target.user_id is not None
+    if target.category_id is None:
+        result = await session.execute(
+            update(User)
+            .where(User.id == target.user_id, User.announcements_muted.is_(False))
+            .values(announcements_muted=True)
+            .execution_options(synchronize_session="fetch")
+        )
+        changed = _rowcount(result) > 0
+    else:
+        previous = await _set_mode(session, user_id=target.user_id, category_id=target.category_id,
+                                   mode=SubscriptionMode.MUTE, now=now)
+        changed = previous is not SubscriptionMode.MUTE
+    status = UnsubscribeStatus.UNSUBSCRIBED if changed else UnsubscribeStatus.ALREADY
+    return UnsubscribeResult(status, user_id=target.user_id, email=target.email, category_id=target.category_id,
+                             category_name=target.category_name, category_slug=target.category_slug)
+
+
+def _rowcount(result: Any) -> int:
+    count = getattr(result, "rowcount", 0)
+    return int(count) if isinstance(count, int) else 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One subscription
+
+
+async def set_subscription(
+    session: AsyncSession, user: User, category: Category, mode: SubscriptionMode, now: datetime
+) -> SubscriptionMode | None:
+    """Set ``user``'s mode for ``category`` (creating the row when missing). Returns the previous mode."""
+    return await _set_mode(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
+
+
+async def _set_mode(
+    session: AsyncSession, *, user_id: int, category_id: int, mode: SubscriptionMode, now: datetime
+) -> SubscriptionMode | None:
+    row = await session.scalar(
+        select(CategorySubscription).where(
+            CategorySubscription.user_id == user_id, CategorySubscription.category_id == category_id
+        )
+    )
+    if row is None:
+        await session.execute(
+            _insert(session, CategorySubscription)
+            .values(user_id=user_id, category_id=category_id, mode=mode.value, created_at=now)
+            .on_conflict_do_nothing(index_elements=["user_id", "category_id"])
+        )
+        return None
+    previous = SubscriptionMode(row.mode)
+    if previous is not mode:
+        row.mode = mode.value
+        await session.flush()
+    return previous
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bulk: one address per line
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line: int  # 1-based line number in the input
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BulkReport:
+    lines: int = 0  # lines read, blank and comment lines included
+    addresses: int = 0  # distinct valid addresses
+    users_created: int = 0
+    users_existing: int = 0
+    subscriptions_created: int = 0
+    subscriptions_existing: int = 0  # kept as they were, whatever their mode
+    duplicates: int = 0  # an address given again later in the input
+    bad: tuple[BadLine, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "addresses": self.addresses,
+            "users_created": self.users_created,
+            "users_existing": self.users_existing,
+            "subscriptions_created": self.subscriptions_created,
+            "subscriptions_existing": self.subscriptions_existing,
+            "duplicates": self.duplicates,
+            "bad": [{"line": b.line, "text": b.text, "reason": b.reason} for b in self.bad],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLine:
+    email: str  # lowercased
+    name: str
+
+
+def parse_address_line(text: str) -> ParsedLine | str | None:
+    """One input line: None for a blank or ``#`` comment line, a reason string for a bad line, else the address.
+
+    ``addr``, ``<addr>``, ``Name <addr>`` and ``"Last, First" <addr>`` are accepted (email.utils parsing).
+    """
+    stripped = text.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    found = [(name, addr) for name, addr in getaddresses([stripped]) if name or addr]
+    if len(found) != 1:
+        return "more than one address on the line" if len(found) > 1 else "no address found"
+    name, address = found[0]
+    address = address.strip()
+    reason = address_problem(address)
+    if reason is not None:
+        return reason
+    return ParsedLine(email=address.lower(), name=" ".join(name.split())[:MAX_NAME_LENGTH])
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a subscriber's address, or None when it can."""
+    if not address:
+        return "no address found"
+    if not address.isascii():
+        return "non-ASCII addresses are not supported"
+    if len(address) > MAX_EMAIL_LENGTH:
+        return f"address longer than {MAX_EMAIL_LENGTH} characters"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "not an email address (user@domain)"
+    if len(local) > MAX_LOCAL_PART or not _LOCAL_RE.fullmatch(local):
+        return "invalid local part (before the @)"
+    if not _DOMAIN_RE.fullmatch(domain):
+        return "invalid domain (after the @)"
+    return None
+
+
+def _parse_lines(lines: Iterable[str]) -> tuple[int, list[tuple[int, ParsedLine]], list[BadLine], int]:
+    """(lines read, first occurrence of each valid address with its line number, bad lines, duplicates)."""
+    seen: set[str] = set()
+    good: list[tuple[int, ParsedLine]] = []
+    bad: list[BadLine] = []
+    duplicates = 0
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        count = number
+        parsed = parse_address_line(raw)
+        if parsed is None:
+            continue
+        if isinstance(parsed, str):
+            bad.append(BadLine(line=number, text=raw.strip()[:200], reason=parsed))
+            continue
+        if parsed.email in seen:
+            duplicates += 1
+            continue
+        seen.add(parsed.email)
+        good.append((number, parsed))
+    return count, good, bad, duplicates
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+async def _known_users(session: AsyncSession, emails: Sequence[str]) -> dict[str, int]:
+    """Map each address (primary or a further address of a user) to its user id, in two queries."""
+    found = dict((await session.execute(select(User.email, User.id).where(User.email.in_(emails)))).tuples())
+    missing = [e for e in emails if e not in found]
+    if missing:
+        extra = await session.execute(
+            select(UserAddress.email, UserAddress.user_id).where(UserAddress.email.in_(missing))
+        )
+        found.update(extra.tuples())
+    return found
+
+
+async def _ensure_users(
+    session: AsyncSession, chunk: Sequence[ParsedLine], now: datetime
+) -> tuple[dict[str, int], int]:
+    """User ids for every address of ``chunk``, creating the missing users. Returns (ids, how many created)."""
+    emails = [p.email for p in chunk]
+    ids = await _known_users(session, emails)
+    missing = [p for p in chunk if p.email not in ids]
+    if not missing:
+        return ids, 0
+    rows = [
+        {
+            "email": p.email,
+            "display_name": p.name,
+            "is_admin": False,
+            "status": UserStatus.ACTIVE.value,
+            "bounce_score": 0.0,
+            "timezone": None,
+            "announcements_muted": False,
+            "created_at": now,
+        }
+        for p in missing
+    ]
+    await session.execute(_insert(session, User).values(rows).on_conflict_do_nothing(index_elements=["email"]))
+    created_ids = await _known_users(session, [p.email for p in missing])
+    ids.update(created_ids)
+    # A concurrent writer may have created some of them first; those count as existing.
+    return ids, len(created_ids)
+
+
+async def bulk_add_users(session: AsyncSession, lines: Iterable[str], now: datetime) -> BulkReport:
+    """Register every valid address not known yet (as a user's primary or further address) as an active user."""
+    count, good, bad, duplicates = _parse_lines(lines)
+    created = 0
+    for start in range(0, len(good), CHUNK):
+        chunk = [parsed for _, parsed in good[start : start + CHUNK]]
+        _ids, made = await _ensure_users(session, chunk, now)
+        created += made
+    return BulkReport(lines=count, addresses=len(good), users_created=created, users_existing=len(good) - created,
+                      duplicates=duplicates, bad=tuple(bad))
+
+
+async def bulk_subscribe(
+    session: AsyncSession, lines: Iterable[str], category: Category, mode: SubscriptionMode, now: datetime
+) -> BulkReport:
+    """Subscribe every valid address to ``category`` with ``mode``, creating missing users.
+
+    An existing subscription is left as it is (whatever its mode): the subscriber may have chosen it.
+    """
+    count, good, bad, duplicates = _parse_lines(lines)
+    users_created = subs_created = subs_existing = 0
+    for start in range(0, len(good), CHUNK):
+        chunk = [parsed for _, parsed in good[start : start + CHUNK]]
+        ids, made = await _ensure_users(session, chunk, now)
+        users_created += made
+        user_ids = sorted(set(ids.values()))
+        existing = set(
+            (
+                await session.scalars(
+                    select(CategorySubscription.user_id).where(
+                        CategorySubscription.category_id == category.id, CategorySubscription.user_id.in_(user_ids)
+                    )
+                )
+            ).all()
+        )
+        new_ids = [uid for uid in user_ids if uid not in existing]
+        subs_existing += len(user_ids) - len(new_ids)
+        if new_ids:
+            rows = [
+                {"user_id": uid, "category_id": category.id, "mode": mode.value, "last_digest_at": None,
+                 "created_at": now}
+                for uid in new_ids
+            ]
+            result = await session.execute(
+                _insert(session, CategorySubscription)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["user_id", "category_id"])
+            )
+            inserted = _rowcount(result)
+            subs_created += inserted
+            subs_existing += len(new_ids) - inserted  # a concurrent writer was first
+    return BulkReport(
+        lines=count,
+        addresses=len(good),
+        users_created=users_created,
+        users_existing=len(good) - users_created,
+        subscriptions_created=subs_created,
+        subscriptions_existing=subs_existing,
+        duplicates=duplicates,
+        bad=tuple(bad),
+    )
