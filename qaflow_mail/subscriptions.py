@@ -30,7 +30,7 @@ from qaflow_mail.db.models import (
     UserAddress,
     UserStatus,
 )
-from qaflow_mail.mail.addresses import UNSUBSCRIBE_PREFIX
+from qaflow_mail.mail.addresses import token_address
 from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, verify
 from qaflow_mail.pipeline.tokens import token_secrets
 
@@ -81,7 +81,7 @@ class UnsubscribeResult:
 
 
 def unsubscribe_address(settings: Settings, token: str) -> str:
-    return f"{UNSUBSCRIBE_PREFIX}+{token}@{settings.site.domain}"
+    return token_address(TokenKind.UNSUBSCRIBE, token, domain=settings.site.domain)
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
@@ -296,13 +296,14 @@ def _insert(session: AsyncSession, table: Any) -> Any:
 
 async def _known_users(session: AsyncSession, emails: Sequence[str]) -> dict[str, int]:
     """Map each address (primary or a further address of a user) to its user id, in two queries."""
-    found = dict((await session.execute(select(User.email, User.id).where(User.email.in_(emails)))).tuples())
+    rows = await session.execute(select(User.email, User.id).where(User.email.in_(emails)))
+    found = {email: user_id for email, user_id in rows}
     missing = [e for e in emails if e not in found]
     if missing:
         extra = await session.execute(
             select(UserAddress.email, UserAddress.user_id).where(UserAddress.email.in_(missing))
         )
-        found.update(extra.tuples())
+        found.update({email: user_id for email, user_id in extra})
     return found
 
 

@@ -9,9 +9,9 @@
         await sink.stop(); await sink.start()           # the MTA is down (connection refused), then up again
 
 `messages` holds one `SinkMessage(mail_from, rcpt_tos, raw)` per accepted DATA; `refusals` one
-`(recipient, code)` per refused RCPT. Optional: `tls_context` offers STARTTLS, `credentials` requires AUTH
-(login, password) and `hang_up_next(n)` drops the connection on the next n MAIL commands, as a relay that went
-away under an idle client would.
+`(recipient, code)` per refused RCPT; `connections` counts the connections accepted. Optional: `tls_context`
+offers (and requires) STARTTLS, `credentials` requires AUTH (login, password), and `hang_up_next(n)` drops the
+connection on the next n MAIL commands, as a relay that went away under an idle client would.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class SmtpSink:
         self.port = 0
         self.messages: list[SinkMessage] = []
         self.refusals: list[tuple[str, int]] = []
+        self.connections = 0
         self._tls = tls_context
         self._credentials = credentials
         self._failure: tuple[int, str, frozenset[str] | None] | None = None
@@ -159,6 +160,7 @@ class SmtpSink:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _protocol(self) -> SMTP:
+        self.connections += 1
         options: dict[str, Any] = {}
         if self._credentials is not None:
             options.update(authenticator=self._authenticate, auth_required=True,
@@ -174,7 +176,7 @@ class SmtpSink:
                       auth_data: Any) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (
             auth_data.login.decode(), auth_data.password.decode()) == self._credentials
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)
 
     async def _record(self, message: SinkMessage) -> None:
         async with self._arrived:

@@ -188,9 +188,7 @@ def score_email_reply_trimmer(root: Path, trim: Trim = trim_reply) -> KeyScore:
     return _score("email_reply_trimmer", cases())
 
 
-def score_email_reply_trimmer_elided(
-    root: Path, split: Callable[[str], tuple[str, str]] = split_reply
-) -> KeyScore:
+def score_email_reply_trimmer_elided(root: Path, split: Callable[[str], tuple[str, str]] = split_reply) -> KeyScore:
     """The removed part, against elided/NAME.txt where the key has one."""
     folder = root / "email_reply_trimmer"
 

@@ -14,28 +14,119 @@ MAX_FILENAME_CHARS = 120
 _MAX_EXTENSION_CHARS = 16
 _FALLBACK_NAME = "attachment"
 
-# Types a Q&A post may carry when the caller names none: pictures, documents, archives, plain data.
+# Types a Q&A post may carry when the caller names none: pictures, documents, archives, source and text files.
 DEFAULT_ALLOWED_TYPES = frozenset(
-    {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "application/zip",
-     "text/plain", "text/csv", "text/x-diff", "text/x-patch", "text/markdown", "application/json",
-     "application/octet-stream", "message/rfc822",
-     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-     "application/vnd.oasis.opendocument.text", "application/vnd.oasis.opendocument.spreadsheet"}
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "text/*",
+        "application/pdf",
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/x-gtar",
+        "application/x-gtar-compressed",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/x-7z-compressed",
+        "application/json",
+        "application/xml",
+        "application/x-yaml",
+        "application/sql",
+        "application/x-ruby",
+        "application/x-python",
+        "application/x-patch",
+        "application/pgp-keys",
+        "application/octet-stream",
+        "message/rfc822",
+        "application/rtf",
+        "application/msword",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.oasis.opendocument.text",
+        "application/vnd.oasis.opendocument.spreadsheet",
+    }
 )
+# Types that run script when a browser opens them: a wildcard never admits them, only an explicit entry.
+_SCRIPT_CAPABLE = frozenset({"text/html", "image/svg+xml", "application/xhtml+xml", "text/xml"})
 
 _EXECUTABLE_EXTENSIONS = frozenset(
-    {"exe", "com", "bat", "cmd", "scr", "pif", "msi", "msp", "msc", "cpl", "dll", "sys", "jar", "js", "jse",
-     "vbs", "vbe", "wsf", "wsh", "ps1", "psm1", "hta", "lnk", "reg", "inf", "scf", "gadget", "application",
-     "appx", "msix", "apk", "app", "dmg", "pkg", "deb", "rpm", "command", "elf", "bin", "run",
-     "iso", "img", "vhd", "vhdx", "chm", "xll", "docm", "xlsm", "pptm"}
+    {
+        "exe",
+        "com",
+        "bat",
+        "cmd",
+        "scr",
+        "pif",
+        "msi",
+        "msp",
+        "msc",
+        "cpl",
+        "dll",
+        "sys",
+        "jar",
+        "js",
+        "jse",
+        "vbs",
+        "vbe",
+        "wsf",
+        "wsh",
+        "ps1",
+        "psm1",
+        "hta",
+        "lnk",
+        "reg",
+        "inf",
+        "scf",
+        "gadget",
+        "application",
+        "appx",
+        "msix",
+        "apk",
+        "app",
+        "dmg",
+        "pkg",
+        "deb",
+        "rpm",
+        "command",
+        "elf",
+        "bin",
+        "run",
+        "iso",
+        "img",
+        "vhd",
+        "vhdx",
+        "chm",
+        "xll",
+        "docm",
+        "xlsm",
+        "pptm",
+    }
 )
 _EXECUTABLE_TYPES = frozenset(
-    {"application/x-msdownload", "application/x-msdos-program", "application/x-dosexec", "application/x-executable",
-     "application/x-sharedlib", "application/x-mach-binary", "application/vnd.microsoft.portable-executable",
-     "application/x-sh", "application/x-shellscript", "application/javascript", "text/javascript",
-     "application/x-ms-installer", "application/java-archive", "application/hta", "application/x-bat"}
+    {
+        "application/x-msdownload",
+        "application/x-msdos-program",
+        "application/x-dosexec",
+        "application/x-executable",
+        "application/x-sharedlib",
+        "application/x-mach-binary",
+        "application/vnd.microsoft.portable-executable",
+        "application/x-sh",
+        "application/x-shellscript",
+        "application/javascript",
+        "text/javascript",
+        "application/x-ms-installer",
+        "application/java-archive",
+        "application/hta",
+        "application/x-bat",
+    }
 )
 
 # Magic numbers: (prefix, type) checked at offset 0.
@@ -55,8 +146,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xce\xfa\xed\xfe", "application/x-mach-binary"),
     (b"\xcf\xfa\xed\xfe", "application/x-mach-binary"),
 )
-_EXECUTABLE_SNIFFED = frozenset({"application/x-msdownload", "application/x-executable",
-                                 "application/x-mach-binary"})
+_EXECUTABLE_SNIFFED = frozenset({"application/x-msdownload", "application/x-executable", "application/x-mach-binary"})
 # Declared types whose bytes must carry their own magic number.
 _MUST_MATCH = {
     "image/png": "image/png",
@@ -69,8 +159,11 @@ _MUST_MATCH = {
     "application/zip": "application/zip",
     "application/x-zip-compressed": "application/zip",
 }
-_ZIP_CONTAINERS = ("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.",
-                   "application/epub+zip")
+_ZIP_CONTAINERS = (
+    "application/vnd.openxmlformats-officedocument.",
+    "application/vnd.oasis.opendocument.",
+    "application/epub+zip",
+)
 
 _RESERVED_WINDOWS = re.compile(r"^(?:con|prn|aux|nul|com[0-9]|lpt[0-9])(?:\..*)?$", re.IGNORECASE)
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*\\/]')
@@ -119,6 +212,8 @@ def _extensions(filename: str) -> list[str]:
 def _type_allowed(ctype: str, allowed: Collection[str]) -> bool:
     if ctype in allowed:
         return True
+    if ctype in _SCRIPT_CAPABLE:
+        return False
     major = ctype.split("/", 1)[0]
     return f"{major}/*" in allowed or "*/*" in allowed
 

@@ -81,7 +81,7 @@ class Decoded:
 
 # Below this many bytes statistical detection is mostly noise; Western text is the better bet.
 _MIN_DETECT_BYTES = 32
-_MULTIBYTE_PREFIXES = ("gb", "big5", "cp9", "euc", "shift", "iso2022", "hz", "utf")
+_MULTIBYTE_PREFIXES = ("gb", "big5", "cp9", "euc", "shift", "iso2022", "hz")
 
 
 def _is_usable(name: str) -> bool:

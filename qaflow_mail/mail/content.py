@@ -44,6 +44,12 @@ _ENRICHED_TOKEN_RE = re.compile(r"(<<|<[^<>]{1,60}>)")
 _NEWLINES_RE = re.compile(r"\n+")
 
 
+def _fill_newlines(match: re.Match[str]) -> str:
+    """In text/enriched one newline is a space and n newlines are n - 1 line breaks."""
+    count = len(match.group())
+    return " " if count == 1 else "\n" * (count - 1)
+
+
 def enriched_to_text(enriched: str) -> str:
     """text/enriched (RFC 1896) or text/richtext as plain text: commands dropped, line filling applied."""
     out: list[str] = []
@@ -63,7 +69,7 @@ def enriched_to_text(enriched: str) -> str:
             if nofill:
                 out.append(token)
             else:
-                out.append(_NEWLINES_RE.sub(lambda m: " " if len(m.group()) == 1 else "\n" * (len(m.group()) - 1), token))
+                out.append(_NEWLINES_RE.sub(_fill_newlines, token))
     return "".join(out)
 
 

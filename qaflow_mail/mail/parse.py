@@ -23,8 +23,9 @@ _MAX_DEPTH = 40  # MIME nesting deeper than this is not walked (a parser bomb, n
 _ADDRESS_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "reply-to", "sender", "resent-from", "resent-to", "resent-cc", "resent-sender"}
 )
-_IGNORED_TYPES = frozenset({"application/pgp-signature", "application/pkcs7-signature",
-                            "application/x-pkcs7-signature"})
+_IGNORED_TYPES = frozenset(
+    {"application/pgp-signature", "application/pkcs7-signature", "application/x-pkcs7-signature"}
+)
 _PLAIN_LIKE = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _ENRICHED = frozenset({"text/enriched", "text/richtext"})
 _DEFAULT_EXTENSIONS = {
@@ -123,9 +124,8 @@ def unfold(value: str) -> str:
 def _header_text(msg: Message, name: str) -> str | None:
     try:
         value = msg.get(name)
-    except Exception:  # malformed header the policy cannot parse
-        raw = msg.get_all(name, failobj=[]) if hasattr(msg, "get_all") else []
-        value = str(raw[0]) if raw else None
+    except Exception:  # malformed header the policy cannot parse: fall back to the raw value
+        return _raw_header(msg, name)
     if value is None:
         return None
     return unfold(str(value))
@@ -282,7 +282,7 @@ def _content_type(part: Message) -> str:
 def _embedded_message_bytes(part: Message) -> bytes:
     try:
         inner = part.get_payload()
-        if isinstance(inner, list) and inner:
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
             return bytes(inner[0].as_bytes(policy=email.policy.compat32))
         if isinstance(inner, str):
             return inner.encode("utf-8", errors="surrogateescape")
@@ -296,10 +296,14 @@ def _walk(part: Message, bodies: _Bodies, depth: int, in_alternative: bool) -> N
         return
     ctype = _content_type(part)
     disposition = _disposition(part)
+    if ctype == "message/rfc822" and depth == 0 and part.is_multipart():
+        # The whole mail is one forwarded message: its content is the content.
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+            _walk(inner[0], bodies, depth + 1, in_alternative)
+            return
     if ctype.startswith("message/") and ctype != "message/partial":
-        bodies.attachments.append(
-            _attachment(part, ctype, _embedded_message_bytes(part), inline=False, base="message")
-        )
+        bodies.attachments.append(_attachment(part, ctype, _embedded_message_bytes(part), inline=False, base="message"))
         return
     if part.is_multipart():
         children = part.get_payload()
@@ -311,6 +315,11 @@ def _walk(part: Message, bodies: _Bodies, depth: int, in_alternative: bool) -> N
                 _walk(child, bodies, depth + 1, alternative or in_alternative)
         return
     if ctype in _IGNORED_TYPES:
+        return
+    if ctype.startswith("multipart/"):
+        # A multipart whose boundary never appears: the email package leaves the raw body as text.
+        if not bodies.texts:
+            bodies.texts.append(_decode_text(part, bodies))
         return
     filename = _filename(part)
     is_attachment = disposition == "attachment"
@@ -368,9 +377,7 @@ def parse_message(raw: bytes) -> ParsedMail:
     # Blank lines before the first header would make every header part of the body.
     msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=email.policy.default)
     fallback = _fallback_charset(msg)
-    headers = tuple(
-        (key, _display_header(msg, key, str(value), fallback)) for key, value in msg.raw_items()
-    )
+    headers = tuple((key, _display_header(msg, key, str(value), fallback)) for key, value in msg.raw_items())
     mid = normalize_message_id(_header_text(msg, "Message-ID"))
     synthesized = mid is None
     if mid is None:

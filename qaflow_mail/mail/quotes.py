@@ -47,61 +47,71 @@ def _compile_all(patterns: Iterable[str], flags: int = 0) -> tuple[re.Pattern[st
 _EMPTY_RE = _rx(rf"^{_BLANK}*$")
 _DELIMITER_RE = _rx(rf"^{_BLANK}*[-_,=+~#*ᐧ—]+{_BLANK}*$")
 _QUOTE_RE = _rx(rf"^{_BLANK}*>")
+# A forum's own "reply above this line" marker in the quoted notification: nothing below it is the reply.
+_REPLY_ABOVE_RE = _rx(
+    r"(?:reply above this line|oberhalb dieser zeile|au-dessus de cette ligne|"
+    r"encima de esta línea|boven deze regel)",
+    _I,
+)
 _MARKDOWN_LINK_RE = _rx(r"\[([^\]]+)\]\([^)]+\)")
 
 _SIGNATURE_RES = _compile_all(
     (
         rf"^{_BLANK}*{p}"
         for p in (
-        r"從我的 iPhone 傳送",  # zh
-        r"\w+ from mobile",  # en
-        r"[(<]*Sent (?:from|via|with|by) .+[)>]*",
-        r"From my .{1,20}",
-        r"Get Outlook for ",
-        r"Envoyé (?:depuis|de) (?:mon|Yahoo Mail)",  # fr
-        r"Von meinem .+ gesendet",  # de
-        r"Diese Nachricht wurde von .+ gesendet",
-        r"Inviato da ",  # it
-        r"Sendt fra min ",  # no / da
-        r"Enviado do meu ",  # pt
-        r"Enviado desde mi ",  # es
-        r"Verzonden met ",  # nl
-        r"Verstuurd vanaf mijn ",
-        r"Skickat från min ",  # sv
-        r"från min ",
-        r"Отправлено с ",  # ru
-        r"iPhoneから送信",  # ja
+            r"從我的 iPhone 傳送",  # zh
+            r"\w+ from mobile",  # en
+            r"[(<]*Sent (?:from|via|with|by) .+[)>]*",
+            r"From my .{1,20}",
+            r"Get Outlook for ",
+            r"Envoyé (?:depuis|de) (?:mon|Yahoo Mail)",  # fr
+            r"Von meinem .+ gesendet",  # de
+            r"Diese Nachricht wurde von .+ gesendet",
+            r"Inviato da ",  # it
+            r"Sendt fra min ",  # no / da
+            r"Enviado do meu ",  # pt
+            r"Enviado desde mi ",  # es
+            r"Verzonden met ",  # nl
+            r"Verstuurd vanaf mijn ",
+            r"Skickat från min ",  # sv
+            r"från min ",
+            r"Отправлено с ",  # ru
+            r"iPhoneから送信",  # ja
         )
     ),
     _I,
 )
 
 # "On <date>, <someone> wrote:" and its translations. They are matched on the whole text
-# too (DOTALL), to re-join a marker that a mail client wrapped over several lines.
+# too (DOTALL), to re-join a marker that a mail client wrapped over several lines; the
+# span between the two words is bounded so that a text full of "On ..." lines stays linear.
+_SPAN = "{1,400}?"
 _ON_DATE_SOMEONE_WROTE = (
     # zh
-    r"^[{B}<>-]*在 (?:(?!\b(?>在|写道)\b).)+?写道[{B}.:：>-]*$",
+    r"^[{B}<>-]*在 (?:(?!\b(?>在|写道)\b).)SPAN写道[{B}.:：>-]*$",
     # nl
-    r"^[{B}<>-]*Op (?:(?!\b(?>Op|het\svolgende\sgeschreven|schreef)\b).)+?"
+    r"^[{B}<>-]*Op (?:(?!\b(?>Op|het\svolgende\sgeschreven|schreef)\b).)SPAN"
     r"(?:het\svolgende\sgeschreven|schreef[^:]+)[{B}.:>-]*$",
     # en
-    r"^[{B}<>-]*In message (?:(?!\b(?>In message|writes)\b).)+?writes[{B}.:>-]*$",
-    r"^[{B}<>-]*(?:On|At) (?:(?!\b(?>On|wrote|writes|says|said)\b).)+?(?:wrote|writes|says|said)[{B}.:>-]*$",
+    r"^[{B}<>-]*In message (?:(?!\b(?>In message|writes)\b).)SPANwrites[{B}.:>-]*$",
+    r"^[{B}<>-]*(?:On|At) (?:(?!\b(?>On|wrote|writes|says|said)\b).)SPAN(?:wrote|writes|says|said)[{B}.:>-]*$",
     # fr
-    r"^[{B}<>-]*Le (?:(?!\b(?>Le|nous\sa\sdit|a\s+écrit)\b).)+?(?:nous\sa\sdit|a\s+écrit)[{B}.:>-]*$",
+    r"^[{B}<>-]*Le (?:(?!\b(?>Le|nous\sa\sdit|a\s+écrit)\b).)SPAN(?:nous\sa\sdit|a\s+écrit)[{B}.:>-]*$",
     # de
-    r"^[{B}<>-]*Am (?:(?!\b(?>Am|schrieben\sSie)\b).)+?schrieben\sSie[{B}.:>-]*$",
-    r"^[{B}<>-]*Am (?:(?!\b(?>Am|geschrieben)\b).)+?(?:geschrieben|schrieb[^:]+)[{B}.:>-]*$",
+    r"^[{B}<>-]*Am (?:(?!\b(?>Am|schrieben\sSie)\b).)SPANschrieben\sSie[{B}.:>-]*$",
+    r"^[{B}<>-]*Am (?:(?!\b(?>Am|geschrieben)\b).)SPAN(?:geschrieben|schrieb[^:]+)[{B}.:>-]*$",
     # it
-    r"^[{B}<>-]*Il (?:(?!\b(?>Il|ha\sscritto)\b).)+?ha\sscritto[{B}.:>-]*$",
+    r"^[{B}<>-]*Il (?:(?!\b(?>Il|ha\sscritto)\b).)SPANha\sscritto[{B}.:>-]*$",
     # pl / sk
-    r"^[{B}<>-]*(?:Dnia|Dňa) (?:(?!\b(?>Dnia|Dňa|napisał)\b).)+?napisał(?:\(a\))?[{B}.:>-]*$",
+    r"^[{B}<>-]*(?:Dnia|Dňa) (?:(?!\b(?>Dnia|Dňa|napisał)\b).)SPANnapisał(?:\(a\))?[{B}.:>-]*$",
+    # cs / sk
+    r"^[{B}<>-]*Dne (?:(?!\b(?>Dne|napsal|napísal)\b).)SPAN(?:napsal|napísal)(?:\(a\))?[{B}.:>-]*$",
     # pt
-    r"^[{B}<>-]*Em (?:(?!\b(?>Em|escreveu)\b).)+?escreveu[{B}.:>-]*$",
+    r"^[{B}<>-]*Em (?:(?!\b(?>Em|escreveu)\b).)SPANescreveu[{B}.:>-]*$",
     # es
-    r"^[{B}<>-]*El (?:(?!\b(?>El|escribió)\b).)+?escribió[{B}.:>-]*$",
+    r"^[{B}<>-]*El (?:(?!\b(?>El|escribió)\b).)SPANescribió[{B}.:>-]*$",
 )
-_ON_DATE_SOMEONE_WROTE_RES = _compile_all(_ON_DATE_SOMEONE_WROTE, _WRAPPED)
+_ON_DATE_SOMEONE_WROTE_RES = _compile_all((p.replace("SPAN", _SPAN) for p in _ON_DATE_SOMEONE_WROTE), _WRAPPED)
 
 # "Am 18.09.2013 um 16:24 schrieb Someone <x@example.com>:"
 _ON_DATE_WROTE_SOMEONE_RES = _compile_all(
@@ -109,67 +119,133 @@ _ON_DATE_WROTE_SOMEONE_RES = _compile_all(
     for on, wrote in (("Op", "schreef"), ("Am", "schrieb"), ("Den", "skrev"), (r"søn\.", "skrev"))
 )
 
-# "суббота, 14 марта 2015 г. пользователь X написал:", "23 mar 2017 21:25 X napisał(a):"
-_DATE_SOMEONE_WROTE = (
-    r"[0-9]{4}.{1,80}пользователь.{0,80}\n?.{0,80}?написал(?:\(а\))?:",
-    r"[0-9]{4}.{1,80}\n?.{0,80}?napisał\(a\):",
-    r"[0-9]{4}.{1,80}\n?.{0,80}?пише:",
+# "Max <x@example.com> schrieb am Fr., 28. Apr. 2017 um 11:53 Uhr:" (the date may be wrapped
+# onto the next line: then the colon is looked for in the next 300 characters only).
+_SOMEONE_WROTE_ON_DATE_RES = _compile_all(
+    (
+        r"^.+\bwrote\b\s+\bon\b(?:.+[^:\n]:|[^\n]{2,}\n[^:]{0,300}:)",
+        r"^.+\bschrieb\b\s+\bam\b(?:.+[^:\n]:|[^\n]{2,}\n[^:]{0,300}:)",
+    ),
+    re.MULTILINE,
 )
-_DATE_SOMEONE_WROTE_RES = _compile_all(_DATE_SOMEONE_WROTE)
 
-# "Max <x@example.com> schrieb am Fr., 28. Apr. 2017 um 11:53 Uhr:"
-_SOMEONE_WROTE_ON_DATE = (
-    r"^.+\bwrote\b\s+\bon\b.+[^:]+:",
-    r"^.+\bschrieb\b\s+\bam\b.+[^:]+:",
-)
-_SOMEONE_WROTE_ON_DATE_RES = _compile_all(_SOMEONE_WROTE_ON_DATE, re.MULTILINE)
 
+class _Marker:
+    """A pattern that is only tried on a line (or pair of lines) holding all of its needles."""
+
+    __slots__ = ("needles", "regex")
+
+    def __init__(self, pattern: str, needles: tuple[str, ...], flags: int = 0) -> None:
+        self.regex = _rx(pattern, flags | re.MULTILINE)
+        self.needles = needles
+
+    def may_match(self, lowered: str) -> bool:
+        return all(n in lowered for n in self.needles)
+
+
+# "суббота, 14 марта 2015 г. пользователь X написал:", "23 mar 2017 21:25 X napisał(a):",
 # "2015-10-18 0:17 GMT+03:00 Matt <x@example.com>:", "вт, 5 янв. 2016 г. в 23:39, X <x@y.org>:"
-_DATE_SOMEONE_EMAIL = r"[0-9]{4}.{1,80}\s?<[^@<>]+@[^@<>.]+\.[^@<>]+>:?$"
-_DATE_SOMEONE_EMAIL_RE = re.compile(_DATE_SOMEONE_EMAIL, re.MULTILINE)
+_DATE_SOMEONE_MARKERS = (
+    _Marker(r"[0-9]{4}.{1,80}пользователь.{0,80}\n?.{0,80}?написал(?:\(а\))?:", ("написал",)),
+    _Marker(r"[0-9]{4}.{1,80}\n?.{0,80}?napisał\(a\):", ("napisał(a):",)),
+    _Marker(r"[0-9]{4}.{1,80}\n?.{0,80}?пише:", ("пише:",)),
+    _Marker(r"[0-9]{4}.{1,120}?написал(?:\(а\))?:[{B}]*$", ("написал",)),
+    _Marker(r"[0-9]{4}.{1,80}\s?<[^@<>]+@[^@<>.]+\.[^@<>]+>:?$", ("@", ">")),
+)
 
-_OTHER_EMBEDDED_RES = (
+_OTHER_MARKERS = (
     # "2016-03-03 17:21 GMT+01:00 Some One"
-    _rx(r"^[{B}>]*20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} GMT\+[0-9]{2}:[0-9]{2} [\w \t]+$"),
+    _Marker(r"^[{B}>]*20[0-9]{2}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2} GMT\+[0-9]{2}:[0-9]{2} [\w \t]+$", ("gmt+",)),
     # "someone via Discourse Meta wrote:"
-    _rx(r"^.+ via .+ wrote:?[{B}]*$"),
-    _rx(r"^.+ via .+ schrieb:?[{B}]*$"),
+    _Marker(r"^.+ via .+ wrote:?[{B}]*$", (" via ", "wrote")),
+    _Marker(r"^.+ via .+ schrieb:?[{B}]*$", (" via ", "schrieb")),
     # "Some One <x@example.com> wrote:"
-    _rx(r"^.+\b[\w.+-]+@[\w.-]+\.\w{2,}\b.+wrote:?$"),
+    # (the address is matched from the start of its run only, so a long dotted word stays linear)
+    _Marker(r"^.+?(?<![\w.+-])[\w.+-]++@[\w.-]+\.\w{2,}\b.+wrote:?$", ("@", "wrote")),
     # "Posted by someone on 01/21/2016"
-    _rx(r"^[{B}>]*Posted by .+ on [0-9]{2}/[0-9]{2}/[0-9]{4}$", _I),
+    _Marker(r"^[{B}>]*Posted by .+ on [0-9]{2}/[0-9]{2}/[0-9]{4}$", ("posted by",), _I),
     # ja: "2016/03/03 17:21、Some One <x@example.com> のメール:"
-    _rx(r"^[{B}>]*[0-9]{4}.{1,80}(?:のメール|は書きました|さんは書きました)[:：]?[{B}]*$"),
+    _Marker(r"^[{B}>]*[0-9]{4}.{1,80}(?:のメール|は書きました)[:：]?[{B}]*$", ()),
+    # cs: "Richard Jones píše v Út 24. 07. 2012 v 20:48 +0100:"
+    _Marker(r"^[{B}>]*.{1,120}? píše v .{1,80}:[{B}]*$", ("píše v",)),
+    # zh (Gmail): "John Doe <john@example.com> 于2024年1月1日周一 10:00写道："
+    _Marker(r"^[{B}>]*.{1,200}?(?:写道|寫道)[{B}]*[:：][{B}]*$", ("道",)),
     # forwarded / original message separators
-    _rx(r"^[{B}>]*Begin forwarded message:", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Forwarded|Original|Reply) Message[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>]*Début du message transféré :", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*Message transféré[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprüngliche Nachricht|Weitergeleitete Nachricht)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Mensaje original|Mensaje reenviado)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Oorspronkelijk bericht|Doorgestuurd bericht)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Messaggio originale|Messaggio inoltrato)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprungligt meddelande|Vidarebefordrat meddelande)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*(?:Исходное сообщение|Пересылаемое сообщение)[{B}]*-{2,}", _I),
-    _rx(r"^[{B}>*]*-{2,}[{B}]*原始邮件[{B}]*-{2,}"),
+    _Marker(r"^[{B}>]*Begin forwarded message:", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Forwarded|Original|Reply) Message[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>]*Début du message transféré :", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*Message transféré[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprüngliche Nachricht|Weitergeleitete Nachricht)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Mensaje original|Mensaje reenviado)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Oorspronkelijk bericht|Doorgestuurd bericht)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Messaggio originale|Messaggio inoltrato)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprungligt meddelande|Vidarebefordrat meddelande)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Исходное сообщение|Пересылаемое сообщение)[{B}]*-{2,}", (), _I),
+    _Marker(r"^[{B}>*]*-{2,}[{B}]*原始邮件[{B}]*-{2,}", ()),
 )
 
-_EMBEDDED_RES = (
-    *_ON_DATE_SOMEONE_WROTE_RES,
-    *_ON_DATE_WROTE_SOMEONE_RES,
-    *_DATE_SOMEONE_WROTE_RES,
-    _DATE_SOMEONE_EMAIL_RE,
-    *_SOMEONE_WROTE_ON_DATE_RES,
-    *_OTHER_EMBEDDED_RES,
-)
+_EMBEDDED_RES = (*_ON_DATE_SOMEONE_WROTE_RES, *_ON_DATE_WROTE_SOMEONE_RES, *_SOMEONE_WROTE_ON_DATE_RES)
+_EMBEDDED_MARKERS = (*_DATE_SOMEONE_MARKERS, *_OTHER_MARKERS)
 
 # Header lines of a quoted message ("From: …", "Sent: …") in several languages.
-_HEADERS_WITH_DATE = ("Sendt", "Sent", "Date", "Le", "Gesendet", "Enviada em", "Enviado", "Fecha", "Data",
-                      "Datum", "Skickat", "发送时间", "送信日時", "Отправлено")
-_HEADERS_WITH_TEXT = ("Fra", "Til", "Emne", "From", "To", "Cc", "Reply-To", "Subject", "De", "Expéditeur", "À",
-                      "Destinataire", "Répondre à", "Objet", "Von", "An", "Betreff", "Para", "Assunto", "Asunto",
-                      "Da", "Risposta", "A", "Oggetto", "Van", "Beantwoorden - Aan", "Aan", "Onderwerp", "Från",
-                      "Till", "Ämne", "发件人", "收件人", "主题", "差出人", "宛先", "件名", "От", "Кому", "Тема")
+_HEADERS_WITH_DATE = (
+    "Sendt",
+    "Sent",
+    "Date",
+    "Le",
+    "Gesendet",
+    "Enviada em",
+    "Enviado",
+    "Fecha",
+    "Data",
+    "Datum",
+    "Skickat",
+    "发送时间",
+    "送信日時",
+    "Отправлено",
+)
+_HEADERS_WITH_TEXT = (
+    "Fra",
+    "Til",
+    "Emne",
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Subject",
+    "De",
+    "Expéditeur",
+    "À",
+    "Destinataire",
+    "Répondre à",
+    "Objet",
+    "Von",
+    "An",
+    "Betreff",
+    "Para",
+    "Assunto",
+    "Asunto",
+    "Da",
+    "Risposta",
+    "A",
+    "Oggetto",
+    "Van",
+    "Beantwoorden - Aan",
+    "Aan",
+    "Onderwerp",
+    "Från",
+    "Till",
+    "Ämne",
+    "发件人",
+    "收件人",
+    "主题",
+    "差出人",
+    "宛先",
+    "件名",
+    "От",
+    "Кому",
+    "Тема",
+)
 _HEADER_RES = (
     _rx(rf"^[{{B}}*]*(?:{'|'.join(map(re.escape, _HEADERS_WITH_DATE))})[{{B}}*]*:.*[0-9]+"),
     _rx(rf"^[{{B}}*]*(?:{'|'.join(map(re.escape, _HEADERS_WITH_TEXT))})[{{B}}*]*:.*\w+", _I),
@@ -188,9 +264,14 @@ def classify_line(line: str) -> str:
     if _DELIMITER_RE.search(line):
         return DELIMITER
     if len(line) <= _MAX_MARKER_LINE:
+        if _REPLY_ABOVE_RE.search(line):
+            return DELIMITER
         if _is_signature(line):
             return SIGNATURE
         if any(r.search(line) for r in _EMBEDDED_RES):
+            return EMBEDDED
+        lowered = line.lower()
+        if any(m.may_match(lowered) and m.regex.search(line) for m in _EMBEDDED_MARKERS):
             return EMBEDDED
         if any(r.search(line) for r in _HEADER_RES):
             return EMAIL_HEADER
@@ -202,9 +283,7 @@ def classify_line(line: str) -> str:
 # --- text clean-up before classification ------------------------------------------------
 
 _PGP_HEAD_RE = _rx(r"\A-----BEGIN PGP SIGNED MESSAGE-----\n(?:Hash: \w+)?\s+", _I)
-_PGP_SIGNATURE_RE = re.compile(
-    r"^-----BEGIN PGP SIGNATURE-----$[\s\S]+^-----END PGP SIGNATURE-----", re.MULTILINE
-)
+_PGP_SIGNATURE_RE = re.compile(r"^-----BEGIN PGP SIGNATURE-----$[\s\S]+^-----END PGP SIGNATURE-----", re.MULTILINE)
 _UNSUBSCRIBE_RE = _rx(r"^Unsubscribe: .+@.+(?:\n.+http:.+)?\s*\Z", re.MULTILINE | _I)
 _ALIAS_QUOTE_RE = _rx(r'^.*>{5} "[^"\n]+" == .+ writes:', re.MULTILINE)
 _ENCLOSED_NAMED_RE = _rx(r"^>>> ?(.+) ?>>>$\n([\s\S]+?)\n^<<< ?\1 ?<<<$", re.MULTILINE)
@@ -213,12 +292,7 @@ _QUOTE_PREFIX_RE = _rx(r"^((?:[{B}]*[^\W\d_]*[>|])+)", re.MULTILINE)
 _QUOTE_PREFIX_PART_RE = _rx(r"[^\W\d_]+>|\|")
 _LINE_START_RE = _rx(r"^", re.MULTILINE)
 _WRAP_RE = _rx(r"\n+\s*")
-_WRAPPED_MARKER_RES = (
-    *_ON_DATE_SOMEONE_WROTE_RES,
-    *_SOMEONE_WROTE_ON_DATE_RES,
-    *_DATE_SOMEONE_WROTE_RES,
-    _DATE_SOMEONE_EMAIL_RE,
-)
+_WRAPPED_MARKER_RES = (*_ON_DATE_SOMEONE_WROTE_RES, *_SOMEONE_WROTE_ON_DATE_RES)
 _CODE_BLOCK_RE = _rx(r"^```\w*$\n.*?^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -229,6 +303,30 @@ def _quote_lines(text: str) -> str:
 def _unwrap_marker(match: re.Match[str]) -> str:
     found = match.group(0)
     return found if found.count("\n") > 4 else _WRAP_RE.sub(" ", found)
+
+
+def _unwrap_line_pairs(text: str, marker: _Marker) -> str:
+    """Join a "<date> <someone> wrote:" marker that was wrapped onto a second line.
+
+    Only pairs of short lines holding the marker's needles are searched, which keeps these
+    unanchored patterns away from long or numerous lines.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if i + 1 < len(lines) and len(line) + len(lines[i + 1]) <= _MAX_MARKER_LINE:
+            pair = line + "\n" + lines[i + 1]
+            if marker.may_match(pair.lower()):
+                found = marker.regex.search(pair)
+                if found and found.start() <= len(line) < found.end():
+                    out.append(pair[: found.start()] + _WRAP_RE.sub(" ", found.group(0)) + pair[found.end() :])
+                    i += 2
+                    continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
 
 
 def _preprocess(text: str) -> str:
@@ -246,8 +344,11 @@ def _preprocess(text: str) -> str:
         text = _ENCLOSED_RE.sub(lambda m: _quote_lines(m.group(1)), text)
     if ">" in text or "|" in text:
         text = _QUOTE_PREFIX_RE.sub(lambda m: _QUOTE_PREFIX_PART_RE.sub(">", m.group(1)), text)
-    for marker in _WRAPPED_MARKER_RES:
-        text = marker.sub(_unwrap_marker, text)
+    for regex in _WRAPPED_MARKER_RES:
+        text = regex.sub(_unwrap_marker, text)
+    for marker in _DATE_SOMEONE_MARKERS:
+        if marker.may_match(text.lower()):
+            text = _unwrap_line_pairs(text, marker)
     return text.strip()
 
 

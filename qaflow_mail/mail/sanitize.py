@@ -21,35 +21,143 @@ __all__ = ["MAX_HTML_CHARS", "escape_text_to_html", "html_to_text", "sanitize_ht
 MAX_HTML_CHARS = 1_000_000
 
 ALLOWED_TAGS = frozenset(
-    {"p", "br", "a", "b", "strong", "i", "em", "u", "s", "code", "pre", "blockquote", "ul", "ol", "li",
-     "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tfoot", "tr", "th", "td",
-     "caption", "img"}
+    {
+        "p",
+        "br",
+        "a",
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "s",
+        "code",
+        "pre",
+        "blockquote",
+        "ul",
+        "ol",
+        "li",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "table",
+        "thead",
+        "tbody",
+        "tfoot",
+        "tr",
+        "th",
+        "td",
+        "caption",
+        "img",
+    }
 )
 LINK_REL = "nofollow noopener"
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 
 # Dropped with everything inside them, not just the tags.
 _DROP_WITH_CONTENT = frozenset(
-    {"script", "style", "head", "title", "template", "noscript", "iframe", "frame", "frameset", "object",
-     "embed", "applet", "svg", "math", "textarea", "select", "xml", "canvas", "audio", "video"}
+    {
+        "script",
+        "style",
+        "head",
+        "title",
+        "template",
+        "noscript",
+        "iframe",
+        "frame",
+        "frameset",
+        "object",
+        "embed",
+        "applet",
+        "svg",
+        "math",
+        "textarea",
+        "select",
+        "xml",
+        "canvas",
+        "audio",
+        "video",
+    }
 )
 _VOID = frozenset(
     {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "param", "source", "track", "wbr"}
 )
 # Block elements outside the allowlist: their boundaries become line breaks once the tag is gone.
-_BLOCKISH = frozenset({"div", "center", "section", "article", "header", "footer", "address", "figure", "dl",
-                       "dt", "dd", "main", "aside", "nav", "form", "fieldset"})
-_KEPT_BLOCKS = frozenset({"p", "blockquote", "ul", "ol", "li", "pre", "table", "tr", "td", "th", "h1", "h2",
-                          "h3", "h4", "h5", "h6", "hr", "br"})
+_BLOCKISH = frozenset(
+    {
+        "div",
+        "center",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "address",
+        "figure",
+        "dl",
+        "dt",
+        "dd",
+        "main",
+        "aside",
+        "nav",
+        "form",
+        "fieldset",
+    }
+)
+_KEPT_BLOCKS = frozenset(
+    {
+        "p",
+        "blockquote",
+        "ul",
+        "ol",
+        "li",
+        "pre",
+        "table",
+        "tr",
+        "td",
+        "th",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "br",
+    }
+)
 
 # Quoted-history containers written by common mail clients (Gmail, Apple Mail, Thunderbird, Yahoo,
 # Proton, Zoho): removed with their content when trimming.
-_QUOTE_CLASSES = frozenset({"gmail_quote", "gmail_extra", "gmail_signature", "yahoo_quoted", "moz-cite-prefix",
-                            "moz-signature", "protonmail_quote", "zmail_extra", "outlookmessageheader",
-                            "ms-outlook-mobile-reference-message", "x_gmail_quote"})
+_QUOTE_CLASSES = frozenset(
+    {
+        "gmail_quote",
+        "gmail_extra",
+        "gmail_signature",
+        "yahoo_quoted",
+        "moz-cite-prefix",
+        "moz-signature",
+        "protonmail_quote",
+        "zmail_extra",
+        "outlookmessageheader",
+        "ms-outlook-mobile-reference-message",
+        "x_gmail_quote",
+    }
+)
 # Markers after which the rest of an Outlook / Windows Mail body is the quoted message.
-_CUT_IDS = frozenset({"divrplyfwdmsg", "x_divrplyfwdmsg", "olk_src_body_section", "appendonsend", "stopspelling",
-                      "mail-editor-reference-message-container"})
+_CUT_IDS = frozenset(
+    {
+        "divrplyfwdmsg",
+        "x_divrplyfwdmsg",
+        "olk_src_body_section",
+        "appendonsend",
+        "stopspelling",
+        "mail-editor-reference-message-container",
+    }
+)
 _OUTLOOK_SEPARATOR_RE = re.compile(r"border-top:\s*solid\s+#(?:b5c4df|e1e1e1)", re.IGNORECASE)
 
 
@@ -209,13 +317,15 @@ def _cleaner() -> Cleaner:
 
 _EMPTY_IMG_RE = re.compile(r"<img(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
 _BR_RUN_RE = re.compile(r"(?:<br>\s*){3,}")
+_TRAILING_BREAKS_RE = re.compile(r"(?:\s*<(?:br|hr)>)+\s*$")
 
 
 def sanitize_html(html: str) -> str:
     """Strict allowlist cleaning: safe tags only, links with rel="nofollow noopener", inline (cid:) images only."""
     cleaned = str(_cleaner().clean(_prepass(html, trim_quotes=False)))
     cleaned = _EMPTY_IMG_RE.sub("", cleaned)
-    return _BR_RUN_RE.sub("<br><br>", cleaned).strip()
+    cleaned = _BR_RUN_RE.sub("<br><br>", cleaned)
+    return _TRAILING_BREAKS_RE.sub("", cleaned).strip()
 
 
 def _converter() -> html2text.HTML2Text:

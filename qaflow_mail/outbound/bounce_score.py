@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy import Table, bindparam, case, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
@@ -40,13 +40,13 @@ async def _user_ids_by_address(session: AsyncSession, addresses: set[str]) -> di
         return {}
     found: dict[str, int] = {}
     primary = await session.execute(select(User.email, User.id).where(User.email.in_(addresses)))
-    found.update({email: user_id for email, user_id in primary.tuples()})
+    found.update({email: user_id for email, user_id in primary})
     rest = addresses - found.keys()
     if rest:
         extra = await session.execute(
             select(UserAddress.email, UserAddress.user_id).where(UserAddress.email.in_(rest))
         )
-        found.update({email: user_id for email, user_id in extra.tuples()})
+        found.update({email: user_id for email, user_id in extra})
     return found
 
 
@@ -87,7 +87,9 @@ async def record_delivery_failures(
             # SET expressions read the row's values from before the update, on every backend.
             status=case(
                 (
-                    users.c.status.in_(_CAN_START_BOUNCING) & (new_score >= limits.bounce_score_threshold),
+                    # OR rather than IN: an expanding IN cannot run as executemany.
+                    or_(*(users.c.status == status for status in _CAN_START_BOUNCING))
+                    & (new_score >= limits.bounce_score_threshold),
                     UserStatus.BOUNCING.value,
                 ),
                 else_=users.c.status,

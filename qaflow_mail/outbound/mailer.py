@@ -63,8 +63,9 @@ class MaildirMailer:
         trace = f"Return-Path: <{envelope_from}>\nX-Envelope-To: <{recipient}>\n".encode()
         with self._lock:
             if self._maildir is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._maildir = mailbox.Maildir(self.directory, factory=None, create=True)
+                for part in ("tmp", "new", "cur"):  # also when outbox_dir exists already, empty
+                    (self.directory / part).mkdir(parents=True, exist_ok=True)
+                self._maildir = mailbox.Maildir(self.directory, factory=None, create=False)
             return self._maildir.add(trace + raw)
 
     async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:

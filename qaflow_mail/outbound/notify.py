@@ -43,7 +43,7 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
-from qaflow_mail.mail.addresses import BOUNCES_PREFIX, FROM_LOCAL_PART, REPLY_PREFIX
+from qaflow_mail.mail.addresses import FROM_LOCAL_PART, token_address
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes, via_display_name
 from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
@@ -119,9 +119,9 @@ class MessagePrototype:
             markers.append(marker.encode("ascii"))
         data = to_bytes(message)
         segments: list[bytes] = []
-        for marker in markers:
-            head, found, data = data.partition(marker)
-            if not found or marker in data:
+        for marker_bytes in markers:
+            head, found, data = data.partition(marker_bytes)
+            if not found or marker_bytes in data:
                 raise ValueError("body marker not found exactly once")
             segments.append(head)
         segments.append(data)
@@ -161,7 +161,8 @@ def _encode_qp(text: str) -> bytes:
 
 
 def _encode_base64(text: str) -> bytes:
-    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    # Text inside base64 is in canonical form (RFC 2045 6.8): CRLF line breaks, as the email package writes it.
+    return base64.encodebytes(text.replace("\n", "\r\n").encode("utf-8")).replace(b"\n", b"\r\n")
 
 
 _ENCODERS: dict[str, Callable[[str], bytes]] = {
@@ -189,11 +190,12 @@ def category_url(settings: Settings, slug: str) -> str:
 
 
 def reply_address(settings: Settings, token: str) -> str:
-    return f"{REPLY_PREFIX}+{token}@{settings.site.domain}"
+    return token_address(TokenKind.REPLY, token, domain=settings.site.domain)
 
 
 def bounce_address(settings: Settings, token: str) -> str:
-    return f"{BOUNCES_PREFIX}+{token}@{settings.site.domain}"
+    """The VERP envelope sender: bounces+<token>@domain."""
+    return token_address(TokenKind.BOUNCE, token, domain=settings.site.domain)
 
 
 def author_name(user: User) -> str:
@@ -223,7 +225,7 @@ async def each_subscribers(session: AsyncSession, *, category_id: int, exclude_u
         )
         .order_by(User.id)
     )
-    return [Recipient(user_id=uid, email=email) for uid, email in rows.tuples()]
+    return [Recipient(user_id=uid, email=email) for uid, email in rows]
 
 
 async def ancestor_ids(session: AsyncSession, post: Post) -> list[int]:

@@ -82,23 +82,28 @@ async def claim(
 ) -> list[Outbox]:
     """Mark up to `limit` due rows as being sent by `worker` until now + lease, and return them, oldest first.
 
-    One statement: UPDATE … WHERE id IN (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED]) AND <still due> RETURNING.
+    One statement: WITH claimable AS (SELECT … LIMIT n [FOR UPDATE SKIP LOCKED]) UPDATE … WHERE id IN claimable
+    AND <still due> RETURNING.
     On SQLite the UPDATE takes the single write lock before reading, so a row claimed by a concurrent worker is
     no longer due when this statement sees it.
     """
     if limit <= 0:
         return []
     due = _due(now)
+    # MATERIALIZED: PostgreSQL must run the locking, limited SELECT once. Inlined as a plain IN (subquery), the
+    # planner may rescan it inside a semi-join, and every rescan brings in more rows than the LIMIT.
     candidates = (
         select(Outbox.id)
         .where(due)
         .order_by(Outbox.next_attempt_at, Outbox.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("claimable")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     stmt = (
         update(Outbox)
-        .where(Outbox.id.in_(candidates), due)
+        .where(Outbox.id.in_(select(candidates.c.id)), due)
         .values(status=SENDING, claimed_by=worker, claimed_until=now + timedelta(seconds=lease_seconds))
         .returning(Outbox)
         .execution_options(synchronize_session=False, populate_existing=True)

@@ -41,6 +41,8 @@ class Sender:
         self.worker = worker
         self.drains = 0
         self.last_stats = DrainStats()
+        self._started = 0
+        self._progress = asyncio.Condition()
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -48,6 +50,19 @@ class Sender:
     def wake(self) -> None:
         """Drain now rather than at the next poll. Safe to call at any time, any number of times."""
         self._wakeup.set()
+
+    async def flush(self) -> DrainStats:
+        """Wake the sender and wait until a drain that began after this call has finished.
+
+        Returns the stats of the last drain that succeeded (a failed drain is logged, and counts as finished).
+        """
+        if self._task is None or self._task.done():
+            raise RuntimeError("the sender is not running")
+        target = self._started + 1
+        self.wake()
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.drains >= target or self._stopping)
+        return self.last_stats
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"outbox-sender {self.worker}")
@@ -58,6 +73,7 @@ class Sender:
         failures = 0
         while not self._stopping:
             self._wakeup.clear()
+            self._started += 1
             pause = interval
             try:
                 self.last_stats = await drain_once(self.deps, self.mailer, worker=self.worker)
@@ -69,7 +85,9 @@ class Sender:
                 failures += 1
                 pause = min(interval * 2**min(failures, 10), max(interval, _FAILURE_PAUSE_CAP))
                 log.exception("outbox.drain_failed worker=%s failures=%d", self.worker, failures)
-            self.drains += 1
+            async with self._progress:
+                self.drains += 1
+                self._progress.notify_all()
             if pause and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=pause)
@@ -78,6 +96,8 @@ class Sender:
         """Let the current batch finish its sends and record them; cancel it if that takes over `grace_seconds`."""
         self._stopping = True
         self._wakeup.set()
+        async with self._progress:
+            self._progress.notify_all()
         task, self._task = self._task, None
         if task is None:
             return

@@ -39,6 +39,9 @@ class Deps:
     sessions: async_sessionmaker[AsyncSession]
     categories: CategoryCache
     clock: Callable[[], datetime] = utc_now
+    # DKIM key lookups for announcements: (b"sel._domainkey.example.org.", timeout=...) -> TXT value or None.
+    # None means dkimpy's own resolver (real DNS); tests answer from a dict.
+    dkim_dnsfunc: Callable[..., bytes | None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],

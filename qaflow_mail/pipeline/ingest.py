@@ -21,6 +21,7 @@ from qaflow_mail.mail.addresses import Announce, Reply, classify
 from qaflow_mail.mail.parse import ParsedMail, parse_message
 from qaflow_mail.pipeline import Context, Outcome, Step, rejected, run
 from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.pipeline.notices import notify_refusal
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, steps_for
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ async def _process(
         if primary is not None:
             for rcpt, _destination in post_targets[1:]:
                 outcomes[rcpt] = outcomes[primary[0]]
+        await notify_refusal(session, settings=settings, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
+                             envelope_from=envelope_from, source=source, now=now)
         session.add(_record(raw, parsed, envelope_from, recipients, source, now, outcomes, post_id))
     return outcomes
 

@@ -15,6 +15,7 @@ from qaflow_mail.pipeline import Step
 POST_STEPS = (
     "guard_loops",
     "dedupe",
+    "rate_limit",
     "resolve_thread",
     "authorize_sender",
     "check_attachments",

@@ -1,4 +1,5 @@
-"""Who is writing, and may they post here? Unknown senders become staged users only where strangers may post."""
+"""Who is writing, and may they post here? Unknown senders become staged users only where strangers may post,
+or when an archive is imported."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.models import UserStatus
 from qaflow_mail.errors import SENDER_NOT_ALLOWED, SmtpReply
 from qaflow_mail.pipeline import Context, Outcome, rejected
+
+IMPORT_SOURCE = "import"
 
 NO_FROM = SmtpReply(550, "5.7.1", "The message has no usable From address")
 NOT_TOKEN_OWNER = SmtpReply(
@@ -20,7 +23,8 @@ async def authorize_sender(ctx: Context) -> Context | Outcome:
     if not address:
         return rejected(NO_FROM, notify_sender=False)
     user = await queries.user_by_email(ctx.session, address)
-    strangers_welcome = ctx.category is not None and ctx.category.allow_strangers
+    # An archive import keeps every author's posts: unknown authors become staged users in any category.
+    strangers_welcome = (ctx.category is not None and ctx.category.allow_strangers) or ctx.source == IMPORT_SOURCE
     if ctx.token_ids:
         _post_id, token_user_id = ctx.token_ids[:2]
         if user is None or user.id != token_user_id:

@@ -11,6 +11,7 @@ from qaflow_mail.db.models import Post
 from qaflow_mail.outbound.notify import enqueue_post_notifications
 from qaflow_mail.outbound.render import TEMPLATES_DIR, Renderer
 from qaflow_mail.pipeline import Context, Outcome
+from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 
 @cache
@@ -30,6 +31,8 @@ async def enqueue_notifications(ctx: Context) -> Context | Outcome:
     post = ctx.extra.get("post")
     if not isinstance(post, Post):
         raise TypeError("enqueue_notifications runs after store_post, which puts the post in ctx.extra['post']")
+    if ctx.source == IMPORT_SOURCE:
+        return ctx  # an archive import replays old posts: nobody wants years of mail at once
     count = await enqueue_post_notifications(
         ctx.session, settings=ctx.deps.settings, renderer=get_renderer(ctx.deps.settings), post=post, now=ctx.now
     )

@@ -1,0 +1,259 @@
+"""Announcement broadcasts: a published announcement goes to every active user who has not muted announcements
+(not only to subscribers of the `announcements` category).
+
+The fan-out renders and composes the message once, with placeholder tokens (``notify.MessagePrototype``); each
+recipient costs two token signatures and a byte-level fill, not a render. Rows go to the outbox in batches of
+[announce] batch_size, in the caller's transaction, with dedupe key ``announce:<announcement id>:<user id>``:
+a re-run of the same broadcast adds nothing.
+
+The broadcast has one Message-ID for everyone, mapped to the announcement's post in ``message_refs``; List-Id
+``announcements.<domain>``, ``List-Post: NO``, and a List-Unsubscribe whose token carries category id 0, which
+the unsubscribe handler reads as "mute announcements". It has no Reply-To: replies are not invited.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from datetime import date, datetime
+from email.message import EmailMessage
+from enum import StrEnum
+from typing import Any
+
+from markupsafe import Markup
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db.models import (
+    Announcement,
+    MessageRef,
+    Outbox,
+    OutboxKind,
+    OutboxStatus,
+    Post,
+    User,
+    UserStatus,
+)
+from qaflow_mail.mail.addresses import FROM_LOCAL_PART
+from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes, via_display_name
+from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.outbound.notify import (
+    MessagePrototype,
+    Placeholders,
+    author_name,
+    bounce_address,
+    category_url,
+    topic_url,
+)
+from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, unsubscribe_address, unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+BROADCAST_TEMPLATE = "announce/broadcast"
+ANNOUNCEMENTS_SLUG = "announcements"
+MESSAGE_ID_KIND = "announce"
+MESSAGE_REF_KIND = "announcement"
+
+# Recipients whose address the byte template can carry as is; anything else goes through compose().
+_SIMPLE_ADDRESS_RE = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+"
+)
+
+
+class AnnouncementStatus(StrEnum):
+    PUBLISHED = "published"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # a confirmation mail went to the admin
+    HELD = "held"  # held without a confirmation mail: the admin's confirmation rate was used up
+
+
+class VerifiedBy(StrEnum):
+    DKIM = "dkim"
+    AUTHENTICATION_RESULTS = "authentication-results"
+    CONFIRMATION = "confirmation"
+    COMMAND_LINE = "cli"
+
+
+def broadcast_message_id(announcement_id: int, *, domain: str) -> str:
+    return make_message_id(MESSAGE_ID_KIND, str(announcement_id), domain=domain)
+
+
+async def audience_count(session: AsyncSession) -> int:
+    count = await session.scalar(
+        select(func.count(User.id)).where(User.status == UserStatus.ACTIVE.value,
+                                          User.announcements_muted.is_(False))
+    )
+    return int(count or 0)
+
+
+async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+    """The next `limit` recipients by user id (keyset pagination: each page is one indexed range scan)."""
+    rows = await session.execute(
+        select(User.id, User.email)
+        .where(User.status == UserStatus.ACTIVE.value, User.announcements_muted.is_(False), User.id > after_id)
+        .order_by(User.id)
+        .limit(limit)
+    )
+    return list(rows.tuples().all())
+
+
+class BroadcastBuilder:
+    """Everything one broadcast shares; `messages` fills in each recipient."""
+
+    def __init__(
+        self, settings: Settings, renderer: Renderer, *, announcement: Announcement, post: Post, author: User,
+        now: datetime,
+    ) -> None:
+        self.settings = settings
+        self.announcement = announcement
+        self.post = post
+        self.now = now
+        self.issued: date = now.date()
+        self.message_id = broadcast_message_id(announcement.id, domain=settings.site.domain)
+        self.placeholders = Placeholders.new()
+        rendered = renderer.render(BROADCAST_TEMPLATE, self._context(author))
+        self._subject = rendered.subject
+        self._text = rendered.text
+        self._html = rendered.html
+        self._from_name = via_display_name(author_name(author), settings.site.name)
+        self.prototype: MessagePrototype | None
+        try:
+            self.prototype = MessagePrototype(self.compose_for(self.placeholders.recipient,
+                                                               self.placeholders.unsubscribe_token),
+                                              self.placeholders)
+        except ValueError as exc:  # never expected; composing each message is slower but still right
+            log.warning("announce.no_prototype announcement_id=%s reason=%s", announcement.id, exc)
+            self.prototype = None
+
+    def _context(self, author: User) -> dict[str, Any]:
+        settings, post = self.settings, self.post
+        token = self.placeholders.unsubscribe_token
+        return {
+            "site": {"name": settings.site.name, "base_url": settings.site.base_url},
+            "announcement": {
+                "id": self.announcement.id,
+                "subject": self.announcement.subject,
+                "author_name": author_name(author),
+                "text": post.body_text,
+                # body_html is stored only after the sanitiser ran; everything else is escaped by the template.
+                "html": Markup(post.body_html) if post.body_html else None,
+                "url": topic_url(settings, post.topic_id),
+            },
+            "unsubscribe_url": unsubscribe_url(settings, token),
+            "unsubscribe_mailto": unsubscribe_address(settings, token),
+        }
+
+    def compose_for(self, recipient: str, unsubscribe_token: str) -> EmailMessage:
+        settings = self.settings
+        ph = self.placeholders
+
+        def fill(value: str) -> str:
+            return value.replace(ph.unsubscribe_token, unsubscribe_token)
+
+        https = unsubscribe_url(settings, unsubscribe_token)
+        domain = settings.site.domain
+        return compose(
+            from_name=self._from_name,
+            from_address=f"{FROM_LOCAL_PART}@{domain}",
+            to=recipient,
+            subject=self._subject,
+            text=fill(self._text),
+            html=None if self._html is None else fill(self._html),
+            message_id=self.message_id,
+            in_reply_to=None,
+            references=(),
+            reply_to=None,
+            list_headers=ListHeaders(
+                list_id=list_id_value(f"{settings.site.name} announcements", slug=ANNOUNCEMENTS_SLUG, domain=domain),
+                post=None,
+                archive=category_url(settings, ANNOUNCEMENTS_SLUG),
+                unsubscribe_mailto=unsubscribe_address(settings, unsubscribe_token),
+                # RFC 8058 one-click needs HTTPS; a plain-http base URL (local use) keeps only the mailto.
+                unsubscribe_https=https if https.lower().startswith("https://") else None,
+            ),
+            date=self.now,
+        )
+
+    def messages(self, recipients: Sequence[tuple[int, str]]) -> list[OutgoingMessage]:
+        secret = self.settings.tokens.secret
+        announcement_id, post_id = self.announcement.id, self.post.id
+        out: list[OutgoingMessage] = []
+        for user_id, email in recipients:
+            unsub = sign(TokenKind.UNSUBSCRIBE, (user_id, ANNOUNCEMENTS_CATEGORY_ID), secret=secret,
+                         issued=self.issued)
+            bounce = sign(TokenKind.BOUNCE, (user_id, post_id), secret=secret, issued=self.issued)
+            try:
+                if self.prototype is not None and len(email) <= 320 and _SIMPLE_ADDRESS_RE.fullmatch(email):
+                    raw = self.prototype.fill(recipient=email, reply_token="", unsubscribe_token=unsub)
+                else:
+                    raw = to_bytes(self.compose_for(email, unsub))
+            except ValueError as exc:
+                log.warning("announce.skipped announcement_id=%s user_id=%s reason=%s", announcement_id, user_id,
+                            exc)
+                continue
+            out.append(OutgoingMessage(
+                kind=OutboxKind.ANNOUNCEMENT,
+                dedupe_key=f"announce:{announcement_id}:{user_id}",
+                message_id=self.message_id,
+                envelope_from=bounce_address(self.settings, bounce),
+                recipient=email,
+                raw=raw,
+                user_id=user_id,
+                post_id=post_id,
+                announcement_id=announcement_id,
+            ))
+        return out
+
+
+async def enqueue_broadcast(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    renderer: Renderer,
+    announcement: Announcement,
+    post: Post,
+    author: User,
+    now: datetime,
+) -> int:
+    """Write the broadcast of `announcement` to the outbox in the caller's transaction, in batches of
+    [announce] batch_size. Returns the number of messages handed to the outbox."""
+    builder = BroadcastBuilder(settings, renderer, announcement=announcement, post=post, author=author, now=now)
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(MessageRef)
+        .values(message_id=builder.message_id, post_id=post.id, user_id=None, kind=MESSAGE_REF_KIND)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
+    batch = max(1, settings.announce.batch_size)
+    handed = 0
+    after_id = 0
+    while True:
+        page = await _audience_page(session, after_id=after_id, limit=batch)
+        if not page:
+            break
+        messages = builder.messages(page)
+        await enqueue(session, messages, now=now, chunk=batch)
+        handed += len(messages)
+        after_id = page[-1][0]
+    log.info("announce.enqueued announcement_id=%s post_id=%s recipients=%d", announcement.id, post.id, handed)
+    return handed
+
+
+async def announcement_status(session: AsyncSession, announcement_id: int) -> dict[str, int]:
+    """How many broadcast messages of the announcement are queued (pending or being sent), sent and failed."""
+    rows = await session.execute(
+        select(Outbox.status, func.count(Outbox.id))
+        .where(Outbox.announcement_id == announcement_id, Outbox.kind == OutboxKind.ANNOUNCEMENT.value)
+        .group_by(Outbox.status)
+    )
+    counts = dict(rows.tuples().all())
+    return {
+        "queued": int(counts.get(OutboxStatus.PENDING.value, 0)) + int(counts.get(OutboxStatus.SENDING.value, 0)),
+        "sent": int(counts.get(OutboxStatus.SENT.value, 0)),
+        "failed": int(counts.get(OutboxStatus.FAILED.value, 0)),
+    }

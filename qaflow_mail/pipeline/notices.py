@@ -1,0 +1,262 @@
+"""A short "your message was not posted" email for a sender who gets no SMTP reply.
+
+Who gets one:
+- Only mail from sources without an SMTP conversation (IMAP). Over SMTP the sending MTA already turns our 5xx
+  text into a bounce for its user, so a notice would say the same thing twice. Archive imports get none: their
+  authors never sent anything to us, and the import summary tells the operator what was skipped.
+- Only when the message as a whole was refused (no recipient took it) and the refusal asks for it
+  (`Outcome.notify_sender`).
+- Never to automatic mail (RFC 3834): anything classify_automatic does not call a person's post (auto-replies,
+  bounces, loops, a null envelope sender), and never to our own domain.
+- Never to a sender we cannot trust to have written it (no backscatter to forged From addresses): when our MTA's
+  Authentication-Results (the topmost one, with [announce] trusted_authserv_id) reports a failure and no aligned
+  pass; or when the From address differs from the envelope sender and nothing authenticates the From.
+- At most [limits] notice_rate_per_hour per address (counted from outbox rows of kind "notice"), and one per
+  message and address (the outbox dedupe key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db import queries
+from qaflow_mail.db.models import Outbox, OutboxKind
+from qaflow_mail.errors import SmtpReply
+from qaflow_mail.mail.addresses import FROM_LOCAL_PART
+from qaflow_mail.mail.automatic import MailKind, classify_automatic
+from qaflow_mail.mail.compose import compose, make_message_id, to_bytes
+from qaflow_mail.mail.content import extract_content
+from qaflow_mail.mail.dkim_check import aligned, parse_authentication_results
+from qaflow_mail.mail.parse import ParsedMail
+from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.outbound.notify import bounce_address
+from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import TEMPLATES_DIR, MailTemplate, Renderer
+from qaflow_mail.pipeline import Outcome
+
+log = logging.getLogger(__name__)
+
+NOTICE_SOURCES = frozenset({"imap"})
+WINDOW = timedelta(hours=1)
+QUOTED_LINES = 10
+QUOTED_LINE_CHARS = 200
+SUBJECT_CHARS = 200
+_MAX_DEDUPE_KEY = 255  # outbox.dedupe_key is String(255)
+
+# What to do, by enhanced status code, when the reply text itself does not say it after a ';'.
+_ADVICE = {
+    "5.1.1": "Check the address on the forum (each category has its own) and send your message again.",
+    "5.3.4": "Send it again with fewer or smaller attachments, or put large files online and link to them.",
+    "5.6.0": "Write your message above any quoted text and send it again.",
+    "5.7.1": "Write from the address you registered on the forum, or register this address first.",
+}
+
+
+@cache
+def _renderer_for(templates_dir: Path) -> Renderer:
+    return Renderer(templates_dir)
+
+
+def get_renderer(settings: Settings) -> Renderer:
+    """One Renderer per templates directory, built on first use (settings name no templates directory yet)."""
+    return _renderer_for(TEMPLATES_DIR)
+
+
+def reason_and_advice(reply: SmtpReply, *, domain: str) -> tuple[str, str]:
+    """The reply text split into what happened and what to do ("X; do Y"), with a default for the advice."""
+    reason, _, advice = reply.text.partition(";")
+    advice = advice.strip() or _ADVICE.get(reply.enhanced, f"If this looks wrong, write to postmaster@{domain}.")
+    return reason.strip().rstrip("."), advice[:1].upper() + advice[1:]
+
+
+def quoted_lines(parsed: ParsedMail) -> list[str]:
+    """The first lines of what they wrote (the untrimmed body), for the notice to quote."""
+    try:
+        text = extract_content(parsed).full_text
+    except Exception:  # the notice must go out even if the body cannot be read
+        log.warning("notice.unreadable_body message_id=%s", parsed.message_id, exc_info=True)
+        return []
+    lines = [line.rstrip()[:QUOTED_LINE_CHARS] for line in text.splitlines()[: QUOTED_LINES * 3]]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[:QUOTED_LINES]
+
+
+def _bare_address(value: str) -> str:
+    text = value.strip()
+    if "<" in text and ">" in text:
+        text = text[text.index("<") + 1 : text.rindex(">")]
+    return text.strip().lower()
+
+
+def _authentication(parsed: ParsedMail, *, authserv_id: str) -> tuple[bool, bool]:
+    """(an aligned dkim or dmarc pass, a failure) in our own MTA's Authentication-Results, if it wrote one."""
+    headers = parsed.header_all("Authentication-Results")
+    if not authserv_id or not headers:
+        return False, False
+    server, results = parse_authentication_results(headers[0])
+    if server != authserv_id.strip().lower():
+        return False, False
+    domain = parsed.from_address.rpartition("@")[2]
+    passed = failed = False
+    for item in results:
+        if item.result in {"fail", "permerror"} and item.method in {"spf", "dkim", "dmarc"}:
+            failed = True
+        if item.result != "pass":
+            continue
+        if item.method == "dkim":
+            signer = item.properties.get("header.d") or item.properties.get("header.i", "").rpartition("@")[2]
+            passed |= bool(signer) and aligned(signer, domain)
+        elif item.method == "dmarc":
+            passed |= item.properties.get("header.from", "").strip().lower().rstrip(".") == domain
+    return passed, failed
+
+
+def withhold_reason(parsed: ParsedMail, raw: bytes, *, envelope_from: str, settings: Settings) -> str | None:
+    """Why this sender must not get a notice, or None when it may."""
+    address = parsed.from_address
+    if not address:
+        return "no From address"
+    domain = settings.site.domain.lower().rstrip(".")
+    if address.rpartition("@")[2].rstrip(".") == domain:
+        return "our own address"
+    verdict = classify_automatic(
+        parsed, raw, envelope_from=envelope_from, our_domain=settings.site.domain,
+        our_list_id_suffix=f".{settings.site.domain}", max_received=settings.limits.max_received_headers,
+        is_bounce_address=False,
+    )
+    if verdict.kind is not MailKind.POST:
+        return f"automatic mail ({verdict.kind}: {verdict.reason})"
+    passed, failed = _authentication(parsed, authserv_id=settings.announce.trusted_authserv_id)
+    if failed and not passed:
+        return "the sender failed authentication"
+    if not passed and _bare_address(envelope_from) != address:
+        return "From differs from the envelope sender and is not authenticated"
+    return None
+
+
+async def _recent_notices(session: AsyncSession, recipient: str, now: datetime) -> int:
+    count = await session.scalar(
+        select(func.count(Outbox.id)).where(
+            Outbox.kind == OutboxKind.NOTICE.value,
+            Outbox.recipient == recipient,
+            Outbox.created_at > now - WINDOW,
+        )
+    )
+    return int(count or 0)
+
+
+def _dedupe_key(sha256: str, recipient: str) -> str:
+    key = f"notice:{sha256}:{recipient}"
+    if len(key) <= _MAX_DEDUPE_KEY:
+        return key
+    return f"notice:{sha256}:{hashlib.sha256(recipient.encode()).hexdigest()}"
+
+
+def _context(settings: Settings, parsed: ParsedMail, reply: SmtpReply) -> dict[str, Any]:
+    reason, advice = reason_and_advice(reply, domain=settings.site.domain)
+    return {
+        "site": {"name": settings.site.name, "base_url": settings.site.base_url},
+        "reason": reason,
+        "advice": advice,
+        "reason_code": reply.enhanced,
+        "original_subject": " ".join(parsed.subject.split())[:SUBJECT_CHARS],
+        "quoted_lines": quoted_lines(parsed),
+    }
+
+
+async def queue_rejection_notice(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    renderer: Renderer,
+    parsed: ParsedMail,
+    raw: bytes,
+    outcome: Outcome,
+    envelope_from: str,
+    now: datetime,
+) -> bool:
+    """Queue the notice for one refused message in the caller's transaction. True when a notice was queued."""
+    withheld = withhold_reason(parsed, raw, envelope_from=envelope_from, settings=settings)
+    recipient = parsed.from_address
+    if withheld is not None:
+        log.info("notice.withheld message_id=%s reason=%s", parsed.message_id, withheld)
+        return False
+    dedupe_key = _dedupe_key(parsed.sha256, recipient)
+    if await session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key)) is not None:
+        return False
+    limit = settings.limits.notice_rate_per_hour
+    if await _recent_notices(session, recipient, now) >= limit:
+        log.info("notice.rate_limited message_id=%s to=%s limit=%d", parsed.message_id, recipient, limit)
+        return False
+    domain = settings.site.domain
+    user = await queries.user_by_email(session, recipient)
+    message_id = make_message_id("notice", hashlib.sha256(dedupe_key.encode()).hexdigest()[:24], domain=domain)
+    original = None if parsed.message_id_synthesized else parsed.message_id
+    try:
+        rendered = renderer.render(MailTemplate.NOTICE_REJECTED, _context(settings, parsed, outcome.reply))
+        message = compose(
+            from_name=settings.site.name,
+            from_address=f"{FROM_LOCAL_PART}@{domain}",
+            to=recipient,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            in_reply_to=original,
+            references=(),
+            reply_to=None,
+            list_headers=None,
+            extra_headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"},
+            date=now,
+        )
+        data = to_bytes(message)
+    except ValueError:  # an address or header compose refuses: no notice, but the message is still handled
+        log.warning("notice.not_composed message_id=%s", parsed.message_id, exc_info=True)
+        return False
+    # A known user's notice bounces to VERP like any mail to them; a stranger's uses the null reverse-path.
+    envelope = "" if user is None else bounce_address(
+        settings, sign(TokenKind.BOUNCE, (user.id, 0), secret=settings.tokens.secret, issued=now.date())
+    )
+    await enqueue(
+        session,
+        [OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=dedupe_key, message_id=message_id,
+                         envelope_from=envelope, recipient=recipient, raw=data,
+                         user_id=None if user is None else user.id)],
+        now=now,
+    )
+    log.info("notice.queued message_id=%s to=%s reason=%s", parsed.message_id, recipient, outcome.reply.enhanced)
+    return True
+
+
+async def notify_refusal(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    parsed: ParsedMail,
+    raw: bytes,
+    outcomes: Sequence[Outcome],
+    envelope_from: str,
+    source: str,
+    now: datetime,
+) -> bool:
+    """ingest's hook: a notice for a message no recipient took, when its source has no SMTP reply."""
+    if source not in NOTICE_SOURCES or not outcomes or any(o.accepted for o in outcomes):
+        return False
+    outcome = next((o for o in outcomes if o.notify_sender), None)
+    if outcome is None:
+        return False
+    return await queue_rejection_notice(
+        session, settings=settings, renderer=get_renderer(settings), parsed=parsed, raw=raw, outcome=outcome,
+        envelope_from=envelope_from, now=now,
+    )
