@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.utils import getaddresses
 from enum import StrEnum
 from typing import Any
@@ -245,7 +247,17 @@ def parse_address_line(text: str) -> ParsedLine | str | None:
     reason = address_problem(address)
     if reason is not None:
         return reason
-    return ParsedLine(email=address.lower(), name=" ".join(name.split())[:MAX_NAME_LENGTH])
+    return ParsedLine(email=address.lower(), name=" ".join(_decoded(name).split())[:MAX_NAME_LENGTH])
+
+
+def _decoded(name: str) -> str:
+    """A display name with RFC 2047 encoded words decoded, as lists exported from mail headers may hold."""
+    if "=?" not in name:
+        return name
+    try:
+        return str(make_header(decode_header(name)))
+    except (HeaderParseError, LookupError, UnicodeDecodeError):
+        return name
 
 
 def address_problem(address: str) -> str | None:

@@ -378,7 +378,7 @@ def parse_message(raw: bytes) -> ParsedMail:
     msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=email.policy.default)
     fallback = _fallback_charset(msg)
     headers = tuple((key, _display_header(msg, key, str(value), fallback)) for key, value in msg.raw_items())
-    mid = normalize_message_id(_header_text(msg, "Message-ID"))
+    mid = normalize_message_id(_raw_header(msg, "Message-ID"))
     synthesized = mid is None
     if mid is None:
         mid = f"{digest[:32]}@sha256.invalid"
@@ -389,8 +389,8 @@ def parse_message(raw: bytes) -> ParsedMail:
     return ParsedMail(
         message_id=mid,
         message_id_synthesized=synthesized,
-        in_reply_to=message_ids(_header_text(msg, "In-Reply-To")),
-        references=message_ids(_header_text(msg, "References")),
+        in_reply_to=message_ids(_raw_header(msg, "In-Reply-To")),
+        references=message_ids(_raw_header(msg, "References")),
         from_address=from_addr,
         from_name=from_name,
         subject=unfold(decode_header(subject, fallback=fallback)) if subject else "",

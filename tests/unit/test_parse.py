@@ -190,3 +190,14 @@ def test_garbage_never_raises(seed: int) -> None:
         cut = bytes(data[: rng.randint(0, len(data))])
         extract_content(parse_message(cut))
     extract_content(parse_message(bytes(rng.randrange(256) for _ in range(2000))))
+
+
+def test_message_id_with_two_at_signs_is_kept_whole() -> None:
+    raw = (
+        b"From: a@example.org\r\nMessage-ID: <019801ca633f$aa$@yang@example.com>\r\n"
+        b"In-Reply-To: <01a$b$@x@example.com>\r\nReferences: <r1@example.com> <01a$b$@x@example.com>\r\n\r\nHi\r\n"
+    )
+    parsed = parse_message(raw)
+    assert parsed.message_id == "019801ca633f$aa$@yang@example.com"
+    assert parsed.in_reply_to == ("01a$b$@x@example.com",)
+    assert parsed.references == ("r1@example.com", "01a$b$@x@example.com")

@@ -1,0 +1,201 @@
+"""A verified announcement is published at once: a topic in `announcements`, an `announcements` row, and the
+broadcast to every active user who has not muted announcements, all in this message's transaction.
+
+Any other announcement from an admin address is held (reply 250: the message is taken): the row waits with
+status awaiting_confirmation, the raw message stays in inbound_messages (linked), and a confirmation goes to the
+admin's registered address (users.email, never this mail's From) with a confirm+<token> Reply-To. At most
+[announce] confirm_rate_per_hour confirmations per admin and hour: a flood of forged mail beyond that is held
+silently (status held) and logged. Only a reply to the confirmation publishes it (apply_confirmation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db.models import Announcement, Disposition, InboundMessage, OutboxKind, Post, User
+from qaflow_mail.errors import OK
+from qaflow_mail.mail.addresses import FROM_LOCAL_PART, token_address
+from qaflow_mail.mail.compose import compose, make_message_id, to_bytes
+from qaflow_mail.mail.dkim_check import AuthMethod, AuthVerdict
+from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy, audience_count, enqueue_broadcast
+from qaflow_mail.outbound.notify import author_name, bounce_address
+from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.pipeline import Context, Outcome, accepted
+from qaflow_mail.pipeline.steps.authorize_announcer import AUTH_KEY
+from qaflow_mail.pipeline.steps.enqueue_notifications import get_renderer
+from qaflow_mail.pipeline.steps.store_post import store_post
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TEMPLATE = "notice/confirm_announcement"
+QUOTED_LINES = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Published:
+    announcement: Announcement
+    post: Post
+    recipients: int
+
+
+async def publish(
+    ctx: Context, *, verified_by: VerifiedBy, announcement: Announcement | None = None
+) -> Published:
+    """Store the post (a new topic in ctx.category), mark the announcement published and enqueue its broadcast.
+    ctx carries author, category (announcements) and content."""
+    assert ctx.author is not None and ctx.category is not None and ctx.content is not None
+    stored = await store_post(dataclasses.replace(ctx, parent=None, candidates=()))
+    if isinstance(stored, Outcome):
+        raise RuntimeError(f"store_post refused an announcement: {stored.reason}")
+    post = stored.extra["post"]
+    assert isinstance(post, Post)
+    if announcement is None:
+        announcement = Announcement(author_id=ctx.author.id, subject=post.subject, created_at=ctx.now, status="")
+        ctx.session.add(announcement)
+    else:
+        announcement.confirmed_at = ctx.now
+    announcement.post_id = post.id
+    announcement.status = AnnouncementStatus.PUBLISHED.value
+    announcement.verified_by = verified_by.value
+    await ctx.session.flush()
+    count = await enqueue_broadcast(ctx.session, settings=ctx.deps.settings, renderer=get_renderer(ctx.deps.settings),
+                                    announcement=announcement, post=post, author=ctx.author, now=ctx.now)
+    log.info("announce.published announcement_id=%s post_id=%s verified_by=%s recipients=%d", announcement.id,
+             post.id, verified_by.value, count)
+    return Published(announcement=announcement, post=post, recipients=count)
+
+
+def link_inbound_when_recorded(session: AsyncSession, announcement: Announcement, message_id: str) -> None:
+    """Point announcement.inbound_id at this message's inbound_messages row (its raw bytes).
+
+    ingest writes that row in this same transaction, after the steps have run; when a flush has given it an id,
+    the announcement is updated and the commit's next flush writes that too.
+    """
+    linked = False
+
+    def after_flush(sync_session: Any, _context: Any) -> None:
+        nonlocal linked
+        if linked:
+            return
+        for obj in list(sync_session.identity_map.values()):
+            if isinstance(obj, InboundMessage) and obj.message_id == message_id and obj.id is not None:
+                announcement.inbound_id = obj.id
+                linked = True
+                return
+
+    event.listen(session.sync_session, "after_flush_postexec", after_flush)
+
+
+def confirm_expires_at(settings: Settings, announcement: Announcement) -> datetime:
+    return announcement.created_at + timedelta(hours=settings.announce.confirm_ttl_hours)
+
+
+async def _confirmations_last_hour(session: AsyncSession, *, author_id: int, now: datetime) -> int:
+    """Confirmation mails sent for this admin in the past hour: rows that got one (waiting, or since confirmed)."""
+    count = await session.scalar(
+        select(func.count(Announcement.id)).where(
+            Announcement.author_id == author_id,
+            Announcement.created_at > now - timedelta(hours=1),
+            or_(Announcement.status == AnnouncementStatus.AWAITING_CONFIRMATION.value,
+                Announcement.verified_by == VerifiedBy.CONFIRMATION.value),
+        )
+    )
+    return int(count or 0)
+
+
+def confirmation_message(
+    settings: Settings, renderer: Renderer, *, announcement: Announcement, admin: User, reason: str,
+    quoted_lines: list[str], audience: int, in_reply_to: str | None, now: datetime,
+) -> OutgoingMessage:
+    domain = settings.site.domain
+    secret = settings.tokens.secret
+    token = sign(TokenKind.CONFIRM, (announcement.id, admin.id), secret=secret, issued=now.date())
+    confirm_address = token_address(TokenKind.CONFIRM, token, domain=domain)
+    expires = confirm_expires_at(settings, announcement)
+    rendered = renderer.render(CONFIRM_TEMPLATE, {
+        "site": {"name": settings.site.name, "base_url": settings.site.base_url},
+        "admin_name": author_name(admin),
+        "subject": announcement.subject,
+        "reason": reason,
+        "quoted_lines": quoted_lines[:QUOTED_LINES],
+        "audience": audience,
+        "confirm_address": confirm_address,
+        "expires": f"{expires:%Y-%m-%d %H:%M} UTC",
+    })
+    message_id = make_message_id("confirm", str(announcement.id), domain=domain)
+    message = compose(
+        from_name=settings.site.name,
+        from_address=f"{FROM_LOCAL_PART}@{domain}",
+        to=admin.email,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=(),
+        reply_to=confirm_address,
+        list_headers=None,
+        extra_headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"},
+        date=now,
+    )
+    bounce_token = sign(TokenKind.BOUNCE, (admin.id, 0), secret=secret, issued=now.date())
+    return OutgoingMessage(
+        kind=OutboxKind.CONFIRMATION,
+        dedupe_key=f"confirm:{announcement.id}",
+        message_id=message_id,
+        envelope_from=bounce_address(settings, bounce_token),
+        recipient=admin.email,
+        raw=to_bytes(message),
+        user_id=admin.id,
+        announcement_id=announcement.id,
+    )
+
+
+async def hold(ctx: Context, verdict: AuthVerdict) -> Outcome:
+    assert ctx.author is not None and ctx.content is not None
+    settings = ctx.deps.settings
+    admin = ctx.author
+    subject = ctx.parsed.subject.strip() or "(no subject)"
+    recent = await _confirmations_last_hour(ctx.session, author_id=admin.id, now=ctx.now)
+    limited = recent >= settings.announce.confirm_rate_per_hour
+    status = AnnouncementStatus.HELD if limited else AnnouncementStatus.AWAITING_CONFIRMATION
+    announcement = Announcement(author_id=admin.id, subject=subject, status=status.value, verified_by="",
+                                created_at=ctx.now)
+    ctx.session.add(announcement)
+    await ctx.session.flush()
+    link_inbound_when_recorded(ctx.session, announcement, ctx.parsed.message_id)
+    if limited:
+        log.warning("announce.confirmation_rate_limited announcement_id=%s admin_id=%s from=%s sent_last_hour=%d",
+                    announcement.id, admin.id, ctx.parsed.from_address, recent)
+        return Outcome(Disposition.HELD, OK, f"announcement {announcement.id} held: confirmation rate limit")
+    lines = [line.rstrip() for line in ctx.content.text.splitlines()]
+    message = confirmation_message(
+        settings, get_renderer(settings), announcement=announcement, admin=admin, reason=verdict.reason,
+        quoted_lines=lines, audience=await audience_count(ctx.session),
+        in_reply_to=None if ctx.parsed.message_id_synthesized else ctx.parsed.message_id, now=ctx.now,
+    )
+    await enqueue(ctx.session, [message], now=ctx.now)
+    log.info("announce.held announcement_id=%s admin_id=%s reason=%s", announcement.id, admin.id, verdict.reason)
+    return Outcome(Disposition.HELD, OK, f"announcement {announcement.id} awaits confirmation: {verdict.reason}")
+
+
+async def store_announcement(ctx: Context) -> Context | Outcome:
+    verdict = ctx.extra.get(AUTH_KEY)
+    if not isinstance(verdict, AuthVerdict):
+        raise TypeError("store_announcement runs after authorize_announcer, which sets ctx.extra['announce_auth']")
+    if not verdict.passed:
+        return await hold(ctx, verdict)
+    by = VerifiedBy.DKIM if verdict.method is AuthMethod.DKIM else VerifiedBy.AUTHENTICATION_RESULTS
+    published = await publish(ctx, verified_by=by)
+    link_inbound_when_recorded(ctx.session, published.announcement, ctx.parsed.message_id)
+    return accepted(published.post.id, reason=f"announcement {published.announcement.id} published ({verdict.reason}), "
+                                              f"{published.recipients} recipients")
