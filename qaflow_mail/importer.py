@@ -35,10 +35,11 @@ from qaflow_mail.mail.parse import normalize_message_id, unfold
 from qaflow_mail.pipeline import Outcome
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 log = logging.getLogger(__name__)
 
-SOURCE = "import"
+SOURCE = IMPORT_SOURCE
 Progress = Callable[[int, int], None]
 
 _HEADER_LINE_RE = re.compile(rb"^(?:From |[!-9;-~]+[ \t]*:)")
@@ -195,16 +196,14 @@ def _header(headers: Message, name: str) -> str | None:
 def _envelope_sender(headers: Message, mbox_sender: str | None) -> str:
     """What an MTA would have given as MAIL FROM: Return-Path, else the mbox "From " line, else From.
 
-    "" (the null sender of bounces) only where the archive says so: Return-Path <> or MAILER-DAEMON.
+    "" (the null sender of bounces) only where Return-Path says <>. The "From " line's MAILER-DAEMON proves
+    nothing: mail tools (Python's mailbox among them) write it on every message they store.
     """
     return_path = _header(headers, "Return-Path")
     if return_path is not None:
         return _bare_address(return_path)
-    if mbox_sender:
-        if mbox_sender.upper() == "MAILER-DAEMON":
-            return ""
-        if "@" in mbox_sender:
-            return mbox_sender.strip("<>").lower()
+    if mbox_sender and "@" in mbox_sender:
+        return mbox_sender.strip("<>").lower()
     return _bare_address(_header(headers, "From") or "")
 
 

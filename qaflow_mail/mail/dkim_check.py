@@ -93,19 +93,19 @@ def _dkim(raw: bytes, *, domain: str, dnsfunc: DnsFunc | None) -> AuthVerdict:
         checker = dkim.DKIM(raw)
         try:
             ok = checker.verify(idx=index, dnsfunc=dnsfunc) if dnsfunc is not None else checker.verify(idx=index)
+            problem = "" if ok else "bad signature or no key"
         except dkim.DKIMException as exc:
-            reasons.append(f"DKIM signature {index + 1}: {exc}")
-            continue
+            ok, problem = False, str(exc).split(" (", 1)[0]  # drop the hashes dkimpy appends
         signer = bytes(checker.domain or b"").decode("ascii", "replace")
         if not ok:
-            reasons.append(f"DKIM signature {index + 1} (d={signer}) does not verify")
+            reasons.append(f"the DKIM signature by {signer or '(unknown)'} does not verify ({problem})")
         elif b"l" in (checker.signature_fields or {}):
             # A body length limit lets anyone append text below the signed part.
-            reasons.append(f"DKIM signature {index + 1} (d={signer}) covers only part of the body (l=)")
+            reasons.append(f"the DKIM signature by {signer} covers only part of the body (l=)")
         elif not aligned(signer, domain):
-            reasons.append(f"DKIM signature {index + 1} (d={signer}) is not aligned with {domain}")
+            reasons.append(f"the DKIM signature by {signer} is not aligned with {domain}")
         else:
-            return AuthVerdict(True, AuthMethod.DKIM, f"DKIM signature by {signer} verifies")
+            return AuthVerdict(True, AuthMethod.DKIM, f"the DKIM signature by {signer} verifies")
     return AuthVerdict(False, AuthMethod.NONE, "; ".join(reasons))
 
 

@@ -98,7 +98,7 @@ async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) ->
         .order_by(User.id)
         .limit(limit)
     )
-    return list(rows.tuples().all())
+    return list(rows.all())
 
 
 class BroadcastBuilder:
@@ -251,7 +251,7 @@ async def announcement_status(session: AsyncSession, announcement_id: int) -> di
         .where(Outbox.announcement_id == announcement_id, Outbox.kind == OutboxKind.ANNOUNCEMENT.value)
         .group_by(Outbox.status)
     )
-    counts = dict(rows.tuples().all())
+    counts = dict(rows.all())
     return {
         "queued": int(counts.get(OutboxStatus.PENDING.value, 0)) + int(counts.get(OutboxStatus.SENDING.value, 0)),
         "sent": int(counts.get(OutboxStatus.SENT.value, 0)),

@@ -562,7 +562,7 @@ async def _lock_subscriptions(
         .order_by(CategorySubscription.id)
         .with_for_update(of=CategorySubscription)
     )
-    return list(rows.tuples().all())
+    return list(rows.all())
 
 
 async def _load_posts(
@@ -579,7 +579,7 @@ async def _load_posts(
             .where(Topic.category_id.in_(list(category_ids)), Post.created_at > low, Post.created_at <= high)
             .order_by(Post.created_at, Post.id)
         )
-    ).tuples().all()
+    ).all()
     topic_ids = sorted({r[1] for r in rows})
     if not topic_ids:
         return [], {}
@@ -590,11 +590,11 @@ async def _load_posts(
             .join(Category, Category.id == Topic.category_id)
             .where(Topic.id.in_(topic_ids))
         )
-    ).tuples().all()
+    ).all()
     openings = dict(
         (await session.execute(
             select(Post.topic_id, func.min(Post.id)).where(Post.topic_id.in_(topic_ids)).group_by(Post.topic_id)
-        )).tuples().all()
+        )).all()
     )
     author_ids = {r[2] for r in rows} | {t[5] for t in topic_rows}
     names = {

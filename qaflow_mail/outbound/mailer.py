@@ -168,12 +168,19 @@ class SmtpMailer:
             client.close()
 
     async def _send_on(self, client: aiosmtplib.SMTP, envelope_from: str, recipient: str, raw: bytes) -> None:
+        options = []
+        if not raw.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")  # RFC 6152: say so when the body has 8-bit bytes
+        if not (envelope_from.isascii() and recipient.isascii()):
+            options.append("SMTPUTF8")  # RFC 6531: internationalised addresses
         try:
-            refused, _ = await client.sendmail(envelope_from, [recipient], raw)
+            refused, _ = await client.sendmail(envelope_from, [recipient], raw, mail_options=options)
+        except SMTPNotSupported as exc:  # an internationalised address the relay cannot carry, now or later
+            raise DeliveryError(True, None, f"relay cannot deliver this address: {exc}") from exc
         except SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             raise _refusal(first.code, first.message) from exc
-        except (SMTPAuthenticationError, SMTPHeloError, SMTPConnectError, SMTPNotSupported) as exc:
+        except (SMTPAuthenticationError, SMTPHeloError, SMTPConnectError) as exc:
             raise DeliveryError(False, getattr(exc, "code", None), f"relay session failed: {exc}") from exc
         except SMTPResponseException as exc:
             if exc.code == 421:  # the relay is closing the channel (RFC 5321 §3.8)

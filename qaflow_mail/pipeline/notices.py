@@ -76,7 +76,8 @@ def reason_and_advice(reply: SmtpReply, *, domain: str) -> tuple[str, str]:
     """The reply text split into what happened and what to do ("X; do Y"), with a default for the advice."""
     reason, _, advice = reply.text.partition(";")
     advice = advice.strip() or _ADVICE.get(reply.enhanced, f"If this looks wrong, write to postmaster@{domain}.")
-    return reason.strip().rstrip("."), advice[:1].upper() + advice[1:]
+    advice = advice[:1].upper() + advice[1:]
+    return reason.strip().rstrip("."), advice if advice.endswith((".", "!", "?")) else advice + "."
 
 
 def quoted_lines(parsed: ParsedMail) -> list[str]:

@@ -24,14 +24,12 @@ from qaflow_mail.db.models import (
     OutboxKind,
     Post,
     SubscriptionMode,
-    User,
     UserAddress,
     UserStatus,
 )
 from qaflow_mail.mail.compose import to_bytes
 from qaflow_mail.mail.tokens import TokenKind, sign, verify
 from qaflow_mail.outbound.notify import (
-    MessagePrototype,
     NotificationBuilder,
     Placeholders,
     Recipient,
@@ -170,7 +168,8 @@ async def test_new_topic_reaches_each_subscriber_with_every_header(forum: Runnin
 
     mid = notification_message_id(post.id, domain=DOMAIN)
     assert [(r.message_id, r.post_id) for r in refs] == [(mid, post.id)]
-    assert {r.dedupe_key for r in rows} == {f"notify:{post.id}:{bob_id}", f"notify:{post.id}:{await user_id(forum, CAROL)}"}
+    carol_id = await user_id(forum, CAROL)
+    assert {r.dedupe_key for r in rows} == {f"notify:{post.id}:{bob_id}", f"notify:{post.id}:{carol_id}"}
     assert {r.kind for r in rows} == {OutboxKind.NOTIFICATION.value}
 
     message = delivered[BOB]
@@ -287,7 +286,8 @@ async def test_reply_token_from_another_address_of_the_same_user_and_from_strang
         assert code == 550 and text.startswith("5.7.1"), conv.data
         assert "reply from the address that received it" in text
     async with forum.deps.sessions() as session:
-        assert await session.scalar(select(Post.id).where(Post.message_id.in_(["s1@client.test", "d1@client.test"]))) is None
+        refused_ids = ["s1@client.test", "d1@client.test"]
+        assert await session.scalar(select(Post.id).where(Post.message_id.in_(refused_ids))) is None
 
 
 async def test_tampered_or_expired_reply_token_is_refused_with_advice(forum: Running) -> None:

@@ -87,13 +87,13 @@ async def add_users(deps: Deps, *addresses: str) -> dict[str, int]:
                 for a in addresses}
 
 
-def rendered(recipient: str, message_id: str, subject: str = "A new post") -> bytes:
+def rendered(recipient: str, message_id: str, subject: str = "A new post", body: str = "there is a new post.") -> bytes:
     msg = EmailMessage()
     msg["From"] = f'"Alice via QAFlow Test" <notifications@{DOMAIN}>'
     msg["To"] = recipient
     msg["Subject"] = subject
     msg["Message-ID"] = f"<{message_id}>"
-    msg.set_content(f"Hello {recipient}, there is a new post.\n")
+    msg.set_content(f"Hello {recipient}, {body}\n")
     return msg.as_bytes(policy=policy.SMTP)
 
 
@@ -194,6 +194,30 @@ async def test_smtp_transport_delivers_to_the_sink_and_reuses_connections(
     assert by_id[first[1]].parsed()["Subject"] == "A new post"
     assert sink.connections <= 2, "the second batch should reuse the pooled connections"
     assert all(r.status == OutboxStatus.SENT for r in await rows(deps))
+
+
+async def test_eight_bit_bodies_and_international_addresses_arrive_intact(
+    settings: Settings, make_deps: DepsFactory
+) -> None:
+    async with SmtpSink() as sink:
+        settings = smtp_settings(settings, sink)
+        deps = await make_deps(settings)
+        raw = rendered("zoë@exämple.org", f"utf8@{DOMAIN}", body="Grüße aus Köln — 日本語もOK.")
+        assert not raw.isascii()
+        async with deps.sessions() as session, session.begin():
+            await enqueue(session, [OutgoingMessage(
+                kind=OutboxKind.NOTIFICATION, dedupe_key="utf8", message_id=f"utf8@{DOMAIN}",
+                envelope_from=f"bounces@{DOMAIN}", recipient="zoë@exämple.org", raw=raw)], now=T0)
+        mailer = build_mailer(settings)
+        try:
+            assert (await drain_once(deps, mailer, worker="w1")).sent == 1
+        finally:
+            await mailer.close()
+    (message,) = sink.messages
+    assert message.rcpt_tos == ("zoë@exämple.org",)
+    assert message.raw.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
+    body = message.parsed().get_body(("plain",))
+    assert body is not None and "Grüße aus Köln — 日本語もOK." in body.get_content()
 
 
 async def test_sink_down_then_up_every_message_arrives_exactly_once(
@@ -449,7 +473,7 @@ async def test_postgres_skip_locked_gives_concurrent_claims_disjoint_rows(
     async with deps.sessions() as first, first.begin():
         mine = await claim(first, worker="a", now=T0, limit=4, lease_seconds=60)
         # The first transaction still holds its row locks: the second worker skips them instead of waiting.
-        async with deps.sessions() as second, second.begin():
+        async with asyncio.timeout(10), deps.sessions() as second, second.begin():
             theirs = await claim(second, worker="b", now=T0, limit=4, lease_seconds=60)
     assert len(mine) == 4 and len(theirs) == 2
     assert not {r.id for r in mine} & {r.id for r in theirs}

@@ -46,7 +46,8 @@ def test_good_and_ignored_lines(line: str, expected: ParsedLine | None) -> None:
     ("line", "reason"),
     [
         ("not an address", "not an email address"),
-        ("bob@", "no address found"),
+        ("bob@", "not an email address"),
+        ("<>", "no address found"),
         ("a@b.com, c@d.com", "more than one address"),
         ("Ann <a@b.com> trailing", "more than one address"),
         ("user@localhost", "invalid domain"),
@@ -66,7 +67,9 @@ def test_bad_lines_say_why(line: str, reason: str) -> None:
 # --- against the database -------------------------------------------------------------------------------------
 
 
-def run(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]], *, count_statements: list[int] | None = None) -> T:
+def run(
+    settings: Settings, work: Callable[[AsyncSession], Awaitable[T]], *, count_statements: list[int] | None = None
+) -> T:
     async def go() -> T:
         engine = create_engine(settings.database.url)
         if count_statements is not None:

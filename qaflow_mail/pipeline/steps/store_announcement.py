@@ -77,22 +77,23 @@ async def publish(
 def link_inbound_when_recorded(session: AsyncSession, announcement: Announcement, message_id: str) -> None:
     """Point announcement.inbound_id at this message's inbound_messages row (its raw bytes).
 
-    ingest writes that row in this same transaction, after the steps have run; when a flush has given it an id,
-    the announcement is updated and the commit's next flush writes that too.
+    ingest writes that row in this same transaction, after the steps have run. The flush that inserts it gives
+    it an id (seen in after_flush, while it is still among the session's new objects); the announcement is
+    updated after that flush, and the commit's next flush writes the link.
     """
-    linked = False
+    found: list[int] = []
 
     def after_flush(sync_session: Any, _context: Any) -> None:
-        nonlocal linked
-        if linked:
-            return
-        for obj in list(sync_session.identity_map.values()):
-            if isinstance(obj, InboundMessage) and obj.message_id == message_id and obj.id is not None:
-                announcement.inbound_id = obj.id
-                linked = True
-                return
+        if not found:
+            found.extend(obj.id for obj in sync_session.new
+                         if isinstance(obj, InboundMessage) and obj.message_id == message_id)
 
-    event.listen(session.sync_session, "after_flush_postexec", after_flush)
+    def after_flush_postexec(_sync_session: Any, _context: Any) -> None:
+        if found and announcement.inbound_id is None:
+            announcement.inbound_id = found[0]
+
+    event.listen(session.sync_session, "after_flush", after_flush)
+    event.listen(session.sync_session, "after_flush_postexec", after_flush_postexec)
 
 
 def confirm_expires_at(settings: Settings, announcement: Announcement) -> datetime:

@@ -1,0 +1,120 @@
+"""The digest jobs: an APScheduler 3 AsyncIOScheduler on the running loop.
+
+When digests are due comes from the database, not from the scheduler: a job run is one `run_digests` pass at
+deps.clock(), which sends whatever is due by each user's own timezone and last_digest_at, once. The jobs only
+decide when to look:
+
+- `digest-daily` and `digest-weekly` fire every 15 minutes at daily_at's minute modulo 15 (every real UTC
+  offset is a multiple of 15 minutes, so each user's local daily_at is a firing time), and once at start-up:
+  that first run is the catch-up after downtime.
+- coalesce=True, max_instances=1 and a generous misfire_grace_time: a late or piled-up run becomes one run.
+
+Job store: the in-memory one, on purpose. APScheduler 3 says a job store must never be shared between
+schedulers, while two `serve` processes on one database must be safe here; and its SQLAlchemyJobStore is
+synchronous (it would block the loop, need a sync PostgreSQL driver, and on SQLite contend with our async
+writers). What a persistent store would remember across restarts, the last run, is already in the database
+as category_subscriptions.last_digest_at, and the start-up run catches up from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from qaflow_mail.outbound.digests import DigestStats, Period, parse_daily_at, run_digests
+from qaflow_mail.outbound.render import Renderer
+
+if TYPE_CHECKING:
+    from qaflow_mail.pipeline.deps import Deps
+
+log = logging.getLogger(__name__)
+
+JOB_IDS = {Period.DAILY: "digest-daily", Period.WEEKLY: "digest-weekly"}
+MISFIRE_GRACE_SECONDS = 6 * 3600
+STOP_GRACE_SECONDS = 30.0
+
+
+class Scheduler:
+    """The running scheduler, what its jobs did last, and a way to run a pass now."""
+
+    def __init__(self, deps: Deps, renderer: Renderer) -> None:
+        self.deps = deps
+        self.renderer = renderer
+        self.aps = AsyncIOScheduler(timezone=UTC)
+        self.last_stats: dict[Period, DigestStats] = {}
+        self.runs = 0
+        self._in_flight: set[asyncio.Task[object]] = set()
+
+    async def run_digests(self, period: Period) -> DigestStats | None:
+        """One digest pass at deps.clock(); errors are logged (the next run retries from the database)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            stats = await run_digests(self.deps.sessions, settings=self.deps.settings, renderer=self.renderer,
+                                      now=self.deps.clock(), period=period)
+        except Exception:
+            log.exception("digest.job_failed period=%s", period.value)
+            return None
+        finally:
+            self.runs += 1
+            if task is not None:
+                self._in_flight.discard(task)
+        self.last_stats[period] = stats
+        return stats
+
+    def add_jobs(self, *, start_now: bool) -> None:
+        minute = parse_daily_at(self.deps.settings.digest.daily_at).minute % 15
+        for period, job_id in JOB_IDS.items():
+            self.aps.add_job(
+                self.run_digests,
+                CronTrigger(minute=f"{minute}/15", second=0, timezone=UTC),
+                args=[period],
+                id=job_id,
+                name=f"{period.value} digests",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=MISFIRE_GRACE_SECONDS,
+                replace_existing=True,
+                **({"next_run_time": datetime.now(UTC)} if start_now else {}),
+            )
+
+    async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        """No new runs; let a run in progress finish (its batches commit or roll back whole), then shut down."""
+        if self.aps.running:
+            self.aps.pause()
+        running = set(self._in_flight)
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a callback on the loop: let it run
+
+
+@asynccontextmanager
+async def scheduling(
+    deps: Deps, *, renderer: Renderer | None = None, catch_up: bool = True
+) -> AsyncIterator[Scheduler]:
+    """Run the digest jobs for the duration of the block. With `catch_up`, both run once right away."""
+    scheduler = Scheduler(deps, renderer or Renderer())
+    if deps.settings.digest.enabled:
+        scheduler.add_jobs(start_now=catch_up)
+    scheduler.aps.start()
+    log.info("scheduler.started jobs=%s", ",".join(job.id for job in scheduler.aps.get_jobs()) or "none")
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop()
+        log.info("scheduler.stopped runs=%d", scheduler.runs)

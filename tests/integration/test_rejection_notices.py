@@ -1,0 +1,159 @@
+"""Rejection notices: mail that arrives without an SMTP conversation (IMAP) and is refused gets one short email
+saying why and what to do, quoting its first lines, unless the sender is automatic, unauthenticated, or has had
+enough notices this hour. Over SMTP the sender's own MTA reports our 5xx, so no notice is sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+from sqlalchemy import select
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db import queries
+from qaflow_mail.db.models import Outbox, OutboxKind
+from qaflow_mail.errors import SmtpReply
+from qaflow_mail.mail.parse import parse_message
+from qaflow_mail.pipeline import rejected
+from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.pipeline.notices import get_renderer, queue_rejection_notice, reason_and_advice, withhold_reason
+from qaflow_mail.server.app import Running
+from tests.smtp_client import make_mail, send
+
+DOMAIN = "forum.test"
+GENERAL = f"general@{DOMAIN}"
+ALICE, STRANGER = "alice@example.org", "stranger@example.com"
+AUTHSERV = "mx.forum.test"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        limits=dataclasses.replace(settings.limits, notice_rate_per_hour=2),
+        announce=dataclasses.replace(settings.announce, trusted_authserv_id=AUTHSERV),
+    )
+
+
+@pytest.fixture
+async def forum(gateway: Running) -> Running:
+    async with gateway.deps.sessions() as session, session.begin():
+        await queries.add_category(session, slug="general", name="General", allow_strangers=False)
+        await queries.add_user(session, email=ALICE, display_name="Alice", now=datetime.now(UTC))
+    return gateway
+
+
+def question(n: int = 1, *, sender: str = STRANGER, headers: dict[str, str] | None = None) -> bytes:
+    body = "\n".join(f"Line {i} of my question." for i in range(1, 16))
+    msg = make_mail(sender=f"Sam Stranger <{sender}>", to=GENERAL, subject=f"Question {n}", body=body,
+                    message_id=f"<question-{n}@client.example>", headers=headers)
+    return msg.as_bytes()
+
+
+async def notices(run: Running) -> list[Outbox]:
+    async with run.deps.sessions() as session:
+        return list((await session.scalars(
+            select(Outbox).where(Outbox.kind == OutboxKind.NOTICE).order_by(Outbox.id))).all())
+
+
+def as_message(row: Outbox) -> EmailMessage:
+    message = email.message_from_bytes(row.raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+async def imap(run: Running, raw: bytes, envelope_from: str = STRANGER) -> None:
+    result = await ingest(raw, envelope_from=envelope_from, recipients=[GENERAL], source="imap", deps=run.deps)
+    assert not result.reply.is_success
+
+
+async def test_refused_imap_mail_gets_one_notice(forum: Running) -> None:
+    raw = question()
+    await imap(forum, raw)
+    await imap(forum, raw)  # polled again: still one notice
+    (row,) = await notices(forum)
+    assert row.recipient == STRANGER
+    assert row.dedupe_key == f"notice:{parse_message(raw).sha256}:{STRANGER}"
+    assert row.user_id is None
+    assert row.envelope_from == ""  # a stranger's notice never bounces back to us
+    message = as_message(row)
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["In-Reply-To"] == "<question-1@client.example>"
+    assert message["To"] == STRANGER
+    assert "Question 1" in str(message["Subject"])
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "not allowed to post here" in text
+    assert "Register on the forum with this address" in text
+    assert "> Line 1 of my question." in text
+    assert "> Line 10 of my question." in text
+    assert "Line 11" not in text
+
+
+async def test_no_notice_over_smtp_or_for_an_import(forum: Running) -> None:
+    conv = await send(forum.smtp_port, question(1), mail_from=STRANGER, rcpt_tos=[GENERAL])
+    assert conv.data_code == 550
+    await ingest(question(2), envelope_from=STRANGER, recipients=[GENERAL], source="import", deps=forum.deps)
+    assert await notices(forum) == []
+
+
+async def test_forged_or_failed_senders_get_no_notice(forum: Running) -> None:
+    await imap(forum, question(1), envelope_from="list-bounces@lists.example.net")  # From is not the envelope
+    failed = f"{AUTHSERV}; spf=fail smtp.mailfrom={STRANGER}; dkim=none; dmarc=fail header.from=example.com"
+    await imap(forum, question(2, headers={"Authentication-Results": failed}))
+    assert await notices(forum) == []
+    # Relayed, but our MTA verified the author's domain: the notice may go.
+    passed = f"{AUTHSERV}; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
+    await imap(forum, question(3, headers={"Authentication-Results": passed}),
+               envelope_from="list-bounces@lists.example.net")
+    assert [row.recipient for row in await notices(forum)] == [STRANGER]
+
+
+async def test_notices_are_rate_limited_per_address(forum: Running) -> None:
+    for n in range(4):
+        await imap(forum, question(n))
+    assert len(await notices(forum)) == 2
+
+
+async def test_automatic_senders_never_get_a_notice(forum: Running) -> None:
+    settings = forum.deps.settings
+    vacation = parse_message(question(headers={"Auto-Submitted": "auto-replied"}))
+    assert withhold_reason(vacation, b"", envelope_from=STRANGER, settings=settings) is not None
+    ordinary = question()
+    assert withhold_reason(parse_message(ordinary), ordinary, envelope_from=STRANGER, settings=settings) is None
+    assert withhold_reason(parse_message(ordinary), ordinary, envelope_from="", settings=settings) is not None
+    ours = make_mail(sender=f"notifications@{DOMAIN}", to=GENERAL).as_bytes()
+    assert withhold_reason(parse_message(ours), ours, envelope_from=f"notifications@{DOMAIN}",
+                           settings=settings) == "our own address"
+    async with forum.deps.sessions() as session, session.begin():
+        queued = await queue_rejection_notice(
+            session, settings=settings, renderer=get_renderer(settings), parsed=vacation, raw=b"",
+            outcome=rejected(SmtpReply(550, "5.6.0", "Empty")), envelope_from=STRANGER, now=datetime.now(UTC))
+    assert queued is False
+    assert await notices(forum) == []
+
+
+async def test_known_user_notice_uses_their_verp_address(forum: Running) -> None:
+    body = "On Mon, Bob wrote:\n> the whole question\n"
+    raw = make_mail(sender=ALICE, to=GENERAL, subject="Re: Q", body=body, message_id="<empty@client>").as_bytes()
+    await imap(forum, raw, envelope_from=ALICE)
+    (row,) = await notices(forum)
+    assert row.envelope_from.startswith("bounces+") and row.envelope_from.endswith(f"@{DOMAIN}")
+    assert row.user_id is not None
+    text = as_message(row).get_body(("plain",))
+    assert text is not None and "empty once quoted text is removed" in text.get_content()
+
+
+def test_reason_and_advice() -> None:
+    assert reason_and_advice(SmtpReply(550, "5.7.1", "Not allowed; register first"), domain=DOMAIN) == (
+        "Not allowed", "Register first.")
+    reason, advice = reason_and_advice(SmtpReply(552, "5.3.4", "Attachment too large: at most 10 bytes each"),
+                                       domain=DOMAIN)
+    assert reason == "Attachment too large: at most 10 bytes each"
+    assert "smaller attachments" in advice
+    assert reason_and_advice(SmtpReply(554, "5.9.9", "Odd"), domain=DOMAIN)[1].endswith(f"postmaster@{DOMAIN}.")
