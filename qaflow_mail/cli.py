@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail import logs
 from qaflow_mail.commands.common import CommandError, iso, print_json, run_in_session
+from qaflow_mail.commands.digests import add_user_set_arguments
+from qaflow_mail.commands.subscriptions import cmd_user_add_file, cmd_user_show
 from qaflow_mail.config import ConfigError, Settings, ensure_token_secret, find_config_path, load_settings, redacted
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Topic
@@ -82,6 +84,12 @@ def cmd_category_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
+    if args.file:
+        if args.email:
+            raise CommandError("give either EMAIL or --file, not both")
+        return cmd_user_add_file(settings, args)
+    if not args.email:
+        raise CommandError("give an EMAIL address, or --file PATH")
     address = args.email.strip().lower()
     if "@" not in address or any(c.isspace() for c in address):
         raise CommandError(f"invalid email address {args.email!r}")
@@ -162,7 +170,7 @@ def cmd_topic_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # Command modules under qaflow_mail/commands/, each with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("subscriptions", "outbox", "digests", "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,14 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     c_list.set_defaults(func=cmd_category_list)
 
     user = sub.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
-    u_add = user.add_parser("add", help="register a user")
-    u_add.add_argument("email")
+    u_add = user.add_parser("add", help="register a user, or many with --file (one address per line)")
+    u_add.add_argument("email", nargs="?")
     u_add.add_argument("--name")
     u_add.add_argument("--admin", action="store_true")
+    u_add.add_argument("--file", help="one address per line, 'Name <addr>' allowed; existing ones are skipped")
+    u_add.add_argument("--json", action="store_true", help="with --file: the report as JSON")
     u_add.set_defaults(func=cmd_user_add)
     u_list = user.add_parser("list", help="list users")
     u_list.add_argument("--json", action="store_true")
     u_list.set_defaults(func=cmd_user_list)
+    u_show = user.add_parser("show", help="a user and their subscriptions")
+    u_show.add_argument("email")
+    u_show.add_argument("--json", action="store_true")
+    u_show.set_defaults(func=cmd_user_show)
+    add_user_set_arguments(user.add_parser("set", help="change a user's settings (digest time zone)"))
 
     topics = sub.add_parser("topics", help="list topics, newest activity first")
     topics.add_argument("--category")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -54,7 +54,7 @@ class _Handler:
         if self.sink._hang_ups > 0:
             self.sink._hang_ups -= 1
             assert server.transport is not None
-            server.transport.abort()
+            cast(asyncio.Transport, server.transport).abort()
             return "421 4.4.2 connection dropped by the test"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -137,7 +137,7 @@ class SmtpSink:
         handlers = []
         for session in list(self._sessions):
             if session.transport is not None:
-                session.transport.abort()
+                cast(asyncio.Transport, session.transport).abort()
             if session._handler_coroutine is not None:
                 handlers.append(session._handler_coroutine)
         self._sessions.clear()

@@ -23,6 +23,7 @@ from aiosmtplib.errors import (
     SMTPNotSupported,
     SMTPRecipientsRefused,
     SMTPResponseException,
+    SMTPSenderRefused,
 )
 
 from qaflow_mail.config import OutboundSettings, Settings
@@ -185,6 +186,10 @@ class SmtpMailer:
         except SMTPResponseException as exc:
             if exc.code == 421:  # the relay is closing the channel (RFC 5321 §3.8)
                 raise _BrokenConnection(f"421 {_reply_text(exc.message)}") from exc
+            if isinstance(exc, SMTPSenderRefused):
+                # MAIL FROM refused: about our envelope sender, not the recipient, so never a bounce for them;
+                # retried until max_attempts, then failed without a bounce.
+                raise DeliveryError(False, exc.code, f"relay refused the sender: {_reply_text(exc.message)}") from exc
             raise _refusal(exc.code, exc.message) from exc
         except ValueError as exc:  # an address aiosmtplib cannot put on the wire
             raise DeliveryError(True, None, f"invalid address: {exc}") from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,6 +42,8 @@ class Deps:
     # DKIM key lookups for announcements: (b"sel._domainkey.example.org.", timeout=...) -> TXT value or None.
     # None means dkimpy's own resolver (real DNS); tests answer from a dict.
     dkim_dnsfunc: Callable[..., bytes | None] | None = None
+    # Called after a transaction that may have queued outgoing mail commits: wakes the outbox sender.
+    outbox_wakeup: Callable[[], None] = field(default=lambda: None)
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],

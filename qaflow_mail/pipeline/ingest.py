@@ -126,6 +126,7 @@ async def ingest(
         # A concurrent delivery of the same message won the race; running again finds it a duplicate.
         log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
         outcomes = await _process(deps, raw, parsed, envelope_from, recipients, source)
+    deps.outbox_wakeup()
     reply = combine(list(outcomes.values()))
     log.info(
         "inbound.%s message_id=%s from=%s rcpts=%d post_id=%s ms=%.1f",

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from qaflow_mail.config import Settings
 from qaflow_mail.db.defaults import ensure_default_categories
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.outbound.sender import sending
 from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.server.http import http_server
+from qaflow_mail.server.imap import polling
+from qaflow_mail.server.scheduler import scheduling
 from qaflow_mail.server.smtp import start_smtp
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 class Running:
     deps: Deps
     smtp_port: int
+    http_port: int | None = None
 
 
 async def prepare_database(settings: Settings) -> None:
@@ -36,12 +41,20 @@ async def prepare_database(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Running]:
-    """Start everything `serve` runs; stop it in reverse order on exit. Tests use this directly."""
+async def running(settings: Settings, *, background: bool = False) -> AsyncIterator[Running]:
+    """Start the SMTP listener and, with `background`, everything else `serve` runs (outbox sender, HTTP endpoint,
+    digest scheduler, IMAP poller); stop it all in reverse order on exit. Tests use this directly."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url, echo=settings.database.echo)
         stack.push_async_callback(engine.dispose)
         deps = Deps.build(settings, session_factory(engine))
+        run = Running(deps=deps, smtp_port=0)
+        if background:
+            sender = await stack.enter_async_context(sending(deps))
+            deps.outbox_wakeup = sender.wake
+            if settings.http.enabled:
+                run.http_port = await stack.enter_async_context(http_server(deps))
+            await stack.enter_async_context(scheduling(deps))
         smtp = await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port)
 
         async def close_smtp() -> None:
@@ -49,7 +62,10 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             await smtp.wait_closed()
 
         stack.push_async_callback(close_smtp)
-        yield Running(deps=deps, smtp_port=smtp.sockets[0].getsockname()[1])
+        run.smtp_port = smtp.sockets[0].getsockname()[1]
+        if background:
+            await stack.enter_async_context(polling(deps))
+        yield run
 
 
 async def serve(settings: Settings) -> None:
@@ -59,8 +75,11 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as run:
-        log.info("serve.ready smtp=%s:%s domain=%s", settings.smtp.host, run.smtp_port, settings.site.domain)
+    async with running(settings, background=True) as run:
+        log.info(
+            "serve.ready smtp=%s:%s http=%s domain=%s transport=%s", settings.smtp.host, run.smtp_port, run.http_port,
+            settings.site.domain, settings.outbound.transport,
+        )
         await stop.wait()
         log.info("serve.stopping")
     log.info("serve.stopped")
