@@ -22,6 +22,7 @@ run: $(VENV)/.installed
 	$(BIN)/qaflow-mail serve
 
 test: $(VENV)/.installed
+	bash scripts/install-test-peers.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

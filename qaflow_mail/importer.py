@@ -4,8 +4,9 @@ Every message goes through the same `pipeline.ingest` as live mail, addressed to
 "import": the same loop and automatic-mail guards, de-duplication, threading (a reply imported before its
 parent is re-attached when the parent arrives) and content extraction. Unknown authors become staged users.
 Messages are ingested oldest first (by their Date header; undated ones last, in the order found), so posts are
-numbered as they were written. A message already imported (same Message-ID and bytes) is counted as a
-duplicate without being ingested again, so importing twice changes nothing.
+numbered as they were written. A message seen before (same Message-ID and bytes, whatever became of it) is
+counted as a duplicate without being ingested again, so importing twice changes nothing. Notifications are not
+sent for imported posts (enqueue_notifications skips source "import"), nor rejection notices.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from sqlalchemy import func, select
 
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Disposition, InboundMessage, User, UserStatus
+from qaflow_mail.mail.charsets import recover_8bit
 from qaflow_mail.mail.parse import normalize_message_id, unfold
 from qaflow_mail.pipeline import Outcome
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
+from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE, NO_FROM
+from qaflow_mail.pipeline.steps.extract_body import EMPTY_REPLY, ONLY_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,15 @@ def _header(headers: Message, name: str) -> str | None:
     return None if value is None else unfold(str(value))
 
 
+def _raw_header(headers: Message, name: str) -> str | None:
+    """The first value as written (what mail.parse reads the Message-ID from), not as the policy parses it."""
+    lname = name.lower()
+    for key, value in headers.raw_items():
+        if key.lower() == lname:
+            return unfold(recover_8bit(str(value)))
+    return None
+
+
 def _envelope_sender(headers: Message, mbox_sender: str | None) -> str:
     """What an MTA would have given as MAIL FROM: Return-Path, else the mbox "From " line, else From.
 
@@ -224,7 +236,7 @@ def read_header(raw: bytes, *, mbox_sender: str | None = None) -> _Header:
     head = _LEADING_BLANK_LINES_RE.sub(b"", raw[:_HEADER_BYTES])
     headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
     return _Header(
-        message_id=normalize_message_id(_header(headers, "Message-ID")) or f"{digest[:32]}@sha256.invalid",
+        message_id=normalize_message_id(_raw_header(headers, "Message-ID")) or f"{digest[:32]}@sha256.invalid",
         sha256=digest,
         date=_date(headers),
         envelope_from=_envelope_sender(headers, mbox_sender),
@@ -246,21 +258,15 @@ def skip_reason(outcome: Outcome) -> str | None:
         kind = reason.partition(":")[0].strip()
         return {"auto_reply": "automatic", "bounce": "bounce", "loop": "loop"}.get(kind, reason or "discarded")
     reply = outcome.reply
+    named = {NO_FROM: "no sender", ONLY_SIGNATURE: "only a signature", EMPTY_REPLY: "empty"}
+    if reply in named:
+        return named[reply]
     if not reply.is_permanent:
         return "temporary failure"
-    if reply.enhanced == "5.6.0":
-        return "empty"
     if reply.text.startswith("Attachment refused"):
         return "attachment refused"
-    if reply.enhanced == "5.3.4" or reply.code == 552:
-        return "too large"
-    if "From" in reply.text:
-        return "no sender"
-    if reply.enhanced == "5.7.1":
-        return "sender not allowed"
-    if reply.enhanced == "5.1.1":
-        return "unknown recipient"
-    return reply.text
+    by_code = {"5.6.0": "empty", "5.3.4": "too large", "5.7.1": "sender not allowed", "5.1.1": "unknown recipient"}
+    return by_code.get(reply.enhanced, reply.text)
 
 
 async def _staged_users(deps: Deps) -> int:

@@ -30,4 +30,5 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiosmtpd").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("aiosmtpd", "aioimaplib", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

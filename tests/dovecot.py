@@ -108,8 +108,11 @@ class Dovecot:
         system temp dir). Dovecot's own users must traverse every directory above it, which pytest's 0700 tmp_path
         forbids; hence a directory of its own."""
         directory = Path(tempfile.mkdtemp(prefix="qaflow-dovecot-", dir=parent))
-        server = cls(directory=directory.resolve(), port=free_port(), ssl_port=free_port(),
-                     capabilities=capabilities)
+        port = free_port()
+        ssl_port = free_port()
+        while ssl_port == port:
+            ssl_port = free_port()
+        server = cls(directory=directory.resolve(), port=port, ssl_port=ssl_port, capabilities=capabilities)
         server._prepare()
         return server
 

@@ -364,15 +364,19 @@ def build_messages(
         unsub_token = sign(TokenKind.UNSUBSCRIBE, (rcpt.user_id, builder.category.id), secret=secret,
                            issued=builder.issued)
         bounce_token = sign(TokenKind.BOUNCE, (rcpt.user_id, post_id), secret=secret, issued=builder.issued)
-        try:
-            if prototype is not None and _simple_address(rcpt.email):
+        raw: bytes | None = None
+        if prototype is not None and _simple_address(rcpt.email):
+            try:
                 raw = prototype.fill(recipient=rcpt.email, reply_token=reply_token, unsubscribe_token=unsub_token)
-            else:
+            except ValueError:
+                raw = None  # e.g. a 7bit line grown past 998 octets: compose picks another encoding
+        if raw is None:
+            try:
                 raw = to_bytes(builder.compose_for(rcpt.email, reply_token=reply_token,
                                                    unsubscribe_token=unsub_token))
-        except ValueError as exc:
-            log.warning("notify.skipped post_id=%s user_id=%s reason=%s", post_id, rcpt.user_id, exc)
-            continue
+            except ValueError as exc:  # an address our mail cannot carry (compose says why)
+                log.warning("notify.skipped post_id=%s user_id=%s reason=%s", post_id, rcpt.user_id, exc)
+                continue
         out.append(
             OutgoingMessage(
                 kind=OutboxKind.NOTIFICATION,

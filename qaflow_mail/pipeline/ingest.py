@@ -107,6 +107,8 @@ def _record(
     else:
         disposition = Disposition.REJECTED
     reason = "; ".join(f"{rcpt}: {o.disposition} {o.reason}".strip() for rcpt, o in outcomes.items())
+    if not outcomes:
+        reason = "no recipient on our domain"
     return InboundMessage(
         message_id=parsed.message_id, sha256=parsed.sha256, envelope_from=envelope_from,
         recipients=json.dumps(list(recipients)), from_address=parsed.from_address, source=source,

@@ -45,7 +45,6 @@ MIN_INTERVAL = 0.1  # a poll_interval of 0 must not spin
 PROCESSED_FLAGS = r"(\Seen \Deleted)"
 
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_STOP_PUSH = aioimaplib.STOP_WAIT_SERVER_PUSH
 
 T = TypeVar("T")
 
@@ -201,8 +200,9 @@ class Mailbox:
         else:
             _check(await self.call(self.client.expunge()), "EXPUNGE")
 
-    async def idle(self, seconds: float, wake: asyncio.Event) -> bool:
-        """IDLE until the server pushes something, `wake` is set, or `seconds` pass. True when woken by either."""
+    async def idle(self, seconds: float, wake: asyncio.Event) -> None:
+        """IDLE until the server pushes something (new mail, or anything else: a round is cheap), `wake` is set,
+        or `seconds` pass; then end IDLE cleanly."""
         queue = self.client.protocol.idle_queue
         while not queue.empty():  # pushes left over from the previous IDLE: the round since has seen them
             queue.get_nowait()
@@ -217,9 +217,6 @@ class Mailbox:
             if not self.lost:
                 self.client.idle_done()
         _check(await self.call(idle), "IDLE")
-        if woken.done() and not woken.cancelled():
-            return True
-        return pushed.done() and not pushed.cancelled() and pushed.result() != _STOP_PUSH
 
     async def close(self) -> None:
         """LOGOUT when the connection still works; in any case close the socket and drop aioimaplib's tasks."""
@@ -328,7 +325,7 @@ class ImapPoller:
                 failures += 1
                 _resolve(requests, exc)
                 delay = self.backoff.delay(failures)
-                log.warning("imap.connection_failed host=%s port=%s attempt=%d retry_in=%.1fs error=%s: %s",
+                log.warning("imap.session_failed host=%s port=%s attempt=%d retry_in=%.2fs error=%s: %s",
                             self.settings.host, self.settings.port, failures, delay, type(exc).__name__, exc)
                 async with self._lock:
                     await self._disconnect()
@@ -428,6 +425,7 @@ class ImapPoller:
                             deps=self.deps)
 
     async def _mark_processed(self, mailbox: Mailbox, uid: int) -> None:
+        """The one step after the commit (its own method, so a test can make it fail as a crash would)."""
         await mailbox.mark_processed(uid)
 
     def _retry_later(self, uid: int) -> None:

@@ -32,7 +32,8 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
-from qaflow_mail.importer import ImportReport, UnknownCategory, import_paths
+from qaflow_mail.importer import ImportReport, UnknownCategory, import_paths, read_header
+from qaflow_mail.mail.parse import parse_message
 from qaflow_mail.pipeline.deps import Deps
 from tests.smtp_client import make_mail
 
@@ -238,3 +239,22 @@ def test_import_command(settings: Settings, tmp_path: Path) -> None:
     missing = cli(settings, "import", paths[0], "--category", "nosuch")
     assert missing.returncode == 1
     assert "no category 'nosuch'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Message-ID: <019801ca633f$f4376140$dca623c0$@yang@example.com>\n",
+        b"Message-ID:\n <folded.id@example.org>\n",
+        b"Message-Id: bare-id@example.org\n",
+        b"\n\nMessage-ID: <after-blank-lines@example.org>\n",
+        b"Message-ID: <caf\xe9@example.org>\n",
+        b"Subject: no id at all\n",
+    ],
+)
+def test_read_header_finds_the_message_id_the_parser_finds(head: bytes) -> None:
+    """The import's duplicate check looks messages up by the id ingest will store; the two must agree."""
+    raw = head + b"From: a@example.org\nReturn-Path: <>\n\nbody\n"
+    header = read_header(raw)
+    assert header.message_id == parse_message(raw).message_id
+    assert header.envelope_from == ""  # Return-Path <>: the null sender of a bounce

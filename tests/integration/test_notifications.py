@@ -396,11 +396,13 @@ async def test_fan_out_is_idempotent_and_skips_unusable_addresses(forum: Running
 # --- the per-recipient fast path matches composing each message from scratch (no database) --------------------
 
 
-def _builder(text: str, html: str | None, placeholders: Placeholders) -> NotificationBuilder:
+def _builder(
+    text: str, html: str | None, placeholders: Placeholders, *, base_url: str = "https://forum.test"
+) -> NotificationBuilder:
     settings = Settings()
     settings = dataclasses.replace(
         settings,
-        site=dataclasses.replace(settings.site, name="QAFlow Test", domain=DOMAIN, base_url="https://forum.test"),
+        site=dataclasses.replace(settings.site, name="QAFlow Test", domain=DOMAIN, base_url=base_url),
         tokens=dataclasses.replace(settings.tokens, secret="unit-secret"),
     )
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -468,3 +470,27 @@ def test_addresses_the_template_cannot_carry_are_composed_or_skipped() -> None:
     assert [m.recipient for m in messages] == [odd.email, fine.email]
     parsed = email.message_from_bytes(messages[0].raw, policy=policy.default)
     assert parsed["To"].addresses[0].addr_spec == '"odd,name"@example.org'
+
+
+def test_plain_http_site_offers_only_the_mailto_unsubscribe() -> None:
+    """RFC 8058 one-click needs HTTPS: a local http:// site keeps the mailto: and drops List-Unsubscribe-Post."""
+    builder = _builder("hello\n", None, Placeholders.new(), base_url="http://127.0.0.1:8080")
+    (message,) = build_messages(builder, builder.prototype(), [Recipient(5, "bob@example.net")])
+    parsed = email.message_from_bytes(message.raw, policy=policy.default)
+    assert re.fullmatch(r"<mailto:unsubscribe\+[a-z2-7]+@forum\.test>", str(parsed["List-Unsubscribe"]))
+    assert parsed["List-Unsubscribe-Post"] is None
+    assert "http://127.0.0.1:8080/unsubscribe/" not in str(parsed["List-Unsubscribe"])
+
+
+def test_a_7bit_line_grown_past_998_octets_falls_back_to_compose() -> None:
+    placeholders = Placeholders.new()
+    tail = f" reply+{placeholders.reply_token}@{DOMAIN}"
+    builder = _builder("y" * (998 - len(tail)) + tail + "\n", None, placeholders)  # exactly 998 octets: 7bit
+    prototype = builder.prototype()
+    rcpt = Recipient(123456789, "bob@example.net")  # a longer token than the placeholder
+    (message,) = build_messages(builder, prototype, [rcpt])
+    parsed = email.message_from_bytes(message.raw, policy=policy.default)
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+    reply = sign(TokenKind.REPLY, (42, rcpt.user_id), secret="unit-secret", issued=date(2026, 3, 1))
+    assert f" reply+{reply}@{DOMAIN}" in parsed.get_content()
+    assert max(len(line) for line in message.raw.split(b"\r\n")) <= 998

@@ -38,10 +38,10 @@ class Forum:
     category_id: int
 
     def token(self, user_id: int | None = None, category_id: int | None = None, *, days_ahead: int = 0) -> str:
-        settings = self.run.deps.settings
-        return sign(TokenKind.UNSUBSCRIBE, (user_id or self.bob_id, self.category_id if category_id is None else
-                                            category_id),
-                    secret=settings.tokens.secret, issued=datetime.now(UTC).date() + timedelta(days=days_ahead))
+        """An unsubscribe token, Bob's for this category unless told otherwise."""
+        ids = (user_id or self.bob_id, self.category_id if category_id is None else category_id)
+        issued = datetime.now(UTC).date() + timedelta(days=days_ahead)
+        return sign(TokenKind.UNSUBSCRIBE, ids, secret=self.run.deps.settings.tokens.secret, issued=issued)
 
 
 @pytest.fixture

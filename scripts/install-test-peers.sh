@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install the real mail peers the test suite talks to on loopback (Debian/Ubuntu packages):
+#   dovecot-imapd  the IMAP server the IMAP poller tests read from (started per test, never as a system service)
+#   openssl        self-signed certificates for IMAPS
+#   swaks          a real SMTP client for end-to-end checks
+# Idempotent: installs only what is missing. As root it installs; as another user it only reports, and the tests
+# that need a missing peer skip with a message naming this script. Always exits 0 unless an install fails.
+# On a systemd host the package also enables the system Dovecot on ports 143/993; the tests never use it.
+set -euo pipefail
+
+PACKAGES=(dovecot-imapd openssl swaks)
+
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "install-test-peers: not a Debian-based system; install ${PACKAGES[*]} yourself (the tests that need them skip)"
+  exit 0
+fi
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+  installed "$package" || missing+=("$package")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-test-peers: already installed: ${PACKAGES[*]}"
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-peers: missing ${missing[*]}; run this script as root to install them (the tests that need them skip)"
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-test-peers: apt-get not found; install ${missing[*]} yourself (the tests that need them skip)"
+  exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT=(apt-get -q -o DPkg::Lock::Timeout=300)
+echo "install-test-peers: installing ${missing[*]}"
+"${APT[@]}" update
+"${APT[@]}" install -y --no-install-recommends "${missing[@]}"
+echo "install-test-peers: installed ${missing[*]}"
