@@ -50,14 +50,13 @@ def _row(message: OutgoingMessage, now: datetime) -> dict[str, Any]:
 
 
 async def enqueue(
-    session: AsyncSession, messages: Sequence[OutgoingMessage], *, now: datetime, chunk: int = 500
+    session: AsyncSession, messages: Sequence[OutgoingMessage], *, now: datetime, chunk: int = 2000
 ) -> None:
-    """Insert outbox rows in multi-row statements; rows whose dedupe key exists already are skipped."""
+    """Insert outbox rows as batched statements (`chunk` rows each); rows whose dedupe key exists are skipped."""
     if not messages:
         return
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
     for start in range(0, len(messages), chunk):
-        rows = [_row(m, now) for m in messages[start : start + chunk]]
-        stmt = insert(Outbox).values(rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
-        await session.execute(stmt)
+        await session.execute(stmt, [_row(m, now) for m in messages[start : start + chunk]])
