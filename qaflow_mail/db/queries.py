@@ -190,7 +190,7 @@ async def topic_posts(session: AsyncSession, topic_id: int) -> list[tuple[Post, 
         .where(Post.topic_id == topic_id)
         .order_by(Post.created_at, Post.id)
     )
-    return [tuple(row) for row in (await session.execute(stmt)).all()]
+    return [(post, email) for post, email in await session.execute(stmt)]
 
 
 async def subscriptions_of(session: AsyncSession, user_id: int) -> list[tuple[CategorySubscription, str]]:
@@ -200,4 +200,4 @@ async def subscriptions_of(session: AsyncSession, user_id: int) -> list[tuple[Ca
         .where(CategorySubscription.user_id == user_id)
         .order_by(Category.slug)
     )
-    return [tuple(row) for row in (await session.execute(stmt)).all()]
+    return [(subscription, slug) for subscription, slug in await session.execute(stmt)]
