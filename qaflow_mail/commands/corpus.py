@@ -326,7 +326,7 @@ def _print_check(check: CorpusCheck) -> None:
         for name, figures in check.threading["corpora"].items():
             print(f"  {name:<22} {figures['precision']:.4f} / {figures['recall']:.4f} / {figures['f1']:.4f}"
                   f"  ({figures['messages']} messages)")
-        for label, key in (("overall", "overall"), ("overall, junk ids not followed", "overall_without_junk")):
+        for label, key in (("overall", "overall"), ("overall w/o junk ids", "overall_without_junk")):
             figures = check.threading[key]
             print(f"  {label:<22} {figures['precision']:.4f} / {figures['recall']:.4f} / {figures['f1']:.4f}")
     if check.bounces:

@@ -189,13 +189,15 @@ class MessageRef(Base):
 
 class InboundMessage(Base):
     __tablename__ = "inbound_messages"
+    # The per-sender rate limit counts a sender's recent messages.
+    __table_args__ = (Index("ix_inbound_messages_sender_received", "from_address", "received_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[str] = mapped_column(String(255), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
     envelope_from: Mapped[str] = mapped_column(String(320), default="")
     recipients: Mapped[str] = mapped_column(Text, default="")
-    from_address: Mapped[str] = mapped_column(String(320), default="", index=True)
+    from_address: Mapped[str] = mapped_column(String(320), default="")
     source: Mapped[str] = mapped_column(String(16), default="smtp")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     disposition: Mapped[str] = mapped_column(String(16))
@@ -245,7 +247,11 @@ class Announcement(Base):
 
 class Outbox(Base):
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
+        # Notice rate limits count what went to one address lately.
+        Index("ix_outbox_recipient_created", "recipient", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(24))

@@ -132,11 +132,14 @@ def classify_automatic(
     our_list_id_suffix: str,
     max_received: int,
     is_bounce_address: bool,
+    list_markers_are_automatic: bool = True,
 ) -> Verdict:
     """POST for mail a person wrote; otherwise BOUNCE, LOOP or AUTO_REPLY with the sign that decided.
 
     `envelope_from` is the SMTP MAIL FROM ("" or "<>" for the null sender), or None when there was no
-    envelope (IMAP), in which case the Return-Path header stands in for it.
+    envelope (IMAP), in which case the Return-Path header stands in for it. An archive import passes
+    `list_markers_are_automatic=False`: every message of a list archive carries `Precedence: list`/`bulk`,
+    yet people wrote them; the other signs (Auto-Submitted, autoresponder headers, vacation subjects) still count.
     """
     null_sender = _is_null_sender(parsed, envelope_from)
     bounce = find_bounce(raw, null_sender=null_sender, to_bounce_address=is_bounce_address)
@@ -145,7 +148,7 @@ def classify_automatic(
     loop = _loop_reason(parsed, our_domain=our_domain, our_list_id_suffix=our_list_id_suffix, max_received=max_received)
     if loop is not None:
         return Verdict(MailKind.LOOP, loop)
-    auto = auto_reply_reason(parsed)
+    auto = auto_reply_reason(parsed, list_markers_are_automatic=list_markers_are_automatic)
     if auto is not None:
         return Verdict(MailKind.AUTO_REPLY, auto)
     if is_bounce_address:
@@ -156,13 +159,13 @@ def classify_automatic(
     return _POST
 
 
-def auto_reply_reason(parsed: ParsedMail) -> str | None:
+def auto_reply_reason(parsed: ParsedMail, *, list_markers_are_automatic: bool = True) -> str | None:
     """Why the headers or subject say an auto-responder or another program sent this, or None."""
     for value in parsed.header_all("Auto-Submitted"):
         token = _first_token(value)
         if token and token != "no":
             return f"Auto-Submitted: {token}"
-    for name in ("Precedence", "X-Precedence"):
+    for name in ("Precedence", "X-Precedence") if list_markers_are_automatic else ():
         for value in parsed.header_all(name):
             token = _first_token(value)
             if token in _AUTO_PRECEDENCE:

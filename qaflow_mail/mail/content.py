@@ -103,13 +103,18 @@ def _visible_html(raw_html: str, visible: str) -> str:
     return trimmed
 
 
+def _only_quotes(text: str) -> bool:
+    """True when nothing the writer typed is left: blank, or every remaining line is a "> " quote."""
+    return all(not line.strip() or line.lstrip().startswith(">") for line in text.splitlines())
+
+
 def extract_content(parsed: ParsedMail) -> Content:
     source, body = _choose_body(parsed)
     full_text = _normalize(body).strip()
     visible, elided = split_reply(full_text)
     if source is BodySource.HTML and parsed.html is not None:
         visible = html_reply_text(parsed.html)
-    is_empty = not visible.strip()
+    is_empty = _only_quotes(visible)
     html = None
     if parsed.html is not None and parsed.html.strip() and not is_empty:
         html = _visible_html(parsed.html, visible)

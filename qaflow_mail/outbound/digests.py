@@ -6,11 +6,13 @@ Periods. A user's period ends at [digest] daily_at (weekly: on weekly_day at dai
 stays at the same wall-clock time. A daily_at that falls in a DST gap maps to the instant just after the gap;
 in a repeated hour, to its first occurrence.
 
-Exactly once. For each due user one transaction locks their subscription rows (FOR UPDATE on PostgreSQL; on
-SQLite a no-op UPDATE first takes the single write lock), re-checks that they are still due, enqueues the digest
-with dedupe key ``digest:<user_id>:<period>:<window end ISO>`` and moves ``last_digest_at`` to the window end.
-A re-run, a second process or a restart finds nothing due; a crash rolls the whole batch back and the next run
-does it. The scheduler only decides *when* to look.
+Exactly once. Users are taken in batches. For a batch, what is due and new is read without locks, and each
+digest is built, rendered and composed (the slow part, yielding to the event loop between users). Then one
+short transaction locks those subscription rows (FOR UPDATE on PostgreSQL; on SQLite a no-op UPDATE first takes
+the single write lock), keeps only the users whose subscriptions are still exactly as read, enqueues their
+digests with dedupe key ``digest:<user_id>:<period>:<window end ISO>`` and moves ``last_digest_at`` to the window
+end. A re-run, a second process or a restart finds nothing due, or finds it changed and leaves it; a crash
+before the commit leaves everything as it was for the next run. The scheduler only decides *when* to look.
 
 Catch-up. After downtime, the next run sends ONE digest per user covering everything since their last digest
 (not one per missed period): the window simply starts at last_digest_at.
@@ -38,6 +40,7 @@ what the reader just read. The digest itself has a Message-ID we mint, recorded 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time as clock
@@ -474,13 +477,14 @@ class DigestStats:
     digests: int = 0  # handed to the outbox
     nothing_new: int = 0  # due users whose window held nothing: advanced without a digest
     subscriptions_advanced: int = 0
+    raced: int = 0  # users another run (process) handled between our read and our commit
     batches: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"period": self.period, "users_due": self.users_due, "digests": self.digests,
                 "nothing_new": self.nothing_new, "subscriptions_advanced": self.subscriptions_advanced,
-                "batches": self.batches, "seconds": round(self.seconds, 3)}
+                "raced": self.raced, "batches": self.batches, "seconds": round(self.seconds, 3)}
 
 
 @dataclass(slots=True)
@@ -489,6 +493,7 @@ class _BatchResult:
     nothing_new: int = 0
     advanced: int = 0
     users: int = 0
+    raced: int = 0  # planned users another run handled first: left to it
 
 
 def _insert(session: AsyncSession) -> Any:
@@ -544,25 +549,35 @@ async def due_user_ids(
     return list(ids.all())
 
 
-async def _lock_subscriptions(
+async def _subscriptions(
     session: AsyncSession, user_ids: Collection[int], mode: str
 ) -> list[tuple[CategorySubscription, User]]:
-    if _is_sqlite(session):
-        # SQLite has no row locks: a write first takes the database's single write lock for this transaction,
-        # so a concurrent run waits here and then reads what this one committed.
-        await session.execute(
-            update(CategorySubscription).where(false()).values(mode=CategorySubscription.mode)
-            .execution_options(synchronize_session=False)
-        )
     rows = await session.execute(
         select(CategorySubscription, User)
         .join(User, User.id == CategorySubscription.user_id)
         .where(CategorySubscription.user_id.in_(list(user_ids)), CategorySubscription.mode == mode,
                User.status == UserStatus.ACTIVE.value)
         .order_by(CategorySubscription.id)
-        .with_for_update(of=CategorySubscription)
     )
-    return list(rows.all())
+    return [(sub, user) for sub, user in rows.all()]
+
+
+async def _lock_current(session: AsyncSession, sub_ids: Collection[int]) -> dict[int, tuple[str, datetime | None]]:
+    """(mode, last_digest_at) of these subscriptions, locked until the end of the transaction."""
+    if _is_sqlite(session):
+        # SQLite has no row locks: a write first takes the database's single write lock for this transaction,
+        # so a concurrent run waits here and then reads what the other one committed.
+        await session.execute(
+            update(CategorySubscription).where(false()).values(mode=CategorySubscription.mode)
+            .execution_options(synchronize_session=False)
+        )
+    rows = await session.execute(
+        select(CategorySubscription.id, CategorySubscription.mode, CategorySubscription.last_digest_at)
+        .where(CategorySubscription.id.in_(list(sub_ids)))
+        .order_by(CategorySubscription.id)
+        .with_for_update()
+    )
+    return {sub_id: (mode, last) for sub_id, mode, last in rows.all()}
 
 
 async def _load_posts(
@@ -617,8 +632,18 @@ async def _load_posts(
     return posts, topics
 
 
-async def _digest_batch(
-    session: AsyncSession,
+@dataclass(slots=True)
+class _Plan:
+    """One due user's digest, prepared without locks; committed only if their subscriptions did not move."""
+
+    user_id: int
+    seen: dict[int, datetime | None]  # subscription id -> last_digest_at when read
+    advance: dict[int, datetime]  # subscription id -> its new last_digest_at
+    message: OutgoingMessage | None  # None: nothing new (or no address we can mail)
+
+
+async def _plan_batch(
+    session_factory: async_sessionmaker[AsyncSession],
     user_ids: Sequence[int],
     *,
     period: Period,
@@ -626,81 +651,96 @@ async def _digest_batch(
     settings: Settings,
     renderer: Renderer,
     now: datetime,
-) -> _BatchResult:
-    result = _BatchResult()
+) -> list[_Plan]:
+    """Read what is due and new (a few queries, no locks), then build, render and compose each digest, yielding
+    to the event loop between users: this is the CPU-heavy part, and it holds no lock."""
     mode = SubscriptionMode(period.value).value
-    locked = await _lock_subscriptions(session, user_ids, mode)
-    announcements_id = await session.scalar(select(Category.id).where(Category.slug == ANNOUNCEMENTS_SLUG))
-    categories = {
-        c.id: c for c in (await session.scalars(
-            select(Category).where(Category.id.in_(sorted({s.category_id for s, _ in locked})))
-        )).all()
-    }
+    async with session_factory() as session:
+        subscriptions = await _subscriptions(session, user_ids, mode)
+        per_user: dict[int, tuple[User, ZoneInfo, datetime, list[tuple[CategorySubscription, datetime]]]] = {}
+        for sub, user in subscriptions:
+            tz = schedule.timezone_for(user.timezone)
+            end = window_end(now, period, schedule, tz)
+            if not _due(sub.last_digest_at, end):
+                continue  # another run got here first
+            start = sub.last_digest_at
+            if start is None:
+                start = max(sub.created_at, previous_boundary(end, period, schedule, tz))
+            per_user.setdefault(user.id, (user, tz, end, []))[3].append((sub, start))
+        if not per_user:
+            return []
+        wanted = {sub.category_id for _, _, _, subs in per_user.values() for sub, _ in subs}
+        categories = {c.id: c for c in (await session.scalars(select(Category).where(Category.id.in_(wanted))))}
+        announcements_id = await session.scalar(select(Category.id).where(Category.slug == ANNOUNCEMENTS_SLUG))
+        if announcements_id is not None:
+            wanted.add(announcements_id)
+        starts = [start for _, _, _, subs in per_user.values() for _, start in subs]
+        ends = [end for _, _, end, _ in per_user.values()]
+        posts, topics = await _load_posts(session, wanted, min(starts), max(ends))
 
-    per_user: dict[int, tuple[User, ZoneInfo, datetime, list[tuple[CategorySubscription, datetime]]]] = {}
-    for sub, user in locked:
-        tz = schedule.timezone_for(user.timezone)
-        end = window_end(now, period, schedule, tz)
-        if not _due(sub.last_digest_at, end):
-            continue  # another run got here first, or this one is ahead
-        start = sub.last_digest_at
-        if start is None:
-            start = max(sub.created_at, previous_boundary(end, period, schedule, tz))
-        entry = per_user.setdefault(user.id, (user, tz, end, []))
-        entry[3].append((sub, start))
-    if not per_user:
-        return result
-
-    wanted = {sub.category_id for _, _, _, subs in per_user.values() for sub, _ in subs}
-    if announcements_id is not None:
-        wanted.add(announcements_id)
-    starts = [start for _, _, _, subs in per_user.values() for _, start in subs]
-    ends = [end for _, _, end, _ in per_user.values()]
-    posts, topics = await _load_posts(session, wanted, min(starts), max(ends))
-
-    messages: list[OutgoingMessage] = []
-    refs: list[dict[str, Any]] = []
-    advance: dict[datetime, list[int]] = defaultdict(list)
+    plans: list[_Plan] = []
     for user, tz, end, subs in per_user.values():
-        result.users += 1
+        plan = _Plan(user_id=user.id, seen={sub.id: sub.last_digest_at for sub, _ in subs},
+                     advance={sub.id: max(start, end) for sub, start in subs}, message=None)
+        plans.append(plan)
         windows = [
             SubscriptionWindow(category_id=sub.category_id, category_slug=categories[sub.category_id].slug,
                                category_name=categories[sub.category_id].name, start=start, end=end)
             for sub, start in subs
             if start < end
         ]
-        for sub, start in subs:
-            advance[max(start, end)].append(sub.id)
         if not windows:
-            result.nothing_new += 1
             continue
         recipient = DigestRecipient(user_id=user.id, email=user.email, name=author_name(user), timezone=tz,
                                     show_announcements=not user.announcements_muted)
         digest = build_digest(period=period, recipient=recipient, windows=windows, topics=topics, posts=posts,
                               settings=settings, issued=now.date())
         if digest.is_empty:
-            result.nothing_new += 1
             continue
         rendered = renderer.render(template_for(period), digest.template_values())
         try:
-            message = digest_message(settings, digest, rendered, now=now)
-        except ValueError as exc:  # an address compose cannot carry: skip the user, still advance
+            plan.message = digest_message(settings, digest, rendered, now=now)
+        except ValueError as exc:  # an address compose cannot carry: no digest, but the user still advances
             log.warning("digest.skipped user_id=%s reason=%s", user.id, exc)
-            continue
-        messages.append(message)
-        refs.append({"message_id": message.message_id, "post_id": None, "user_id": user.id,
-                     "kind": MESSAGE_REF_KIND})
-    if messages:
-        await enqueue(session, messages, now=now)
-        await session.execute(_insert(session)(MessageRef).values(refs)
-                              .on_conflict_do_nothing(index_elements=["message_id"]))
-        result.digests = len(messages)
-    for value, ids in advance.items():
-        await session.execute(
-            update(CategorySubscription).where(CategorySubscription.id.in_(ids)).values(last_digest_at=value)
-            .execution_options(synchronize_session=False)
-        )
-        result.advanced += len(ids)
+        await asyncio.sleep(0)
+    return plans
+
+
+async def _commit_batch(
+    session_factory: async_sessionmaker[AsyncSession], plans: Sequence[_Plan], *, mode: str, now: datetime
+) -> _BatchResult:
+    """One short transaction: lock the planned subscriptions, keep the plans whose subscriptions are exactly as
+    they were read (same mode, same last_digest_at), enqueue their digests and advance them."""
+    result = _BatchResult()
+    async with session_factory() as session, session.begin():
+        current = await _lock_current(session, [sub_id for plan in plans for sub_id in plan.seen])
+        kept = [
+            plan for plan in plans
+            if all(current.get(sub_id) == (mode, last) for sub_id, last in plan.seen.items())
+        ]
+        result.raced = len(plans) - len(kept)
+        messages = [plan.message for plan in kept if plan.message is not None]
+        if messages:
+            await enqueue(session, messages, now=now)
+            await session.execute(
+                _insert(session)(MessageRef)
+                .values([{"message_id": m.message_id, "post_id": None, "user_id": m.user_id,
+                          "kind": MESSAGE_REF_KIND} for m in messages])
+                .on_conflict_do_nothing(index_elements=["message_id"])
+            )
+        advance: dict[datetime, list[int]] = defaultdict(list)
+        for plan in kept:
+            for sub_id, value in plan.advance.items():
+                advance[value].append(sub_id)
+        for value, ids in advance.items():
+            await session.execute(
+                update(CategorySubscription).where(CategorySubscription.id.in_(ids)).values(last_digest_at=value)
+                .execution_options(synchronize_session=False)
+            )
+            result.advanced += len(ids)
+    result.users = len(kept)
+    result.digests = len(messages)
+    result.nothing_new = len(kept) - len(messages)
     return result
 
 
@@ -723,18 +763,23 @@ async def run_digests(
         user_ids = await due_user_ids(session, period=which, schedule=schedule, now=now)
     totals = _BatchResult()
     batches = 0
+    mode = SubscriptionMode(which.value).value
     for first in range(0, len(user_ids), max(1, batch_size)):
         chunk = user_ids[first : first + max(1, batch_size)]
-        async with session_factory() as session, session.begin():
-            batch = await _digest_batch(session, chunk, period=which, schedule=schedule, settings=settings,
-                                        renderer=renderer, now=now)
+        plans = await _plan_batch(session_factory, chunk, period=which, schedule=schedule, settings=settings,
+                                  renderer=renderer, now=now)
+        if not plans:
+            continue
+        batch = await _commit_batch(session_factory, plans, mode=mode, now=now)
         batches += 1
         totals.digests += batch.digests
         totals.nothing_new += batch.nothing_new
         totals.advanced += batch.advanced
         totals.users += batch.users
+        totals.raced += batch.raced
     stats = DigestStats(period=which.value, users_due=totals.users, digests=totals.digests,
-                        nothing_new=totals.nothing_new, subscriptions_advanced=totals.advanced, batches=batches,
+                        nothing_new=totals.nothing_new, subscriptions_advanced=totals.advanced,
+                        raced=totals.raced, batches=batches,
                         seconds=clock.perf_counter() - started)
     log.info("digest.run period=%s now=%s users_due=%d digests=%d nothing_new=%d ms=%d", which.value,
              now.isoformat(), stats.users_due, stats.digests, stats.nothing_new, stats.seconds * 1000)

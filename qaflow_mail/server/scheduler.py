@@ -5,8 +5,9 @@ deps.clock(), which sends whatever is due by each user's own timezone and last_d
 decide when to look:
 
 - `digest-daily` and `digest-weekly` fire every 15 minutes at daily_at's minute modulo 15 (every real UTC
-  offset is a multiple of 15 minutes, so each user's local daily_at is a firing time), and once at start-up:
-  that first run is the catch-up after downtime.
+  offset is a multiple of 15 minutes, so each user's local daily_at is a firing time) plus 30 seconds (a post
+  stamped just before the boundary may still be committing), and once at start-up: that first run is the
+  catch-up after downtime.
 - coalesce=True, max_instances=1 and a generous misfire_grace_time: a late or piled-up run becomes one run.
 
 Job store: the in-memory one, on purpose. APScheduler 3 says a job store must never be shared between
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 JOB_IDS = {Period.DAILY: "digest-daily", Period.WEEKLY: "digest-weekly"}
 MISFIRE_GRACE_SECONDS = 6 * 3600
 STOP_GRACE_SECONDS = 30.0
+# Runs start this long after the boundary: a post stamped just before it may still be committing.
+LATE_COMMIT_SECONDS = 30
 
 
 class Scheduler:
@@ -76,7 +79,7 @@ class Scheduler:
         for period, job_id in JOB_IDS.items():
             self.aps.add_job(
                 self.run_digests,
-                CronTrigger(minute=f"{minute}/15", second=0, timezone=UTC),
+                CronTrigger(minute=f"{minute}/15", second=LATE_COMMIT_SECONDS, timezone=UTC),
                 args=[period],
                 id=job_id,
                 name=f"{period.value} digests",

@@ -64,12 +64,9 @@ def test_command_on_one_corpus_folder() -> None:
     folder = CORPORA / "discourse-emails"
     if not folder.is_dir():
         pytest.skip(f"shared corpora not present (../shared/corpora): {CORPORA.resolve()}")
-    code = ("import sys; from qaflow_mail import cli; "
-            "cli.COMMAND_MODULES = tuple(dict.fromkeys((*cli.COMMAND_MODULES, 'corpus'))); "
-            "sys.exit(cli.main(sys.argv[1:]))")
     env = {"PATH": "/usr/bin:/bin", "QAFLOW_TOKENS__SECRET": "corpus-check", "QAFLOW_LOGGING__LEVEL": "WARNING"}
-    result = subprocess.run([sys.executable, "-c", code, "check-corpus", str(folder), "--json"], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "qaflow_mail", "check-corpus", str(folder), "--json"], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert figures["messages"] == 171

@@ -413,6 +413,42 @@ async def test_exactly_once_across_reruns_restarts_and_sending(
         assert len(sink.messages) == 2
 
 
+async def test_a_crash_mid_run_loses_and_doubles_nothing(
+    settings: Settings, engines: Any, renderer: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qaflow_mail.outbound import digests as digests_module
+
+    world = World(engines(settings))
+    await world.category("general")
+    await world.user("alice")
+    for n in range(10):
+        await world.user(f"user{n}", tz="UTC")
+        await world.subscribe(f"user{n}", "general", SubscriptionMode.DAILY,
+                              last=datetime(2025, 6, 1, 7, 0, tzinfo=UTC))
+    await world.topic("Hello", "general", "alice", datetime(2025, 6, 1, 12, 0, tzinfo=UTC), "Hello everyone.")
+    real_enqueue = digests_module.enqueue
+    calls = 0
+
+    async def crash_on_second_batch(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the process died here")
+        await real_enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(digests_module, "enqueue", crash_on_second_batch)
+    now = datetime(2025, 6, 2, 7, 0, 30, tzinfo=UTC)
+    with pytest.raises(RuntimeError, match="died"):
+        await run_digests(world.sessions, settings=settings, renderer=renderer, now=now, period="daily", batch_size=4)
+    assert len(await world.outbox()) == 4  # the first batch committed; the second rolled back whole
+    monkeypatch.setattr(digests_module, "enqueue", real_enqueue)
+    again = await run_digests(world.sessions, settings=settings, renderer=renderer, now=now, period="daily",
+                              batch_size=4)
+    assert again.digests == 6
+    rows = await world.outbox()
+    assert len(rows) == 10 and len({r.recipient for r in rows}) == 10
+
+
 async def test_concurrent_runs_enqueue_each_digest_once(settings: Settings, engines: Any, renderer: Renderer) -> None:
     world = World(engines(settings))
     await world.category("general")
@@ -502,7 +538,7 @@ async def test_the_scheduler_catches_up_at_start_and_declares_its_jobs(
         assert set(jobs) == {"digest-daily", "digest-weekly"}
         for job in jobs.values():
             assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 6 * 3600)
-            assert str(job.trigger) == "cron[minute='5/15', second='0']"
+            assert str(job.trigger) == "cron[minute='5/15', second='30']"
         deadline = asyncio.get_running_loop().time() + 10
         while scheduler.runs < 2:  # the start-up (catch-up) run of both jobs
             assert asyncio.get_running_loop().time() < deadline, "the start-up runs did not happen"
@@ -556,3 +592,37 @@ def test_digest_run_and_user_set_from_the_command_line(
     with pytest.raises(CommandError, match="--now must be an ISO time"):
         args = _cli("digest", "run", "--now", "tomorrow")
         args.func(settings, args)
+
+
+def test_build_digest_is_pure_caps_topics_and_the_html_part_escapes(renderer: Renderer) -> None:
+    from zoneinfo import ZoneInfo
+
+    from qaflow_mail.config import SiteSettings, TokensSettings
+    from qaflow_mail.outbound.digests import DigestRecipient, PostRow, SubscriptionWindow, TopicRow, build_digest
+
+    settings = Settings(site=SiteSettings(name="QAFlow", domain="forum.test", base_url="https://forum.test"),
+                        tokens=TokensSettings(secret=SECRET), digest=DigestSettings(max_topics=3))
+    start, end = datetime(2025, 6, 1, 7, tzinfo=UTC), datetime(2025, 6, 2, 7, tzinfo=UTC)
+    topics = {
+        n: TopicRow(id=n, category_id=1, category_name="General", subject=f"<script>alert({n})</script>",
+                    author_id=9, author_name="Mallory <b>", created_at=start + timedelta(hours=n), opening_post_id=n,
+                    is_announcement=False)
+        for n in range(1, 6)
+    }
+    posts = [PostRow(id=n, topic_id=n, author_id=9, author_name="Mallory <b>", created_at=start + timedelta(hours=n),
+                     text=f"Body {n} <img src=x onerror=alert(1)>") for n in range(1, 6)]
+    recipient = DigestRecipient(user_id=7, email="bob@example.org", name="Bob", timezone=ZoneInfo("UTC"),
+                                show_announcements=True)
+    window = SubscriptionWindow(category_id=1, category_slug="general", category_name="General", start=start,
+                                end=end)
+    digest = build_digest(period=Period.DAILY, recipient=recipient, windows=[window], topics=topics, posts=posts,
+                          settings=settings, issued=end.date())
+    assert [t.id for t in digest.new_topics] == [5, 4, 3] and digest.omitted_topics == 2
+    assert build_digest(period=Period.DAILY, recipient=recipient, windows=[window], topics=topics, posts=posts,
+                        settings=settings, issued=end.date()) == digest
+    rendered = renderer.render("digest/daily", digest.template_values())
+    assert rendered.html is not None
+    assert "<script>" not in rendered.html and "&lt;script&gt;alert(5)&lt;/script&gt;" in rendered.html
+    assert "<img" not in rendered.html and "Mallory &lt;b&gt;" in rendered.html
+    assert "<script>alert(5)</script>" in rendered.text  # the text part is text: nothing to escape
+    assert "...and 2 more topics on https://forum.test" in rendered.text

@@ -209,10 +209,7 @@ async def test_maildir_like_tree_and_single_files(deps: Deps, tmp_path: Path) ->
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command line as a user runs it (registering the command module if the CLI does not list it yet)."""
-    code = ("import sys; from qaflow_mail import cli; "
-            "cli.COMMAND_MODULES = tuple(dict.fromkeys((*cli.COMMAND_MODULES, 'corpus'))); "
-            "sys.exit(cli.main(sys.argv[1:]))")
+    """The command line as a user runs it."""
     env = {
         "PATH": "/usr/bin:/bin",
         "QAFLOW_DATABASE__URL": settings.database.url,
@@ -221,8 +218,8 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "QAFLOW_TOKENS__SECRET": settings.tokens.secret,
         "QAFLOW_LOGGING__LEVEL": "WARNING",
     }
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "qaflow_mail", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_import_command(settings: Settings, tmp_path: Path) -> None:
@@ -258,3 +255,23 @@ def test_read_header_finds_the_message_id_the_parser_finds(head: bytes) -> None:
     header = read_header(raw)
     assert header.message_id == parse_message(raw).message_id
     assert header.envelope_from == ""  # Return-Path <>: the null sender of a bounce
+
+
+async def test_list_archive_mail_is_imported_and_keeps_its_date(deps: Deps, tmp_path: Path) -> None:
+    """Every message of a list archive says `Precedence: list`; people wrote them all the same. Real automatic
+    signs (Auto-Submitted) still keep a message out. Imported posts carry the date they were written."""
+    box = mailbox.mbox(tmp_path / "list.mbox")
+    listed = {"Precedence": "list", "List-Id": "<dev.lists.example.org>"}
+    box.add(mail(ALICE, "Archived question", "Posted to the list.", "l1@example.org", "Tue, 2 Jan 2024 09:30:00 +0100",
+                 headers=listed))
+    box.add(mail(BOB, "Auto: away", "Away.", "l2@example.net", "Tue, 2 Jan 2024 10:00:00 +0000",
+                 headers={**listed, "Auto-Submitted": "auto-replied"}))
+    box.close()
+    report, _ = await run_import(deps, [tmp_path / "list.mbox"])
+    assert report.imported == 1
+    assert report.skipped == {"automatic": 1}
+    question = await post(deps, "l1@example.org")
+    assert question.created_at == datetime(2024, 1, 2, 8, 30, tzinfo=UTC)
+    async with deps.sessions() as session:
+        topic = await session.get(Topic, question.topic_id)
+    assert topic is not None and topic.last_post_at == question.created_at

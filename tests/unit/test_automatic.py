@@ -392,3 +392,13 @@ def test_verdict_is_a_frozen_value_and_kinds_are_strings() -> None:
 )
 def test_odd_input_gets_a_verdict_without_raising(raw: bytes) -> None:
     assert isinstance(classify(raw, envelope_from=None), Verdict)
+
+
+def test_list_markers_can_be_ignored_for_archive_imports() -> None:
+    raw = (b"From: a@example.org\r\nTo: dev@lists.example.org\r\nSubject: Question\r\nPrecedence: bulk\r\n"
+           b"Message-ID: <m1@example.org>\r\n\r\nA question written by a person.\r\n")
+    parsed = parse_message(raw)
+    common = {"envelope_from": "a@example.org", "our_domain": "forum.test", "our_list_id_suffix": ".forum.test",
+              "max_received": 30, "is_bounce_address": False}
+    assert classify_automatic(parsed, raw, **common).kind is MailKind.AUTO_REPLY
+    assert classify_automatic(parsed, raw, list_markers_are_automatic=False, **common).kind is MailKind.POST

@@ -11,7 +11,13 @@ from functools import cache
 import dkim
 import pytest
 
-from qaflow_mail.mail.dkim_check import AuthMethod, aligned, parse_authentication_results, verify_announcer
+from qaflow_mail.mail.dkim_check import (
+    AuthMethod,
+    AuthVerdict,
+    aligned,
+    parse_authentication_results,
+    verify_announcer,
+)
 from qaflow_mail.mail.parse import parse_message
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ def message(*, sender: str = "Alice Admin <alice@example.org>", body: str = "The
 
 
 def check(raw: bytes, *, from_domain: str = "example.org", records: dict[str, bytes] | None = None,
-          authserv_id: str = "") -> object:
+          authserv_id: str = "") -> AuthVerdict:
     key = shared_key()
     dns = dns_for(records if records is not None else {"test._domainkey.example.org": key.public_txt})
     return verify_announcer(raw, parse_message(raw), from_domain=from_domain, dnsfunc=dns,

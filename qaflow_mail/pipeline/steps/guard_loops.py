@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
 from qaflow_mail.pipeline import Context, Outcome, discarded
+from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 
 async def guard_loops(ctx: Context) -> Context | Outcome:
@@ -16,6 +17,7 @@ async def guard_loops(ctx: Context) -> Context | Outcome:
         our_list_id_suffix=f".{settings.site.domain}",
         max_received=settings.limits.max_received_headers,
         is_bounce_address=False,
+        list_markers_are_automatic=ctx.source != IMPORT_SOURCE,
     )
     if verdict.kind is MailKind.POST:
         return ctx

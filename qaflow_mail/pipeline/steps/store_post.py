@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Attachment, PendingReference, Post, Topic
 from qaflow_mail.mail.attachments import safe_filename
 from qaflow_mail.pipeline import Context, Outcome
+from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
+
+
+def written_at(ctx: Context) -> datetime:
+    """When the post was written: now for live mail; for an archive import, the message's own Date if sane."""
+    if ctx.source != IMPORT_SOURCE or not ctx.parsed.date:
+        return ctx.now
+    try:
+        dated = parsedate_to_datetime(ctx.parsed.date)
+    except (TypeError, ValueError, IndexError):
+        return ctx.now
+    if dated.tzinfo is None:
+        dated = dated.replace(tzinfo=UTC)
+    return ctx.now if dated > ctx.now or dated.year < 1980 else dated.astimezone(UTC)
 
 
 async def store_post(ctx: Context) -> Context | Outcome:
     assert ctx.author is not None and ctx.category is not None and ctx.content is not None
     parsed = ctx.parsed
+    when = written_at(ctx)
     subject = parsed.subject.strip() or "(no subject)"
     if ctx.parent is None:
         topic = await queries.create_topic(
-            ctx.session, category_id=ctx.category.id, author_id=ctx.author.id, subject=subject, now=ctx.now
+            ctx.session, category_id=ctx.category.id, author_id=ctx.author.id, subject=subject, now=when
         )
         topic_id = topic.id
     else:
         topic_id = ctx.parent.topic_id
         parent_topic = await ctx.session.get(Topic, topic_id)
         assert parent_topic is not None
-        parent_topic.last_post_at = max(parent_topic.last_post_at, ctx.now)
+        parent_topic.last_post_at = max(parent_topic.last_post_at, when)
     post = Post(
         topic_id=topic_id,
         author_id=ctx.author.id,
@@ -34,7 +51,7 @@ async def store_post(ctx: Context) -> Context | Outcome:
         body_text=ctx.content.text,
         body_html=ctx.content.html,
         source=ctx.source,
-        created_at=ctx.now,
+        created_at=when,
     )
     ctx.session.add(post)
     await ctx.session.flush()
