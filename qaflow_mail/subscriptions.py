@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from qaflow_mail.db.models import (
     UserStatus,
 )
 from qaflow_mail.mail.addresses import token_address
-from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, verify
+from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, TokenPayload, verify
 from qaflow_mail.pipeline.tokens import token_secrets
 
 ANNOUNCEMENTS_CATEGORY_ID = 0  # the category id an UNSUBSCRIBE token carries for "site announcements"
@@ -71,6 +72,7 @@ class UnsubscribeResult:
     category_id: int | None = None  # None for site announcements
     category_name: str | None = None
     category_slug: str | None = None
+    digest_mode: SubscriptionMode | None = None  # set when the token stops a whole daily or weekly digest
     detail: str = ""  # for the logs only
 
     @property
@@ -83,7 +85,7 @@ class UnsubscribeResult:
 
     @property
     def is_announcements(self) -> bool:
-        return self.ok and self.category_id is None
+        return self.ok and self.category_id is None and self.digest_mode is None
 
 
 def unsubscribe_address(settings: Settings, token: str) -> str:
@@ -102,6 +104,22 @@ def mask_email(address: str) -> str:
     return f"{local[:2]}***@{domain}"
 
 
+# The second id of a DIGEST token: which digest it stops.
+DIGEST_MODE_CODES: dict[SubscriptionMode, int] = {SubscriptionMode.DAILY: 1, SubscriptionMode.WEEKLY: 2}
+DIGEST_MODE_BY_CODE = {code: mode for mode, code in DIGEST_MODE_CODES.items()}
+
+
+def _verify_unsubscribe(token: str, settings: Settings, now: datetime) -> TokenPayload:
+    """A category (or announcements) unsubscribe token, or a digest's own; never expires with age."""
+    secrets = token_secrets(settings)
+    try:
+        return verify(token, kind=TokenKind.UNSUBSCRIBE, secrets=secrets, today=now.date(), max_age_days=None)
+    except InvalidToken as exc:
+        if exc.reason is not TokenError.WRONG_KIND:
+            raise
+    return verify(token, kind=TokenKind.DIGEST, secrets=secrets, today=now.date(), max_age_days=None)
+
+
 async def check_unsubscribe_token(
     session: AsyncSession, token: str, settings: Settings, now: datetime
 ) -> UnsubscribeResult:
@@ -111,15 +129,21 @@ async def check_unsubscribe_token(
     expected to honour it), and all it can do is stop mail. Only a token dated in the future counts as expired.
     """
     try:
-        payload = verify(token, kind=TokenKind.UNSUBSCRIBE, secrets=token_secrets(settings), today=now.date(),
-                         max_age_days=None)
+        payload = _verify_unsubscribe(token, settings, now)
     except InvalidToken as exc:
         status = UnsubscribeStatus.EXPIRED if exc.reason is TokenError.EXPIRED else UnsubscribeStatus.INVALID
         return UnsubscribeResult(status, detail=str(exc))
-    user_id, category_id = payload.ids
+    user_id, target_id = payload.ids
     user = await session.get(User, user_id)
     if user is None:
         return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"user {user_id} no longer exists")
+    if payload.kind is TokenKind.DIGEST:
+        mode = DIGEST_MODE_BY_CODE.get(target_id)
+        if mode is None:
+            return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"no digest period {target_id}")
+        return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, digest_mode=mode,
+                                 category_name=f"{mode.value.title()} digest", category_slug=f"{mode.value}-digest")
+    category_id = target_id
     if category_id == ANNOUNCEMENTS_CATEGORY_ID:
         return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email)
     category = await session.get(Category, category_id)
@@ -139,7 +163,15 @@ async def unsubscribe_by_token(
     if target.status is not UnsubscribeStatus.VALID:
         return target
     assert target.user_id is not None
-    if target.category_id is None:
+    if target.digest_mode is not None:
+        result = await session.execute(
+            update(CategorySubscription)
+            .where(CategorySubscription.user_id == target.user_id, CategorySubscription.mode == target.digest_mode)
+            .values(mode=SubscriptionMode.MUTE)
+            .execution_options(synchronize_session="fetch")
+        )
+        changed = _rowcount(result) > 0
+    elif target.category_id is None:
         result = await session.execute(
             update(User)
             .where(User.id == target.user_id, User.announcements_muted.is_(False))
@@ -152,8 +184,7 @@ async def unsubscribe_by_token(
                                    mode=SubscriptionMode.MUTE, now=now)
         changed = previous is not SubscriptionMode.MUTE
     status = UnsubscribeStatus.UNSUBSCRIBED if changed else UnsubscribeStatus.ALREADY
-    return UnsubscribeResult(status, user_id=target.user_id, email=target.email, category_id=target.category_id,
-                             category_name=target.category_name, category_slug=target.category_slug)
+    return dataclasses.replace(target, status=status)
 
 
 def _rowcount(result: Any) -> int:

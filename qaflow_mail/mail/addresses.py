@@ -53,7 +53,12 @@ class Request:
     category_slug: str
 
 
-Destination: TypeAlias = NewTopic | Reply | Announce | Unsubscribe | Bounce | Confirm | Postmaster | Request
+@dataclass(frozen=True, slots=True)
+class NoReply:
+    """Our own From address (digests, notices): mail to it is answered with how to reply instead."""
+
+
+Destination: TypeAlias = NewTopic | Reply | Announce | Unsubscribe | Bounce | Confirm | Postmaster | Request | NoReply
 
 REPLY_PREFIX = "reply"
 UNSUBSCRIBE_PREFIX = "unsubscribe"
@@ -143,6 +148,8 @@ def classify(
         return Postmaster()
     if local == announce_local.lower():
         return Announce()
+    if local == FROM_LOCAL_PART:
+        return NoReply()
     prefix, separator, token = local.partition(TOKEN_SEPARATOR)
     if separator:
         route = _TOKEN_ROUTES.get(prefix)

@@ -36,6 +36,7 @@ class TokenKind(StrEnum):
     UNSUBSCRIBE = "unsubscribe"  # ids: (user id, category id), category id 0 meaning "all announcements"
     BOUNCE = "bounce"  # ids: (user id, outbox id), VERP envelope sender
     CONFIRM = "confirm"  # ids: (announcement id, user id); the caller enforces single use
+    DIGEST = "digest"  # ids: (user id, 1 daily | 2 weekly): a digest's own unsubscribe stops that whole digest
 
 
 class TokenError(StrEnum):
@@ -50,6 +51,7 @@ _KIND_CODES: dict[TokenKind, int] = {
     TokenKind.UNSUBSCRIBE: 2,
     TokenKind.BOUNCE: 3,
     TokenKind.CONFIRM: 4,
+    TokenKind.DIGEST: 5,
 }
 _KINDS_BY_CODE = {code: kind for kind, code in _KIND_CODES.items()}
 _ID_COUNT: dict[TokenKind, int] = dict.fromkeys(TokenKind, 2)

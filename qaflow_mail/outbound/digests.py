@@ -25,11 +25,9 @@ one summary. Announcements published in the window come first for users who have
 own they do not cause a digest (everyone got them by broadcast already), unless the user follows the
 announcements category itself in this mode. The user's own posts are left out.
 
-Unsubscribing. A digest covers several categories but List-Unsubscribe can carry one token, which names one
-(user, category) subscription: the header uses the first category of the digest (by slug), and the footer
-gives one link per category, each turning that category off. ``stop_digest`` turns off every subscription of
-the user in the same digest mode; the unsubscribe handler can call it when the named subscription is a digest
-one, so that one click stops the whole digest.
+Unsubscribing. A digest covers several categories. Its List-Unsubscribe (the mail client's one button) carries
+a DIGEST token that stops the whole digest: every subscription of the user in that mode is muted. The footer
+gives one link per category, each turning only that category off.
 
 Replies. Each topic carries its own ``reply+<token>`` address, bound to the latest post of that topic the
 digest shows (the opening post for a topic without new replies) and to the recipient, so a reply threads under
@@ -75,7 +73,7 @@ from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.outbound.notify import author_name, bounce_address, reply_address, topic_url
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import Rendered, Renderer
-from qaflow_mail.subscriptions import unsubscribe_address, unsubscribe_url
+from qaflow_mail.subscriptions import DIGEST_MODE_CODES, unsubscribe_address, unsubscribe_url
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +428,10 @@ def digest_message(
 ) -> OutgoingMessage:
     domain = settings.site.domain
     message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain)
-    first = digest.unsubscribe[0]
+    stop_token = sign(TokenKind.DIGEST, (digest.user_id, DIGEST_MODE_CODES[SubscriptionMode(digest.period.value)]),
+                      secret=settings.tokens.secret, issued=now.date())
+    stop = DigestUnsubscribe(category=f"{digest.period.value} digest", url=unsubscribe_url(settings, stop_token),
+                             mailto=unsubscribe_address(settings, stop_token))
     name = f"{settings.site.name} digest"
     message = compose(
         from_name=name,
@@ -448,9 +449,9 @@ def digest_message(
                                   slug=f"{digest.period.value}-digest", domain=domain),
             post=None,
             archive=settings.site.base_url,
-            unsubscribe_mailto=first.mailto,
+            unsubscribe_mailto=stop.mailto,
             # RFC 8058 one-click needs HTTPS; a plain-http base URL (local use) keeps only the mailto.
-            unsubscribe_https=first.url if first.url.lower().startswith("https://") else None,
+            unsubscribe_https=stop.url if stop.url.lower().startswith("https://") else None,
         ),
         date=now,
     )
@@ -788,26 +789,6 @@ async def run_digests(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Unsubscribing from a digest, and replies to a digest as a whole
-
-
-async def stop_digest(session: AsyncSession, *, user_id: int, category_id: int) -> list[int]:
-    """Mute every subscription of `user_id` that is in the same digest mode as its `category_id` one: what one
-    click on a digest's List-Unsubscribe should do. Returns the category ids muted (empty when that
-    subscription is not a digest one, so the caller can fall back to muting just the category)."""
-    mode = await session.scalar(
-        select(CategorySubscription.mode).where(CategorySubscription.user_id == user_id,
-                                                CategorySubscription.category_id == category_id)
-    )
-    if mode not in (SubscriptionMode.DAILY.value, SubscriptionMode.WEEKLY.value):
-        return []
-    muted = await session.scalars(
-        update(CategorySubscription)
-        .where(CategorySubscription.user_id == user_id, CategorySubscription.mode == mode)
-        .values(mode=SubscriptionMode.MUTE.value)
-        .returning(CategorySubscription.category_id)
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(muted.all())
 
 
 async def find_digest_reference(session: AsyncSession, message_ids: Iterable[str]) -> MessageRef | None:

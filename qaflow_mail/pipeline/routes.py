@@ -9,7 +9,17 @@ import importlib
 from collections.abc import Sequence
 from functools import cache
 
-from qaflow_mail.mail.addresses import Announce, Bounce, Confirm, NewTopic, Postmaster, Reply, Request, Unsubscribe
+from qaflow_mail.mail.addresses import (
+    Announce,
+    Bounce,
+    Confirm,
+    NewTopic,
+    NoReply,
+    Postmaster,
+    Reply,
+    Request,
+    Unsubscribe,
+)
 from qaflow_mail.pipeline import Step
 
 POST_STEPS = (
@@ -37,6 +47,7 @@ UNSUBSCRIBE_STEPS = ("dedupe", "apply_unsubscribe")
 BOUNCE_STEPS = ("dedupe", "record_bounce")
 REQUEST_STEPS = ("guard_loops", "dedupe", "apply_command")
 POSTMASTER_STEPS = ("dedupe", "keep_for_postmaster")
+NOREPLY_STEPS = ("guard_loops", "dedupe", "answer_noreply")
 
 ROUTES: dict[type, tuple[str, ...]] = {
     NewTopic: POST_STEPS,
@@ -47,6 +58,7 @@ ROUTES: dict[type, tuple[str, ...]] = {
     Bounce: BOUNCE_STEPS,
     Request: REQUEST_STEPS,
     Postmaster: POSTMASTER_STEPS,
+    NoReply: NOREPLY_STEPS,
 }
 
 POST_DESTINATIONS = (NewTopic, Reply, Announce)

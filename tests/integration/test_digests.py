@@ -40,11 +40,11 @@ from qaflow_mail.outbound.digests import (
     find_digest_reference,
     render_digest_reply_notice,
     run_digests,
-    stop_digest,
 )
 from qaflow_mail.outbound.render import Renderer
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.subscriptions import UnsubscribeResult, unsubscribe_by_token
 from tests.sink import SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -494,6 +494,23 @@ async def test_replies_from_a_digest(settings: Settings, engines: Any, renderer:
         conv = await send(run.smtp_port, reply, mail_from="bob@example.org", rcpt_tos=[topic_address])
         assert conv.data_code == 250, conv
 
+        # Replying to the digest itself (its From), or sending that reply to a category: told how to reply.
+        for rcpt in ("notifications@forum.test", "general@forum.test"):
+            whole = make_mail(sender="bob@example.org", to=rcpt, subject="Re: [QAFlow Test] Daily digest",
+                              body="Thanks for all of these!", in_reply_to=f"<{bob_row.message_id}>")
+            conv = await send(run.smtp_port, whole, mail_from="bob@example.org", rcpt_tos=[rcpt])
+            assert conv.rcpts[rcpt][0] == 250
+            assert conv.data is not None and conv.data[0] == 550, conv
+            assert conv.data[1].startswith("5.7.1") and "reply to the address given under the topic" in conv.data[1]
+        stray = make_mail(sender="bob@example.org", to="notifications@forum.test", subject="Hello?", body="Hi")
+        conv = await send(run.smtp_port, stray, mail_from="bob@example.org", rcpt_tos=["notifications@forum.test"])
+        assert conv.data is not None and conv.data[0] == 550 and conv.data[1].startswith("5.1.1")
+        assert "takes no mail" in conv.data[1]
+
+    async def posts_thanking(s: AsyncSession) -> int:
+        return len((await s.scalars(select(Post.id).where(Post.body_text.like("%Thanks for all%")))).all())
+    assert await world.run(posts_thanking) == 0
+
     async def new_post(s: AsyncSession) -> Post | None:
         return await s.scalar(select(Post).where(Post.body_text.like("%email package worked%")))
     post = await world.run(new_post)
@@ -511,17 +528,38 @@ async def test_replies_from_a_digest(settings: Settings, engines: Any, renderer:
     assert notice.subject == "[QAFlow Test] Your reply to a digest was not posted: Re: Daily digest"
 
 
-async def test_stop_digest_mutes_every_subscription_of_that_digest(settings: Settings, engines: Any) -> None:
+async def test_the_digest_unsubscribe_stops_the_whole_digest_and_a_footer_link_one_category(
+    settings: Settings, engines: Any, renderer: Renderer
+) -> None:
+    settings = https(settings)
     world = World(engines(settings))
     await make_forum(world)
+    await run_digests(world.sessions, settings=settings, renderer=renderer, now=RUN_AT, period="daily")
+    bob = next(r for r in await world.outbox() if r.recipient == "bob@example.org")
+    header_token = str(parsed(bob.raw)["List-Unsubscribe"]).split("/unsubscribe/", 1)[1].split(">", 1)[0]
+    footer_token = text_of(bob.raw).split("Stop Python: https://forum.test/unsubscribe/", 1)[1].split()[0]
 
-    async def stop(s: AsyncSession) -> list[int]:
-        return await stop_digest(s, user_id=world.ids["bob"], category_id=world.ids["python"])
-    assert await world.run(stop) == sorted([world.ids["general"], world.ids["python"]])
+    async def unsubscribe(token: str) -> UnsubscribeResult:
+        async def work(s: AsyncSession) -> UnsubscribeResult:
+            return await unsubscribe_by_token(s, token, settings, RUN_AT)
+        return await world.run(work)
 
-    async def stop_each(s: AsyncSession) -> list[int]:
-        return await stop_digest(s, user_id=world.ids["alice"], category_id=world.ids["general"])
-    assert await world.run(stop_each) == []  # an "each" subscription is not a digest one
+    async def modes(user: str) -> dict[str, str]:
+        async def work(s: AsyncSession) -> dict[str, str]:
+            rows = await s.execute(select(Category.slug, CategorySubscription.mode).join(
+                CategorySubscription, CategorySubscription.category_id == Category.id).where(
+                CategorySubscription.user_id == world.ids[user]))
+            return {slug: mode for slug, mode in rows}
+        return await world.run(work)
+
+    assert (await unsubscribe(footer_token)).changed  # a footer link: that category only
+    assert await modes("bob") == {"general": "daily", "python": "mute"}
+
+    result = await unsubscribe(header_token)  # the mail client's button: the whole daily digest
+    assert result.changed and result.digest_mode == SubscriptionMode.DAILY
+    assert await modes("bob") == {"general": "mute", "python": "mute"}
+    assert (await unsubscribe(header_token)).status.value == "already"
+    assert await modes("alice") == {"general": "each"}  # mail post by post is not a digest
 
 
 async def test_the_scheduler_catches_up_at_start_and_declares_its_jobs(

@@ -10,6 +10,7 @@ from qaflow_mail.mail.addresses import (
     Confirm,
     Destination,
     NewTopic,
+    NoReply,
     Postmaster,
     Reply,
     Request,
@@ -62,7 +63,6 @@ def test_our_addresses(address: str, expected: Destination) -> None:
         "python@other.example.org",  # another domain
         "python@sub.forum.example.org",
         "postmaster@other.example.org",
-        "notifications@forum.example.org",  # our From address, never a destination
         "abuse@forum.example.org",
         "mailer-daemon@forum.example.org",
         "noreply@forum.example.org",
@@ -90,7 +90,7 @@ def test_not_ours(address: str) -> None:
 
 def test_reserved_names_win_over_a_category_with_the_same_slug() -> None:
     slugs = {"notifications", "announce", "postmaster", "python"}
-    assert classify("notifications@forum.example.org", domain=DOMAIN, category_slugs=slugs) is None
+    assert classify("notifications@forum.example.org", domain=DOMAIN, category_slugs=slugs) == NoReply()
     assert classify("announce@forum.example.org", domain=DOMAIN, category_slugs=slugs) == Announce()
     assert classify("postmaster@forum.example.org", domain=DOMAIN, category_slugs=slugs) == Postmaster()
 

@@ -52,7 +52,10 @@ def confirmation(
     who could be anyone holding the token). At most one per subscription and day: its dedupe key says so."""
     assert result.user_id is not None and result.email is not None
     domain = settings.site.domain
-    category_id = result.category_id if result.category_id is not None else ANNOUNCEMENTS_CATEGORY_ID
+    target = (
+        result.category_slug if result.digest_mode is not None
+        else result.category_id if result.category_id is not None else ANNOUNCEMENTS_CATEGORY_ID
+    )
     category = (
         None if result.category_slug is None else {"name": result.category_name, "slug": result.category_slug}
     )
@@ -62,14 +65,14 @@ def confirmation(
             "site": {"name": settings.site.name, "base_url": settings.site.base_url},
             "category": category,
             "resubscribe_url": settings.site.base_url
-            if result.category_slug is None
+            if result.category_slug is None or result.digest_mode is not None
             else category_url(settings, result.category_slug),
             # <slug>-request@ commands are not handled yet; do not point people at them.
             "request_address": None,
         },
     )
     day = now.strftime("%Y%m%d")
-    message_id = make_message_id("unsubscribed", f"{result.user_id}.{category_id}.{day}", domain=domain)
+    message_id = make_message_id("unsubscribed", f"{result.user_id}.{target}.{day}", domain=domain)
     message = compose(
         from_name=settings.site.name,
         from_address=f"{FROM_LOCAL_PART}@{domain}",
@@ -88,7 +91,7 @@ def confirmation(
     bounce_token = sign(TokenKind.BOUNCE, (result.user_id, 0), secret=settings.tokens.secret, issued=now.date())
     return OutgoingMessage(
         kind=OutboxKind.NOTICE,
-        dedupe_key=f"unsubscribed:{result.user_id}:{category_id}:{day}",
+        dedupe_key=f"unsubscribed:{result.user_id}:{target}:{day}",
         message_id=message_id,
         envelope_from=bounce_address(settings, bounce_token),
         recipient=result.email,

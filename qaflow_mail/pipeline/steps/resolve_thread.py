@@ -9,6 +9,7 @@ from qaflow_mail.db.models import Category, Post, Topic
 from qaflow_mail.errors import BAD_TOKEN, UNKNOWN_RECIPIENT
 from qaflow_mail.mail.addresses import NewTopic, Reply
 from qaflow_mail.mail.threads import parent_candidates, resolve_parent
+from qaflow_mail.outbound.digests import DIGEST_REPLY, find_digest_reference
 from qaflow_mail.pipeline import Context, Outcome, rejected
 from qaflow_mail.pipeline.tokens import verify_reply_token
 
@@ -39,6 +40,8 @@ async def resolve_thread(ctx: Context) -> Context | Outcome:
     known = await queries.posts_by_message_ids(ctx.session, candidates)
     choice = resolve_parent(token_post_id=None, candidates=candidates, lookup=known, in_reply_to=parsed.in_reply_to)
     if choice.parent_post_id is None:
+        if candidates and await find_digest_reference(ctx.session, candidates) is not None:
+            return rejected(DIGEST_REPLY, "reply to a whole digest")
         return dataclasses.replace(ctx, category=category, candidates=candidates)
     parent = await ctx.session.get(Post, choice.parent_post_id)
     assert parent is not None
