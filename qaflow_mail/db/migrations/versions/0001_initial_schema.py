@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-30 06:13:32.115487
+Create Date: 2026-11-30 07:09:33.554489
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbound_messages")),
     )
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_inbound_messages_from_address"), ["from_address"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbound_messages_message_id"), ["message_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbound_messages_received_at"), ["received_at"], unique=False)
+        batch_op.create_index("ix_inbound_messages_sender_received", ["from_address", "received_at"], unique=False)
 
     op.create_table(
         "message_refs",
@@ -249,6 +249,7 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outbox_announcement_id"), ["announcement_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_outbox_message_id"), ["message_id"], unique=False)
+        batch_op.create_index("ix_outbox_recipient_created", ["recipient", "created_at"], unique=False)
         batch_op.create_index("ix_outbox_status_next_attempt", ["status", "next_attempt_at"], unique=False)
 
     op.create_table(
@@ -280,6 +281,7 @@ def downgrade() -> None:
     op.drop_table("bounces")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_status_next_attempt")
+        batch_op.drop_index("ix_outbox_recipient_created")
         batch_op.drop_index(batch_op.f("ix_outbox_message_id"))
         batch_op.drop_index(batch_op.f("ix_outbox_announcement_id"))
 
@@ -291,9 +293,9 @@ def downgrade() -> None:
     op.drop_table("pending_references")
     op.drop_table("message_refs")
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbound_messages_sender_received")
         batch_op.drop_index(batch_op.f("ix_inbound_messages_received_at"))
         batch_op.drop_index(batch_op.f("ix_inbound_messages_message_id"))
-        batch_op.drop_index(batch_op.f("ix_inbound_messages_from_address"))
 
     op.drop_table("inbound_messages")
     with op.batch_alter_table("attachments", schema=None) as batch_op:
