@@ -32,16 +32,14 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Outbox, OutboxKind
 from qaflow_mail.errors import SmtpReply
-from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
-from qaflow_mail.mail.compose import compose, make_message_id, to_bytes
+from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.content import extract_content
 from qaflow_mail.mail.dkim_check import aligned, parse_authentication_results
 from qaflow_mail.mail.parse import ParsedMail
-from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.notify import bounce_address
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import TEMPLATES_DIR, MailTemplate, Renderer
+from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
 from qaflow_mail.pipeline import Outcome
 
 log = logging.getLogger(__name__)
@@ -206,29 +204,13 @@ async def queue_rejection_notice(
     original = None if parsed.message_id_synthesized else parsed.message_id
     try:
         rendered = renderer.render(MailTemplate.NOTICE_REJECTED, _context(settings, parsed, outcome.reply))
-        message = compose(
-            from_name=settings.site.name,
-            from_address=f"{FROM_LOCAL_PART}@{domain}",
-            to=recipient,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            message_id=message_id,
-            in_reply_to=original,
-            references=(),
-            reply_to=None,
-            list_headers=None,
-            extra_headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"},
-            date=now,
-        )
-        data = to_bytes(message)
+        data = site_notice(settings, to=recipient, rendered=rendered, message_id=message_id, in_reply_to=original,
+                           now=now)
     except ValueError:  # an address or header compose refuses: no notice, but the message is still handled
         log.warning("notice.not_composed message_id=%s", parsed.message_id, exc_info=True)
         return False
     # A known user's notice bounces to VERP like any mail to them; a stranger's uses the null reverse-path.
-    envelope = "" if user is None else bounce_address(
-        settings, sign(TokenKind.BOUNCE, (user.id, 0), secret=settings.tokens.secret, issued=now.date())
-    )
+    envelope = "" if user is None else user_bounce_address(settings, user.id, now=now)
     await enqueue(
         session,
         [OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=dedupe_key, message_id=message_id,

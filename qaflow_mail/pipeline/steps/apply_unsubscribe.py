@@ -8,12 +8,12 @@ from datetime import datetime
 from qaflow_mail.config import Settings
 from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.errors import SmtpReply
-from qaflow_mail.mail.addresses import FROM_LOCAL_PART, Unsubscribe
-from qaflow_mail.mail.compose import compose, make_message_id, to_bytes
-from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.notify import bounce_address, category_url
+from qaflow_mail.mail.addresses import Unsubscribe
+from qaflow_mail.mail.compose import make_message_id
+from qaflow_mail.outbound.notify import category_url
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import MailTemplate, Renderer
+from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
 from qaflow_mail.pipeline import Context, Outcome, accepted, rejected
 from qaflow_mail.pipeline.steps.enqueue_notifications import get_renderer
 from qaflow_mail.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, UnsubscribeResult, unsubscribe_by_token
@@ -73,28 +73,14 @@ def confirmation(
     )
     day = now.strftime("%Y%m%d")
     message_id = make_message_id("unsubscribed", f"{result.user_id}.{target}.{day}", domain=domain)
-    message = compose(
-        from_name=settings.site.name,
-        from_address=f"{FROM_LOCAL_PART}@{domain}",
-        to=result.email,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        message_id=message_id,
-        in_reply_to=in_reply_to,
-        references=(),
-        reply_to=None,
-        list_headers=None,
-        extra_headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"},
-        date=now,
-    )
-    bounce_token = sign(TokenKind.BOUNCE, (result.user_id, 0), secret=settings.tokens.secret, issued=now.date())
+    raw = site_notice(settings, to=result.email, rendered=rendered, message_id=message_id, in_reply_to=in_reply_to,
+                      now=now)
     return OutgoingMessage(
         kind=OutboxKind.NOTICE,
         dedupe_key=f"unsubscribed:{result.user_id}:{target}:{day}",
         message_id=message_id,
-        envelope_from=bounce_address(settings, bounce_token),
+        envelope_from=user_bounce_address(settings, result.user_id, now=now),
         recipient=result.email,
-        raw=to_bytes(message),
+        raw=raw,
         user_id=result.user_id,
     )

@@ -21,14 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from qaflow_mail.config import Settings
 from qaflow_mail.db.models import Announcement, Disposition, InboundMessage, OutboxKind, Post, User
 from qaflow_mail.errors import OK
-from qaflow_mail.mail.addresses import FROM_LOCAL_PART, token_address
-from qaflow_mail.mail.compose import compose, make_message_id, to_bytes
+from qaflow_mail.mail.addresses import token_address
+from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.dkim_check import AuthMethod, AuthVerdict
 from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy, audience_count, enqueue_broadcast
-from qaflow_mail.outbound.notify import author_name, bounce_address
+from qaflow_mail.outbound.notify import author_name
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
 from qaflow_mail.pipeline import Context, Outcome, accepted
 from qaflow_mail.pipeline.steps.authorize_announcer import AUTH_KEY
 from qaflow_mail.pipeline.steps.enqueue_notifications import get_renderer
@@ -133,29 +134,15 @@ def confirmation_message(
         "expires": f"{expires:%Y-%m-%d %H:%M} UTC",
     })
     message_id = make_message_id("confirm", str(announcement.id), domain=domain)
-    message = compose(
-        from_name=settings.site.name,
-        from_address=f"{FROM_LOCAL_PART}@{domain}",
-        to=admin.email,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        message_id=message_id,
-        in_reply_to=in_reply_to,
-        references=(),
-        reply_to=confirm_address,
-        list_headers=None,
-        extra_headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"},
-        date=now,
-    )
-    bounce_token = sign(TokenKind.BOUNCE, (admin.id, 0), secret=secret, issued=now.date())
+    raw = site_notice(settings, to=admin.email, rendered=rendered, message_id=message_id, in_reply_to=in_reply_to,
+                      now=now, reply_to=confirm_address)
     return OutgoingMessage(
         kind=OutboxKind.CONFIRMATION,
         dedupe_key=f"confirm:{announcement.id}",
         message_id=message_id,
-        envelope_from=bounce_address(settings, bounce_token),
+        envelope_from=user_bounce_address(settings, admin.id, now=now),
         recipient=admin.email,
-        raw=to_bytes(message),
+        raw=raw,
         user_id=admin.id,
         announcement_id=announcement.id,
     )
