@@ -205,3 +205,14 @@ async def test_postmaster_is_accepted(forum: Running) -> None:
         kept = (await session.scalars(select(InboundMessage))).all()
     assert [r.disposition for r in kept] == [Disposition.ACCEPTED, Disposition.ACCEPTED]
     assert all("postmaster" in r.reason for r in kept)
+
+
+async def test_too_many_recipients_get_a_temporary_refusal(forum: Running) -> None:
+    limit = forum.deps.settings.smtp.max_recipients
+    rcpts = [f"general@{DOMAIN}"] * limit + [f"help@{DOMAIN}"]
+    msg = make_mail(sender=ALICE, to=f"general@{DOMAIN}", message_id="<many@c.test>")
+    conv = await send(forum.smtp_port, msg, mail_from=ALICE, rcpt_tos=rcpts)
+    code, text_ = conv.rcpts[f"help@{DOMAIN}"]
+    assert (code, text_.split()[0]) == (452, "4.5.3")  # RFC 5321 §4.5.3.1.10: the client sends the rest later
+    assert conv.data_code == 250
+    assert await count(forum, Post) == 1
