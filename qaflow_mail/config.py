@@ -45,6 +45,13 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LmtpSettings:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8024
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -133,6 +140,7 @@ class Settings:
     site: SiteSettings = field(default_factory=SiteSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    lmtp: LmtpSettings = field(default_factory=LmtpSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)

@@ -19,7 +19,7 @@ from qaflow_mail.db.models import Disposition, InboundMessage
 from qaflow_mail.errors import OK, UNKNOWN_RECIPIENT, SmtpReply
 from qaflow_mail.mail.addresses import Announce, Reply, classify
 from qaflow_mail.mail.parse import ParsedMail, parse_message
-from qaflow_mail.pipeline import Context, Outcome, Step, rejected, run
+from qaflow_mail.pipeline import Context, Outcome, rejected, run
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.notices import notify_refusal
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, steps_for
@@ -65,28 +65,31 @@ async def _process(
         slugs = await deps.categories.slugs()
         routed = [(rcpt, classify(rcpt, domain=settings.site.domain, category_slugs=slugs,
                                   announce_local=settings.announce.address)) for rcpt in recipients]
-        # One message makes at most one post: a reply token wins, then an announcement, then the first category.
+        # One message makes at most one post: a reply token is tried first, then an announcement, then the
+        # categories in the order given; the first that takes the message makes the post, and every later post
+        # address shares its outcome. A refusal (e.g. a stranger in a members-only category) moves on to the next.
         post_targets = sorted(
             (r for r in routed if _is_post_destination(r[1])),
             key=lambda r: 0 if isinstance(r[1], Reply) else 1 if isinstance(r[1], Announce) else 2,
         )
-        primary = post_targets[0] if post_targets else None
         post_id: int | None = None
+
+        async def route(rcpt: str, destination: object) -> Outcome:
+            ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
+                          recipient=rcpt, destination=destination, source=source, now=now)
+            return await run(steps_for(destination), ctx)
+
+        taken: Outcome | None = None
+        for rcpt, destination in post_targets:
+            outcomes[rcpt] = taken if taken is not None else await route(rcpt, destination)
+            if taken is None and outcomes[rcpt].accepted:
+                taken = outcomes[rcpt]
+                post_id = taken.post_id
         for rcpt, destination in routed:
             if destination is None:
                 outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}", notify_sender=False)
-                continue
-            if _is_post_destination(destination) and (rcpt, destination) != primary:
-                continue
-            steps: Sequence[Step] = steps_for(destination)
-            ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
-                          recipient=rcpt, destination=destination, source=source, now=now)
-            outcome = await run(steps, ctx)
-            outcomes[rcpt] = outcome
-            post_id = post_id or outcome.post_id
-        if primary is not None:
-            for rcpt, _destination in post_targets[1:]:
-                outcomes[rcpt] = outcomes[primary[0]]
+            elif not _is_post_destination(destination):
+                outcomes[rcpt] = await route(rcpt, destination)
         await notify_refusal(session, settings=settings, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
                              envelope_from=envelope_from, source=source, now=now)
         session.add(_record(raw, parsed, envelope_from, recipients, source, now, outcomes, post_id))

@@ -17,6 +17,7 @@ from qaflow_mail.outbound.sender import sending
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
+from qaflow_mail.server.lmtp import start_lmtp
 from qaflow_mail.server.scheduler import scheduling
 from qaflow_mail.server.smtp import start_smtp
 
@@ -28,6 +29,7 @@ class Running:
     deps: Deps
     smtp_port: int
     http_port: int | None = None
+    lmtp_port: int | None = None
 
 
 async def prepare_database(settings: Settings) -> None:
@@ -40,10 +42,22 @@ async def prepare_database(settings: Settings) -> None:
         await engine.dispose()
 
 
+def _bound_port(stack: AsyncExitStack, server: asyncio.Server) -> int:
+    """Close `server` when the stack unwinds; the port it listens on."""
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    stack.push_async_callback(close)
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
 @asynccontextmanager
 async def running(settings: Settings, *, background: bool = False) -> AsyncIterator[Running]:
-    """Start the SMTP listener and, with `background`, everything else `serve` runs (outbox sender, HTTP endpoint,
-    digest scheduler, IMAP poller); stop it all in reverse order on exit. Tests use this directly."""
+    """Start the SMTP listener (and LMTP when enabled) and, with `background`, everything else `serve` runs
+    (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url, echo=settings.database.echo)
         stack.push_async_callback(engine.dispose)
@@ -55,14 +69,11 @@ async def running(settings: Settings, *, background: bool = False) -> AsyncItera
             if settings.http.enabled:
                 run.http_port = await stack.enter_async_context(http_server(deps))
             await stack.enter_async_context(scheduling(deps))
-        smtp = await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port)
-
-        async def close_smtp() -> None:
-            smtp.close()
-            await smtp.wait_closed()
-
-        stack.push_async_callback(close_smtp)
-        run.smtp_port = smtp.sockets[0].getsockname()[1]
+        run.smtp_port = _bound_port(stack, await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port))
+        if settings.lmtp.enabled:
+            run.lmtp_port = _bound_port(
+                stack, await start_lmtp(deps, host=settings.lmtp.host, port=settings.lmtp.port)
+            )
         if background:
             await stack.enter_async_context(polling(deps))
         yield run

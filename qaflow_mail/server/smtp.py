@@ -8,26 +8,34 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from qaflow_mail.errors import BAD_TOKEN, RCPT_OK, TEMPORARY_FAILURE, TOO_MANY_RECIPIENTS, UNKNOWN_RECIPIENT, SmtpReply
+from qaflow_mail.errors import BAD_TOKEN, RCPT_OK, TEMPORARY_FAILURE, TOO_MANY_RECIPIENTS, UNKNOWN_RECIPIENT
 from qaflow_mail.mail.addresses import Reply, classify
 from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.pipeline.ingest import IngestResult, ingest
 from qaflow_mail.pipeline.tokens import verify_reply_token
 
 log = logging.getLogger(__name__)
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's server, with enhanced status codes on the size replies it writes itself (RFC 3463)."""
+class EnhancedSizeReplies:
+    """aiosmtpd writes its size refusals itself; give them enhanced status codes (RFC 3463) like ours."""
+
+    data_size_limit: int | None
 
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         if text.startswith("552 Error"):
             status = f"552 5.3.4 Message too big for this forum (at most {self.data_size_limit} bytes)"
-        await super().push(status)
+        await super().push(status)  # type: ignore[misc]
+
+
+class GatewaySMTP(EnhancedSizeReplies, SMTP):
+    pass
 
 
 class GatewayHandler:
+    source = "smtp"
+
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
@@ -54,41 +62,48 @@ class GatewayHandler:
         envelope.rcpt_tos.append(address)
         return str(RCPT_OK)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def _ingest(self, envelope: Envelope) -> IngestResult | None:
+        """The pipeline's verdict, or None when it failed and the client must retry (a 4xx)."""
         raw = envelope.original_content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         try:
-            result = await ingest(
+            return await ingest(
                 raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
-                source="smtp", deps=self.deps,
+                source=self.source, deps=self.deps,
             )
         except Exception:
-            log.exception("smtp.data_failed mail_from=%s", envelope.mail_from)
-            return str(TEMPORARY_FAILURE)
-        return str(result.reply)
+            log.exception("%s.data_failed mail_from=%s", self.source, envelope.mail_from)
+            return None
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        result = await self._ingest(envelope)
+        return str(TEMPORARY_FAILURE if result is None else result.reply)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp.session_error %s: %s", type(error).__name__, error)
         return str(TEMPORARY_FAILURE)
 
 
-def reply_line(reply: SmtpReply) -> str:
-    return str(reply)
-
-
-async def start_smtp(deps: Deps, *, host: str, port: int) -> asyncio.Server:
+async def start_listener(
+    deps: Deps, *, host: str, port: int, protocol: type[SMTP] = GatewaySMTP, handler: GatewayHandler | None = None
+) -> asyncio.Server:
+    """An SMTP (or LMTP) server on the running loop, handing every message to the pipeline."""
     loop = asyncio.get_running_loop()
-    handler = GatewayHandler(deps)
     settings = deps.settings
     hostname = settings.smtp.hostname or settings.site.domain
+    chosen = handler or GatewayHandler(deps)
 
-    def factory() -> GatewaySMTP:
-        return GatewaySMTP(
-            handler, data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+    def factory() -> SMTP:
+        return protocol(
+            chosen, data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True, decode_data=False,
             hostname=hostname, ident="QAFlow Mail",
         )
 
     server = await loop.create_server(factory, host=host, port=port)
-    log.info("smtp.listening host=%s port=%s", host, server.sockets[0].getsockname()[1])
+    log.info("%s.listening host=%s port=%s", chosen.source, host, server.sockets[0].getsockname()[1])
     return server
+
+
+async def start_smtp(deps: Deps, *, host: str, port: int) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port)

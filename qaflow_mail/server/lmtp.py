@@ -1,0 +1,32 @@
+"""The LMTP edge (RFC 2033): an MTA such as Postfix hands mail over and gets one reply per recipient, so one
+refused recipient never makes it retry (or bounce) the others. Same pipeline as SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from qaflow_mail.errors import TEMPORARY_FAILURE
+from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, start_listener
+
+
+class GatewayLMTP(EnhancedSizeReplies, LMTP):
+    pass
+
+
+class LmtpHandler(GatewayHandler):
+    source = "lmtp"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        result = await self._ingest(envelope)
+        # One line per accepted RCPT, in RCPT order; aiosmtpd writes the joined lines as they are.
+        if result is None:
+            return "\r\n".join(str(TEMPORARY_FAILURE) for _ in envelope.rcpt_tos)
+        return "\r\n".join(str(result.outcomes[rcpt].reply) for rcpt in envelope.rcpt_tos)
+
+
+async def start_lmtp(deps: Deps, *, host: str, port: int) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port, protocol=GatewayLMTP, handler=LmtpHandler(deps))
