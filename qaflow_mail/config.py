@@ -264,6 +264,12 @@ def ensure_token_secret(settings: Settings) -> Settings:
     """Return settings with a token secret: the configured one, or one generated once and kept in data_dir."""
     if settings.tokens.secret:
         return settings
+    if not settings.database.url.startswith("sqlite"):
+        # A shared database means several nodes may sign and verify each other's tokens: one key for all of them.
+        raise ConfigError(
+            "[tokens] secret must be set when the database is shared (not SQLite): every gateway node signs and "
+            "verifies reply and unsubscribe addresses with it; set QAFLOW_TOKENS__SECRET"
+        )
     secret_file = Path(settings.site.data_dir) / "token-secret"
     if secret_file.exists():
         secret = secret_file.read_text().strip()

@@ -21,10 +21,10 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
+from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import (
     Category,
     CategorySubscription,
@@ -213,7 +213,7 @@ async def _set_mode(
     )
     if row is None:
         await session.execute(
-            _insert(session, CategorySubscription)
+            dialect_insert(session, CategorySubscription)
             .values(user_id=user_id, category_id=category_id, mode=mode.value, created_at=now)
             .on_conflict_do_nothing(index_elements=["user_id", "category_id"])
         )
@@ -351,11 +351,6 @@ async def _prefer_custom_plans(session: AsyncSession) -> None:
         await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
-
 async def _known_users(session: AsyncSession, emails: Sequence[str]) -> dict[str, int]:
     """Map each address (primary or a further address of a user) to its user id, in two queries."""
     rows = await session.execute(select(User.email, User.id).where(User.email.in_(emails)))
@@ -393,7 +388,9 @@ async def _ensure_users(
     ]
     # One statement with many parameter sets: SQLAlchemy sends it as batched multi-row INSERTs ("insertmanyvalues")
     # from one cached compilation, where a .values(rows) statement would be compiled anew for every chunk.
-    await session.execute(_insert(session, User.__table__).on_conflict_do_nothing(index_elements=["email"]), rows)
+    await session.execute(
+        dialect_insert(session, User.__table__).on_conflict_do_nothing(index_elements=["email"]), rows
+    )
     created_ids = await _known_users(session, [p.email for p in missing])
     ids.update(created_ids)
     # A concurrent writer may have created some of them first; those count as existing.
@@ -446,7 +443,7 @@ async def bulk_subscribe(
                 for uid in new_ids
             ]
             await session.execute(
-                _insert(session, CategorySubscription.__table__).on_conflict_do_nothing(
+                dialect_insert(session, CategorySubscription.__table__).on_conflict_do_nothing(
                     index_elements=["user_id", "category_id"]
                 ),
                 rows,

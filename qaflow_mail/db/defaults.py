@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail.db import queries
+from qaflow_mail.db.dialect import insert as dialect_insert
+from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Category
 
 DEFAULT_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("general", "General"),
-    ("announcements", "Announcements"),
+    (ANNOUNCEMENTS_SLUG, "Announcements"),
 )
 
 
-async def ensure_default_categories(session: AsyncSession) -> list[str]:
-    existing = await queries.category_slugs(session)
-    created = []
-    for slug, name in DEFAULT_CATEGORIES:
-        if slug not in existing:
-            await queries.add_category(session, slug=slug, name=name, allow_strangers=False)
-            created.append(slug)
-    return created
+async def ensure_default_categories(session: AsyncSession) -> None:
+    """Create the default categories that are missing; safe when several nodes start at once."""
+    now = datetime.now(UTC)
+    rows = [{"slug": slug, "name": name, "allow_strangers": False, "created_at": now}
+            for slug, name in DEFAULT_CATEGORIES]
+    await session.execute(dialect_insert(session, Category).on_conflict_do_nothing(index_elements=["slug"]), rows)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -125,6 +126,10 @@ class UserAddress(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
 
 
+# Topics there are made only by publishing an announcement (announce@ or `announce send`), never by a post.
+ANNOUNCEMENTS_SLUG = "announcements"
+
+
 class Category(Base):
     __tablename__ = "categories"
 
@@ -189,8 +194,17 @@ class MessageRef(Base):
 
 class InboundMessage(Base):
     __tablename__ = "inbound_messages"
-    # The per-sender rate limit counts a sender's recent messages.
-    __table_args__ = (Index("ix_inbound_messages_sender_received", "from_address", "received_at"),)
+    __table_args__ = (
+        # The per-sender rate limit counts a sender's recent messages.
+        Index("ix_inbound_messages_sender_received", "from_address", "received_at"),
+        # A message is taken once: two deliveries racing each other cannot both be accepted (or held); the loser's
+        # transaction fails and is retried, and then it is a duplicate. Refusals may repeat (a retry may succeed).
+        Index(
+            "uq_inbound_messages_taken", "message_id", unique=True,
+            sqlite_where=text("disposition IN ('accepted', 'held')"),
+            postgresql_where=text("disposition IN ('accepted', 'held')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     message_id: Mapped[str] = mapped_column(String(255), index=True)
@@ -251,6 +265,8 @@ class Outbox(Base):
         Index("ix_outbox_status_next_attempt", "status", "next_attempt_at"),
         # Notice rate limits count what went to one address lately.
         Index("ix_outbox_recipient_created", "recipient", "created_at"),
+        # A bounce finds the row it answers by user and post.
+        Index("ix_outbox_user_post", "user_id", "post_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

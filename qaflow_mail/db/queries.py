@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.models import (
+    ANNOUNCEMENTS_SLUG,
     Category,
     CategorySubscription,
     MessageRef,
@@ -117,33 +118,70 @@ async def create_topic(
     return topic
 
 
-async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:
-    """Move topics started by orphans that were waiting for `parent` into parent's topic. Returns the count."""
-    orphan_ids = (
-        await session.scalars(select(PendingReference.post_id).where(PendingReference.message_id == parent.message_id))
-    ).all()
-    moved = 0
-    for orphan_id in set(orphan_ids):
-        orphan = await session.get(Post, orphan_id)
-        if orphan is None or orphan.topic_id == parent.topic_id:
-            continue
-        old_topic_id = orphan.topic_id
-        first_post_id = await session.scalar(
-            select(Post.id).where(Post.topic_id == old_topic_id).order_by(Post.created_at, Post.id).limit(1)
+async def _may_join(session: AsyncSession, post: Post, topic_id: int) -> bool:
+    """Whether `post`'s author could have replied in `topic_id` directly: never in announcements (published
+    only), and a staged user only where strangers may post."""
+    target = (
+        await session.execute(
+            select(Category.slug, Category.allow_strangers)
+            .join(Topic, Topic.category_id == Category.id)
+            .where(Topic.id == topic_id)
         )
-        if first_post_id != orphan.id:
-            continue  # the orphan has since been threaded elsewhere
-        await session.execute(update(Post).where(Post.topic_id == old_topic_id).values(topic_id=parent.topic_id))
+    ).first()
+    if target is None or target.slug == ANNOUNCEMENTS_SLUG:
+        return False
+    author = await session.get(User, post.author_id)
+    return author is not None and (author.status != UserStatus.STAGED or target.allow_strangers)
+
+
+async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:
+    """Posts that named `parent`'s Message-ID before it arrived are placed under it now.
+
+    An orphan that started a topic brings that topic's posts into parent's topic (if its author could have posted
+    there); one already in parent's topic gets `parent` as its parent when `parent` is nearer than its current
+    one (pending references are kept for the candidates nearer than the one that matched). Returns the count.
+    """
+    pending = (
+        await session.execute(
+            select(PendingReference.post_id, PendingReference.position).where(
+                PendingReference.message_id == parent.message_id
+            )
+        )
+    ).all()
+    attached = 0
+    for orphan_id, position in pending:
+        orphan = await session.get(Post, orphan_id)
+        if orphan is None or orphan.id == parent.id:
+            continue
+        if orphan.topic_id != parent.topic_id:
+            if orphan.parent_id is not None or not await _may_join(session, orphan, parent.topic_id):
+                continue  # threaded elsewhere since, or its author may not post in parent's category
+            old_topic_id = orphan.topic_id
+            await session.execute(update(Post).where(Post.topic_id == old_topic_id).values(topic_id=parent.topic_id))
+            await session.execute(delete(Topic).where(Topic.id == old_topic_id))
+        orphan.topic_id = parent.topic_id
         orphan.parent_id = parent.id
-        await session.execute(delete(Topic).where(Topic.id == old_topic_id))
-        await session.execute(delete(PendingReference).where(PendingReference.post_id == orphan.id))
-        moved += 1
-    if moved:
+        await session.execute(
+            delete(PendingReference).where(PendingReference.post_id == orphan.id, PendingReference.position >= position)
+        )
+        attached += 1
+    if attached:
         latest = await session.scalar(select(func.max(Post.created_at)).where(Post.topic_id == parent.topic_id))
         topic = await session.get(Topic, parent.topic_id)
         if topic is not None and latest is not None and latest > topic.last_post_at:
             topic.last_post_at = latest
-    return moved
+    return attached
+
+
+async def reattach_waiting(session: AsyncSession) -> int:
+    """Re-attach orphans whose parent is stored by now: the sweep for a reply and its parent that were committed
+    at the same moment, each invisible to the other's transaction."""
+    parents = (
+        await session.scalars(
+            select(Post).join(PendingReference, PendingReference.message_id == Post.message_id).distinct()
+        )
+    ).all()
+    return sum([await reattach_orphans(session, parent=parent) for parent in parents])
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +226,7 @@ async def topic_posts(session: AsyncSession, topic_id: int) -> list[tuple[Post, 
         select(Post, User.email)
         .join(User, User.id == Post.author_id)
         .where(Post.topic_id == topic_id)
-        .order_by(Post.created_at, Post.id)
+        .order_by(Post.parent_id.is_not(None), Post.created_at, Post.id)  # the opening post first
     )
     return [(post, email) for post, email in await session.execute(stmt)]
 

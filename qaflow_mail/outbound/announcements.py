@@ -23,11 +23,12 @@ from typing import Any
 
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
+from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import (
+    ANNOUNCEMENTS_SLUG,
     Announcement,
     MessageRef,
     Outbox,
@@ -55,7 +56,6 @@ from qaflow_mail.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, unsubscribe_add
 log = logging.getLogger(__name__)
 
 BROADCAST_TEMPLATE = "announce/broadcast"
-ANNOUNCEMENTS_SLUG = "announcements"
 MESSAGE_ID_KIND = "announce"
 MESSAGE_REF_KIND = "announcement"
 
@@ -222,10 +222,8 @@ async def enqueue_broadcast(
     """Write the broadcast of `announcement` to the outbox in the caller's transaction, in batches of
     [announce] batch_size. Returns the number of messages handed to the outbox."""
     builder = BroadcastBuilder(settings, renderer, announcement=announcement, post=post, author=author, now=now)
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(
-        insert(MessageRef)
+        dialect_insert(session, MessageRef)
         .values(message_id=builder.message_id, post_id=post.id, user_id=None, kind=MESSAGE_REF_KIND)
         .on_conflict_do_nothing(index_elements=["message_id"])
     )

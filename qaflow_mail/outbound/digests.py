@@ -51,11 +51,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import ColumnElement, and_, false, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.config import DigestSettings, Settings
+from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import (
+    ANNOUNCEMENTS_SLUG,
     Category,
     CategorySubscription,
     MessageRef,
@@ -81,7 +82,6 @@ DAILY_TEMPLATE = "digest/daily"
 WEEKLY_TEMPLATE = "digest/weekly"
 DIGEST_REPLY_TEMPLATE = "notice/digest_reply"
 MESSAGE_REF_KIND = "digest"
-ANNOUNCEMENTS_SLUG = "announcements"
 
 USER_BATCH = 100  # users per transaction: bounds the time the write lock is held on SQLite
 EXCERPT_LINES = 4
@@ -363,15 +363,25 @@ def build_digest(
                     reply_address=reply_to(p.id))
         for t, p in sorted(announcement_openings, key=lambda tp: (tp[1].created_at, tp[1].id))
     )
-    new_topics: list[tuple[datetime, DigestTopic]] = []
-    active: list[tuple[datetime, DigestTopic]] = []
+    # Choose the topics first (newest topics, then older topics by their latest reply, at most max_topics in all),
+    # and only then build their entries: a busy window must not cost a token and an excerpt per topic left out.
+    new_keys: list[tuple[datetime, int]] = []
+    active_keys: list[tuple[datetime, int]] = []
     for topic_id, items in by_topic.items():
-        topic = topics[topic_id]
         items.sort(key=lambda p: (p.created_at, p.id))
+        opens_here = any(p.id == topics[topic_id].opening_post_id for p in items)
+        (new_keys if opens_here else active_keys).append((items[-1].created_at, topic_id))
+    room = max(0, settings.digest.max_topics - len(announcements))
+    kept_new_ids = [tid for _, tid in sorted(new_keys, reverse=True)[:room]]
+    kept_active_ids = [tid for _, tid in sorted(active_keys, reverse=True)[: max(0, room - len(kept_new_ids))]]
+    omitted = len(new_keys) + len(active_keys) - len(kept_new_ids) - len(kept_active_ids)
+
+    def entry(topic_id: int) -> DigestTopic:
+        topic, items = topics[topic_id], by_topic[topic_id]
         opening = next((p for p in items if p.id == topic.opening_post_id), None)
         replies = [p for p in items if p.id != topic.opening_post_id]
         shown = replies[-MAX_REPLIES_SHOWN:]
-        entry = DigestTopic(
+        return DigestTopic(
             id=topic.id, title=topic.subject, category=topic.category_name, author=topic.author_name,
             created=_local(topic.created_at, tz), excerpt=excerpt(opening.text) if opening else "",
             url=url(topic.id), reply_address=reply_to(items[-1].id),
@@ -379,14 +389,9 @@ def build_digest(
                                       created=_local(p.created_at, tz)) for p in shown),
             more_replies=len(replies) - len(shown),
         )
-        (new_topics if opening is not None else active).append((items[-1].created_at, entry))
-    # Newest topics first; older topics by their latest reply. Cut at max_topics over both lists.
-    new_sorted = [e for _, e in sorted(new_topics, key=lambda x: (x[0], x[1].id), reverse=True)]
-    active_sorted = [e for _, e in sorted(active, key=lambda x: (x[0], x[1].id), reverse=True)]
-    room = max(0, settings.digest.max_topics - len(announcements))
-    kept_new = new_sorted[:room]
-    kept_active = active_sorted[: max(0, room - len(kept_new))]
-    omitted = len(new_sorted) + len(active_sorted) - len(kept_new) - len(kept_active)
+
+    kept_new = [entry(tid) for tid in kept_new_ids]
+    kept_active = [entry(tid) for tid in kept_active_ids]
 
     ordered = sorted(windows, key=lambda w: w.category_slug)
     unsubscribe = tuple(
@@ -497,11 +502,6 @@ class _BatchResult:
     raced: int = 0  # planned users another run handled first: left to it
 
 
-def _insert(session: AsyncSession) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
 def _is_sqlite(session: AsyncSession) -> bool:
     return session.bind is None or session.bind.dialect.name == "sqlite"
 
@@ -609,7 +609,9 @@ async def _load_posts(
     ).all()
     openings = dict(
         (await session.execute(
-            select(Post.topic_id, func.min(Post.id)).where(Post.topic_id.in_(topic_ids)).group_by(Post.topic_id)
+            select(Post.topic_id, func.min(Post.id))
+            .where(Post.topic_id.in_(topic_ids), Post.parent_id.is_(None))  # the opening post
+            .group_by(Post.topic_id)
         )).all()
     )
     author_ids = {r[2] for r in rows} | {t[5] for t in topic_rows}
@@ -724,7 +726,7 @@ async def _commit_batch(
         if messages:
             await enqueue(session, messages, now=now)
             await session.execute(
-                _insert(session)(MessageRef)
+                dialect_insert(session, MessageRef)
                 .values([{"message_id": m.message_id, "post_id": None, "user_id": m.user_id,
                           "kind": MESSAGE_REF_KIND} for m in messages])
                 .on_conflict_do_nothing(index_elements=["message_id"])

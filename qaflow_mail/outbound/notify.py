@@ -28,10 +28,10 @@ from typing import Any
 
 from markupsafe import Markup
 from sqlalchemy import literal, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
+from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import (
     Category,
     CategorySubscription,
@@ -242,7 +242,7 @@ async def ancestor_ids(session: AsyncSession, post: Post) -> list[int]:
     rows = (await session.execute(select(cte.c.id).order_by(cte.c.depth.desc()))).scalars().all()
     ids = list(dict.fromkeys(rows))  # a corrupt cycle must not repeat ids
     first = await session.scalar(
-        select(Post.id).where(Post.topic_id == post.topic_id).order_by(Post.created_at, Post.id).limit(1)
+        select(Post.id).where(Post.topic_id == post.topic_id, Post.parent_id.is_(None)).order_by(Post.id).limit(1)
     )
     if first is not None and first != post.id and (not ids or ids[0] != first):
         ids.insert(0, first)  # an orphan re-attached under a later post: still thread under the topic's start
@@ -260,10 +260,8 @@ async def threading_for(session: AsyncSession, post: Post, *, domain: str) -> Th
 
 
 async def record_message_ref(session: AsyncSession, *, message_id: str, post_id: int) -> None:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(
-        insert(MessageRef)
+        dialect_insert(session, MessageRef)
         .values(message_id=message_id, post_id=post_id, user_id=None, kind=MESSAGE_REF_KIND)
         .on_conflict_do_nothing(index_elements=["message_id"])
     )

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus
 
 
@@ -55,8 +55,6 @@ async def enqueue(
     """Insert outbox rows as batched statements (`chunk` rows each); rows whose dedupe key exists are skipped."""
     if not messages:
         return
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    stmt = dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
     for start in range(0, len(messages), chunk):
         await session.execute(stmt, [_row(m, now) for m in messages[start : start + chunk]])

@@ -22,12 +22,10 @@ from qaflow_mail.mail.parse import ParsedMail, parse_message
 from qaflow_mail.pipeline import Context, Outcome, rejected, run
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.notices import notify_refusal
-from qaflow_mail.pipeline.routes import POST_DESTINATIONS, steps_for
+from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
 
 log = logging.getLogger(__name__)
 
-# Parsing a large message is CPU work; keep the loop responsive by doing it in a thread above this size.
-PARSE_IN_THREAD_ABOVE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +44,8 @@ def combine(outcomes: Sequence[Outcome]) -> SmtpReply:
 
 
 async def parse(raw: bytes) -> ParsedMail:
-    if len(raw) > PARSE_IN_THREAD_ABOVE:
-        return await asyncio.to_thread(parse_message, raw)
-    return parse_message(raw)
+    """Parsing is CPU work on untrusted input: off the event loop, so one message never stalls the others."""
+    return await asyncio.to_thread(parse_message, raw)
 
 
 def _is_post_destination(destination: object) -> bool:
@@ -86,7 +83,7 @@ async def _process(
                 taken = outcomes[rcpt]
                 post_id = taken.post_id
         for rcpt, destination in routed:
-            if destination is None:
+            if destination is None or not has_route(destination):
                 outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}", notify_sender=False)
             elif not _is_post_destination(destination):
                 outcomes[rcpt] = await route(rcpt, destination)

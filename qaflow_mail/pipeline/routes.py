@@ -17,7 +17,6 @@ from qaflow_mail.mail.addresses import (
     NoReply,
     Postmaster,
     Reply,
-    Request,
     Unsubscribe,
 )
 from qaflow_mail.pipeline import Step
@@ -45,7 +44,6 @@ ANNOUNCE_STEPS = (
 CONFIRM_STEPS = ("guard_loops", "dedupe", "apply_confirmation")
 UNSUBSCRIBE_STEPS = ("dedupe", "apply_unsubscribe")
 BOUNCE_STEPS = ("dedupe", "record_bounce")
-REQUEST_STEPS = ("guard_loops", "dedupe", "apply_command")
 POSTMASTER_STEPS = ("dedupe", "keep_for_postmaster")
 NOREPLY_STEPS = ("guard_loops", "dedupe", "answer_noreply")
 
@@ -56,7 +54,6 @@ ROUTES: dict[type, tuple[str, ...]] = {
     Confirm: CONFIRM_STEPS,
     Unsubscribe: UNSUBSCRIBE_STEPS,
     Bounce: BOUNCE_STEPS,
-    Request: REQUEST_STEPS,
     Postmaster: POSTMASTER_STEPS,
     NoReply: NOREPLY_STEPS,
 }
@@ -69,6 +66,11 @@ def load_step(name: str) -> Step:
     module = importlib.import_module(f"qaflow_mail.pipeline.steps.{name}")
     step: Step = getattr(module, name)
     return step
+
+
+def has_route(destination: object) -> bool:
+    """Whether mail to this destination is handled (<slug>-request@ commands are not yet: refused at RCPT)."""
+    return type(destination) in ROUTES
 
 
 def steps_for(destination: object) -> Sequence[Step]:

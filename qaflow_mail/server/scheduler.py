@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
+from qaflow_mail.db.queries import reattach_waiting
 from qaflow_mail.outbound.digests import DigestStats, Period, parse_daily_at, run_digests
 from qaflow_mail.outbound.render import Renderer
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 JOB_IDS = {Period.DAILY: "digest-daily", Period.WEEKLY: "digest-weekly"}
 MISFIRE_GRACE_SECONDS = 6 * 3600
 STOP_GRACE_SECONDS = 30.0
+SWEEP_SECONDS = 60
 # Runs start this long after the boundary: a post stamped just before it may still be committing.
 LATE_COMMIT_SECONDS = 30
 
@@ -73,6 +76,22 @@ class Scheduler:
                 self._in_flight.discard(task)
         self.last_stats[period] = stats
         return stats
+
+    async def reattach_waiting(self) -> int:
+        """Sweep for replies committed at the same moment as their parent (each missed the other)."""
+        try:
+            async with self.deps.sessions() as session, session.begin():
+                moved = await reattach_waiting(session)
+        except Exception:
+            log.exception("threads.sweep_failed")
+            return 0
+        if moved:
+            log.info("threads.reattached count=%d", moved)
+        return moved
+
+    def add_sweep(self) -> None:
+        self.aps.add_job(self.reattach_waiting, IntervalTrigger(seconds=SWEEP_SECONDS), id="reattach-orphans",
+                         name="re-attach waiting replies", coalesce=True, max_instances=1, replace_existing=True)
 
     def add_jobs(self, *, start_now: bool) -> None:
         minute = parse_daily_at(self.deps.settings.digest.daily_at).minute % 15
@@ -114,6 +133,7 @@ async def scheduling(
     scheduler = Scheduler(deps, renderer or Renderer())
     if deps.settings.digest.enabled:
         scheduler.add_jobs(start_now=catch_up)
+    scheduler.add_sweep()
     scheduler.aps.start()
     log.info("scheduler.started jobs=%s", ",".join(job.id for job in scheduler.aps.get_jobs()) or "none")
     try:

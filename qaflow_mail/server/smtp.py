@@ -12,6 +12,7 @@ from qaflow_mail.errors import BAD_TOKEN, RCPT_OK, TEMPORARY_FAILURE, TOO_MANY_R
 from qaflow_mail.mail.addresses import Reply, classify
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import IngestResult, ingest
+from qaflow_mail.pipeline.routes import has_route
 from qaflow_mail.pipeline.tokens import verify_reply_token
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class GatewayHandler:
         except Exception:
             log.exception("smtp.rcpt_failed address=%s", address)
             return str(TEMPORARY_FAILURE)
-        if destination is None:
+        if destination is None or not has_route(destination):
             return str(UNKNOWN_RECIPIENT)
         if isinstance(destination, Reply):
             today = self.deps.clock().date()

@@ -23,6 +23,7 @@ async def seed(gateway: Running) -> None:
         await queries.add_category(session, slug="general", name="General", allow_strangers=False)
         await queries.add_category(session, slug="help", name="Help", allow_strangers=False)
         await queries.add_category(session, slug="open", name="Open", allow_strangers=True)
+        await queries.add_category(session, slug="announcements", name="Announcements", allow_strangers=False)
         await queries.add_user(session, email=ALICE, display_name="Alice", now=now)
         await queries.add_user(session, email=BOB, display_name="Bob", now=now)
         await queries.add_user(session, email="mallory@example.com", status=UserStatus.DISABLED, now=now)
@@ -116,7 +117,9 @@ async def test_same_message_twice_is_stored_once(forum: Running) -> None:
     assert dispositions == [Disposition.ACCEPTED, Disposition.DISCARDED]
 
 
-@pytest.mark.parametrize("rcpt", [f"nosuch@{DOMAIN}", "general@other.test", f"reply+garbage@{DOMAIN}"])
+@pytest.mark.parametrize(
+    "rcpt", [f"nosuch@{DOMAIN}", "general@other.test", f"reply+garbage@{DOMAIN}", f"general-request@{DOMAIN}"]
+)
 async def test_unknown_recipient_refused_at_rcpt(forum: Running, rcpt: str) -> None:
     msg = make_mail(sender=ALICE, to=rcpt)
     conv = await send(forum.smtp_port, msg, mail_from=ALICE, rcpt_tos=[rcpt])
@@ -216,3 +219,21 @@ async def test_too_many_recipients_get_a_temporary_refusal(forum: Running) -> No
     assert (code, text_.split()[0]) == (452, "4.5.3")  # RFC 5321 §4.5.3.1.10: the client sends the rest later
     assert conv.data_code == 250
     assert await count(forum, Post) == 1
+
+
+async def test_nobody_posts_into_announcements_by_mail(forum: Running) -> None:
+    """Announcements are published through announce@ only; the category address and replies are refused."""
+    new = make_mail(sender=ALICE, to=f"announcements@{DOMAIN}", subject="Password reset required",
+                    message_id="<fake-ann@c.test>")
+    conv = await send(forum.smtp_port, new, mail_from=ALICE, rcpt_tos=[f"announcements@{DOMAIN}"])
+    assert conv.data is not None and conv.data[0] == 550 and conv.data[1].startswith("5.7.1")
+    assert await count(forum, Post) == 0
+
+
+@pytest.mark.parametrize("filename", ["run.bat\u200b", "invoice.pdf.ex\u00ade"])
+async def test_hidden_executable_extension_is_refused(forum: Running, filename: str) -> None:
+    msg = make_mail(sender=ALICE, to=f"general@{DOMAIN}", subject="See attached")
+    msg.add_attachment(b"@echo off\r\ndel *.*\r\n", maintype="application", subtype="octet-stream", filename=filename)
+    conv = await send(forum.smtp_port, msg, mail_from=ALICE, rcpt_tos=[f"general@{DOMAIN}"])
+    assert conv.data is not None and conv.data[0] == 554 and conv.data[1].startswith("5.7.1"), conv
+    assert await count(forum, Post) == 0

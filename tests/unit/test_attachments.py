@@ -92,3 +92,4 @@ def test_default_types_admit_source_files_but_not_script_capable_ones() -> None:
     assert check_attachment(_att("page.html", "text/html", b"<script>"), allowed_types=None) is not None
     assert check_attachment(_att("pic.svg", "image/svg+xml", b"<svg/>"), allowed_types={"image/*"}) is not None
     assert check_attachment(_att("page.html", "text/html", b"<p>"), allowed_types={"text/html"}) is None
+

@@ -58,3 +58,11 @@ def test_token_secret_generated_once_and_kept(tmp_path: Path) -> None:
     assert first.tokens.secret and first.tokens.secret == second.tokens.secret
     assert (tmp_path / "token-secret").stat().st_mode & 0o077 == 0
     assert redacted(first)["tokens"]["secret"] == "***"
+
+
+def test_a_shared_database_needs_a_configured_token_secret(tmp_path: Path) -> None:
+    settings = load_settings(None, {"QAFLOW_SITE__DATA_DIR": str(tmp_path),
+                                    "QAFLOW_DATABASE__URL": "postgresql+asyncpg://db.example/qaflow"})
+    with pytest.raises(ConfigError, match="secret must be set"):
+        ensure_token_secret(settings)
+    assert not (tmp_path / "token-secret").exists()

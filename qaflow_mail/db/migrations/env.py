@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from qaflow_mail.db.engine import create_engine
 from qaflow_mail.db.models import Base
 
 config = context.config
+MIGRATION_LOCK_KEY = 0x51AF10  # any constant shared by every node
 target_metadata = Base.metadata
 
 
@@ -18,6 +20,10 @@ def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several gateway nodes may start together on one database: one migrates, the others wait and then
+            # find the schema current. Released at commit.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

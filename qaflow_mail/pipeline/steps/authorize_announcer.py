@@ -12,10 +12,9 @@ import asyncio
 import dataclasses
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Category, UserStatus
+from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Category, UserStatus
 from qaflow_mail.errors import NOT_ADMIN, SmtpReply
 from qaflow_mail.mail.dkim_check import AuthMethod, AuthVerdict, verify_announcer
-from qaflow_mail.outbound.announcements import ANNOUNCEMENTS_SLUG
 from qaflow_mail.pipeline import Context, Outcome, rejected
 
 AUTH_KEY = "announce_auth"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from qaflow_mail.errors import SmtpReply
-from qaflow_mail.mail.attachments import check_attachment
+from qaflow_mail.mail.attachments import check_attachment, safe_filename
 from qaflow_mail.pipeline import Context, Outcome, rejected
 
 
@@ -19,7 +21,8 @@ async def check_attachments(ctx: Context) -> Context | Outcome:
     for att in attachments:
         if att.size > limits.max_attachment_size:
             return rejected(_too_big(f"Attachment too large: at most {limits.max_attachment_size} bytes each"))
-        reason = check_attachment(att, allowed_types=None)
+        # Judge the name that will be stored: invisible characters hidden in the original can mask an extension.
+        reason = check_attachment(dataclasses.replace(att, filename=safe_filename(att.filename)), allowed_types=None)
         if reason:
             return rejected(SmtpReply(554, "5.7.1", f"Attachment refused: {reason}"))
     return ctx

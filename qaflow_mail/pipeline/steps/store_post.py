@@ -55,7 +55,7 @@ async def store_post(ctx: Context) -> Context | Outcome:
     )
     ctx.session.add(post)
     await ctx.session.flush()
-    if ctx.parent is None and ctx.candidates:
+    if ctx.candidates:
         ctx.session.add_all(
             PendingReference(post_id=post.id, message_id=mid, position=i) for i, mid in enumerate(ctx.candidates)
         )

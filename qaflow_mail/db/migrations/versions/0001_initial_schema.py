@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-30 07:09:33.554489
+Create Date: 2026-11-30 07:23:50.642740
 """
 
 from __future__ import annotations
@@ -160,6 +160,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_inbound_messages_message_id"), ["message_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbound_messages_received_at"), ["received_at"], unique=False)
         batch_op.create_index("ix_inbound_messages_sender_received", ["from_address", "received_at"], unique=False)
+        batch_op.create_index(
+            "uq_inbound_messages_taken",
+            ["message_id"],
+            unique=True,
+            sqlite_where=sa.text("disposition IN ('accepted', 'held')"),
+            postgresql_where=sa.text("disposition IN ('accepted', 'held')"),
+        )
 
     op.create_table(
         "message_refs",
@@ -251,6 +258,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_outbox_message_id"), ["message_id"], unique=False)
         batch_op.create_index("ix_outbox_recipient_created", ["recipient", "created_at"], unique=False)
         batch_op.create_index("ix_outbox_status_next_attempt", ["status", "next_attempt_at"], unique=False)
+        batch_op.create_index("ix_outbox_user_post", ["user_id", "post_id"], unique=False)
 
     op.create_table(
         "bounces",
@@ -280,6 +288,7 @@ def downgrade() -> None:
 
     op.drop_table("bounces")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbox_user_post")
         batch_op.drop_index("ix_outbox_status_next_attempt")
         batch_op.drop_index("ix_outbox_recipient_created")
         batch_op.drop_index(batch_op.f("ix_outbox_message_id"))
@@ -293,6 +302,11 @@ def downgrade() -> None:
     op.drop_table("pending_references")
     op.drop_table("message_refs")
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_inbound_messages_taken",
+            sqlite_where=sa.text("disposition IN ('accepted', 'held')"),
+            postgresql_where=sa.text("disposition IN ('accepted', 'held')"),
+        )
         batch_op.drop_index("ix_inbound_messages_sender_received")
         batch_op.drop_index(batch_op.f("ix_inbound_messages_received_at"))
         batch_op.drop_index(batch_op.f("ix_inbound_messages_message_id"))
