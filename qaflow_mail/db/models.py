@@ -126,6 +126,9 @@ class UserAddress(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
 
 
+# Post.source of an archive import: old mail replayed through the pipeline, where unknown authors are welcome.
+IMPORT_SOURCE = "import"
+
 # Topics there are made only by publishing an announcement (announce@ or `announce send`), never by a post.
 ANNOUNCEMENTS_SLUG = "announcements"
 

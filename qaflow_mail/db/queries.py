@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
+    IMPORT_SOURCE,
     Category,
     CategorySubscription,
     MessageRef,
@@ -131,7 +132,8 @@ async def _may_join(session: AsyncSession, post: Post, topic_id: int) -> bool:
     if target is None or target.slug == ANNOUNCEMENTS_SLUG:
         return False
     author = await session.get(User, post.author_id)
-    return author is not None and (author.status != UserStatus.STAGED or target.allow_strangers)
+    welcome = target.allow_strangers or post.source == IMPORT_SOURCE  # as authorize_sender admits staged users
+    return author is not None and (author.status != UserStatus.STAGED or welcome)
 
 
 async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:

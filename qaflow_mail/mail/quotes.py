@@ -10,7 +10,8 @@ backtracking regexes, so the cost stays linear in the number of lines.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 
 __all__ = ["classify_line", "is_signature_only", "split_reply", "trim_reply"]
 
@@ -283,21 +284,17 @@ def classify_line(line: str) -> str:
 # --- text clean-up before classification ------------------------------------------------
 
 _PGP_HEAD_RE = _rx(r"\A-----BEGIN PGP SIGNED MESSAGE-----\n(?:Hash: \w+)?\s+", _I)
-_PGP_SIGNATURE_RE = re.compile(r"^-----BEGIN PGP SIGNATURE-----$[\s\S]+^-----END PGP SIGNATURE-----", re.MULTILINE)
+_PGP_SIGNATURE_BEGIN_RE = re.compile(r"^-----BEGIN PGP SIGNATURE-----$", re.MULTILINE)
+_PGP_SIGNATURE_END = "\n-----END PGP SIGNATURE-----"
 _UNSUBSCRIBE_RE = _rx(r"^Unsubscribe: .+@.+(?:\n.+http:.+)?\s*\Z", re.MULTILINE | _I)
 _ALIAS_QUOTE_RE = _rx(r'^.*>{5} "[^"\n]+" == .+ writes:', re.MULTILINE)
-_ENCLOSED_NAMED_RE = _rx(r"^>>> ?(.+) ?>>>$\n([\s\S]+?)\n^<<< ?\1 ?<<<$", re.MULTILINE)
-_ENCLOSED_RE = _rx(r"^>{4,}[{B}]*$\n([\s\S]+?)\n^<{4,}[{B}]*$", re.MULTILINE)
+_ENCLOSED_OPENER_RE = _rx(r">{4,}[{B}]*")
+_ENCLOSED_CLOSER_RE = _rx(r"<{4,}[{B}]*")
 _QUOTE_PREFIX_RE = _rx(r"^((?:[{B}]*[^\W\d_]*[>|])+)", re.MULTILINE)
 _QUOTE_PREFIX_PART_RE = _rx(r"[^\W\d_]+>|\|")
-_LINE_START_RE = _rx(r"^", re.MULTILINE)
 _WRAP_RE = _rx(r"\n+\s*")
 _WRAPPED_MARKER_RES = (*_ON_DATE_SOMEONE_WROTE_RES, *_SOMEONE_WROTE_ON_DATE_RES)
 _CODE_BLOCK_RE = _rx(r"^```\w*$\n.*?^```$", re.MULTILINE | re.DOTALL)
-
-
-def _quote_lines(text: str) -> str:
-    return _LINE_START_RE.sub("> ", text)
 
 
 def _unwrap_marker(match: re.Match[str]) -> str:
@@ -329,19 +326,115 @@ def _unwrap_line_pairs(text: str, marker: _Marker) -> str:
     return "\n".join(out)
 
 
+# Upstream rewrites PGP signatures and ">>> name >>> … <<< name <<<" / ">>>> … <<<<" enclosures
+# with `[\s\S]+` regexes; an opener without its closer made those retry to the end of the text
+# from every opener, quadratic in the body. The scans below find the same spans in linear time.
+
+
+def _strip_pgp_signature(text: str) -> str:
+    r"""Drop from the first "BEGIN PGP SIGNATURE" line through the last "END PGP SIGNATURE" after it.
+
+    The span upstream's greedy `^-----BEGIN…-----$[\s\S]+^-----END…-----` removes.
+    """
+    begin = _PGP_SIGNATURE_BEGIN_RE.search(text)
+    if begin is None:
+        return text
+    end = text.rfind(_PGP_SIGNATURE_END)
+    if end < begin.end():
+        return text
+    return text[: begin.start()] + text[end + len(_PGP_SIGNATURE_END) :]
+
+
+def _first_closer(closers: list[int], lines: list[str], opener: int) -> int | None:
+    """The first closer line after `opener` that leaves a non-empty body between them (upstream's lazy body)."""
+    earliest = opener + 2
+    if earliest < len(lines) and lines[opener + 1] == "":
+        earliest += 1  # one empty line is an empty body: the match needs the next closer
+    index = bisect_left(closers, earliest)
+    return closers[index] if index < len(closers) else None
+
+
+def _quote_bodies(lines: list[str], closer_for: Callable[[int], int | None]) -> list[str]:
+    """Each opener line through its closer line becomes the lines in between, quoted with "> "."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        closer = closer_for(i)
+        if closer is None:
+            out.append(lines[i])
+            i += 1
+        else:
+            out.extend("> " + line for line in lines[i + 1 : closer])
+            i = closer + 1
+    return out
+
+
+def _enclosure_name(line: str, opener: str) -> str | None:
+    """What sits between `opener` at the start of a line and the same mark at its end."""
+    mark_length = len(opener)
+    if len(line) > 2 * mark_length and line.startswith(opener) and line.endswith(opener):
+        return line[mark_length:-mark_length]
+    return None
+
+
+def _name_choices(inner: str) -> list[str]:
+    """The names `>>> ?(.+) ?>>>` can capture from what sits between the marks, in regex order."""
+    choices: list[str] = []
+    for start in (1, 0) if inner.startswith(" ") else (0,):
+        name = inner[start:]
+        choices += [name, name[:-1]] if name.endswith(" ") else [name]
+    return [name for name in choices if name]
+
+
+def _quote_named_enclosures(lines: list[str]) -> list[str]:
+    """Lines ">>> name >>>" … "<<< name <<<" become the lines in between, quoted (first matching closer)."""
+    closers: dict[str, list[int]] = {}
+    for index, line in enumerate(lines):
+        inner = _enclosure_name(line, "<<<")
+        if inner is not None:
+            closers.setdefault(inner, []).append(index)
+
+    def closer_for(opener: int) -> int | None:
+        inner = _enclosure_name(lines[opener], ">>>")
+        if inner is None:
+            return None
+        for name in _name_choices(inner):
+            found = [
+                closer
+                for spaced in {name, " " + name, name + " ", " " + name + " "}
+                if (closer := _first_closer(closers.get(spaced, []), lines, opener)) is not None
+            ]
+            if found:
+                return min(found)
+        return None
+
+    return _quote_bodies(lines, closer_for)
+
+
+def _quote_enclosures(lines: list[str]) -> list[str]:
+    """Lines ">>>>" … "<<<<" become the lines in between, quoted (first closer after each opener)."""
+    closers = [index for index, line in enumerate(lines) if _ENCLOSED_CLOSER_RE.fullmatch(line)]
+
+    def closer_for(opener: int) -> int | None:
+        if not _ENCLOSED_OPENER_RE.fullmatch(lines[opener]):
+            return None
+        return _first_closer(closers, lines, opener)
+
+    return _quote_bodies(lines, closer_for)
+
+
 def _preprocess(text: str) -> str:
     text = text.replace("\r\n", "\n")
     if "-----BEGIN PGP" in text:
-        text = _PGP_HEAD_RE.sub("", text)
-        text = _PGP_SIGNATURE_RE.sub("", text)
+        text = _strip_pgp_signature(_PGP_HEAD_RE.sub("", text))
     if "Unsubscribe: " in text or "unsubscribe: " in text.lower():
         text = _UNSUBSCRIBE_RE.sub("", text)
     if '" == ' in text:
         text = _ALIAS_QUOTE_RE.sub("", text)
     if "<<<" in text:
-        text = _ENCLOSED_NAMED_RE.sub(lambda m: _quote_lines(m.group(2)), text)
+        text = "\n".join(_quote_named_enclosures(text.split("\n")))
     if "<<<<" in text:
-        text = _ENCLOSED_RE.sub(lambda m: _quote_lines(m.group(1)), text)
+        text = "\n".join(_quote_enclosures(text.split("\n")))
     if ">" in text or "|" in text:
         text = _QUOTE_PREFIX_RE.sub(lambda m: _QUOTE_PREFIX_PART_RE.sub(">", m.group(1)), text)
     for regex in _WRAPPED_MARKER_RES:

@@ -10,7 +10,9 @@ Who gets one:
   bounces, loops, a null envelope sender), and never to our own domain.
 - Never to a sender we cannot trust to have written it (no backscatter to forged From addresses): when our MTA's
   Authentication-Results (the topmost one, with [announce] trusted_authserv_id) reports a failure and no aligned
-  pass; or when the From address differs from the envelope sender and nothing authenticates the From.
+  pass; when the From address differs from the envelope sender and nothing authenticates the From; and to an
+  address that is not a registered user's unless that Authentication-Results authenticates the From (aligned
+  dkim=pass or dmarc=pass). Spam with a forged stranger's From, polled over IMAP, thus gets no notice.
 - At most [limits] notice_rate_per_hour per address (counted from outbox rows of kind "notice"), and one per
   message and address (the outbox dedupe key).
 """
@@ -35,7 +37,7 @@ from qaflow_mail.errors import SmtpReply
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
 from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.content import extract_content
-from qaflow_mail.mail.dkim_check import aligned, parse_authentication_results
+from qaflow_mail.mail.dkim_check import raw_headers, trusted_authentication_results
 from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import TEMPLATES_DIR, MailTemplate, Renderer
@@ -98,31 +100,10 @@ def _bare_address(value: str) -> str:
     return text.strip().lower()
 
 
-def _authentication(parsed: ParsedMail, *, authserv_id: str) -> tuple[bool, bool]:
-    """(an aligned dkim or dmarc pass, a failure) in our own MTA's Authentication-Results, if it wrote one."""
-    headers = parsed.header_all("Authentication-Results")
-    if not authserv_id or not headers:
-        return False, False
-    server, results = parse_authentication_results(headers[0])
-    if server != authserv_id.strip().lower():
-        return False, False
-    domain = parsed.from_address.rpartition("@")[2]
-    passed = failed = False
-    for item in results:
-        if item.result in {"fail", "permerror"} and item.method in {"spf", "dkim", "dmarc"}:
-            failed = True
-        if item.result != "pass":
-            continue
-        if item.method == "dkim":
-            signer = item.properties.get("header.d") or item.properties.get("header.i", "").rpartition("@")[2]
-            passed |= bool(signer) and aligned(signer, domain)
-        elif item.method == "dmarc":
-            passed |= item.properties.get("header.from", "").strip().lower().rstrip(".") == domain
-    return passed, failed
-
-
-def withhold_reason(parsed: ParsedMail, raw: bytes, *, envelope_from: str, settings: Settings) -> str | None:
-    """Why this sender must not get a notice, or None when it may."""
+def withhold_reason(
+    parsed: ParsedMail, raw: bytes, *, envelope_from: str, settings: Settings, registered: bool = False
+) -> str | None:
+    """Why this sender must not get a notice, or None when it may. `registered`: the From address is a user's."""
     address = parsed.from_address
     if not address:
         return "no From address"
@@ -136,11 +117,14 @@ def withhold_reason(parsed: ParsedMail, raw: bytes, *, envelope_from: str, setti
     )
     if verdict.kind is not MailKind.POST:
         return f"automatic mail ({verdict.kind}: {verdict.reason})"
-    passed, failed = _authentication(parsed, authserv_id=settings.announce.trusted_authserv_id)
-    if failed and not passed:
+    trusted = trusted_authentication_results(raw_headers(raw), authserv_id=settings.announce.trusted_authserv_id,
+                                             from_domain=address.rpartition("@")[2])
+    if trusted.failed and not trusted.passed:
         return "the sender failed authentication"
-    if not passed and _bare_address(envelope_from) != address:
+    if not trusted.passed and _bare_address(envelope_from) != address:
         return "From differs from the envelope sender and is not authenticated"
+    if not trusted.passed and not registered:
+        return "not a registered user, and the From is not authenticated"
     return None
 
 
@@ -186,8 +170,10 @@ async def queue_rejection_notice(
     now: datetime,
 ) -> bool:
     """Queue the notice for one refused message in the caller's transaction. True when a notice was queued."""
-    withheld = withhold_reason(parsed, raw, envelope_from=envelope_from, settings=settings)
     recipient = parsed.from_address
+    user = await queries.user_by_email(session, recipient) if recipient else None
+    withheld = withhold_reason(parsed, raw, envelope_from=envelope_from, settings=settings,
+                               registered=user is not None)
     if withheld is not None:
         log.info("notice.withheld message_id=%s reason=%s", parsed.message_id, withheld)
         return False
@@ -199,7 +185,6 @@ async def queue_rejection_notice(
         log.info("notice.rate_limited message_id=%s to=%s limit=%d", parsed.message_id, recipient, limit)
         return False
     domain = settings.site.domain
-    user = await queries.user_by_email(session, recipient)
     message_id = make_message_id("notice", hashlib.sha256(dedupe_key.encode()).hexdigest()[:24], domain=domain)
     original = None if parsed.message_id_synthesized else parsed.message_id
     try:

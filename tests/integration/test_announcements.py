@@ -1,5 +1,6 @@
 """Announcements by mail to announce@: DKIM (key and DNS made here), our MTA's Authentication-Results, holding and
-confirming by mail, forged senders, replays, non-admins, and a broadcast to 1,000 users through a real SMTP sink."""
+confirming by mail (with PUBLISH, text only, exactly what the confirmation showed), forged senders, replays of
+signed mail written for someone else, non-admins, and a broadcast to 1,000 users through a real SMTP sink."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from qaflow_mail.commands.common import CommandError
 from qaflow_mail.commands.digests import register
@@ -25,6 +26,7 @@ from qaflow_mail.config import AnnounceSettings, Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
     Announcement,
+    Attachment,
     Category,
     InboundMessage,
     Outbox,
@@ -92,7 +94,7 @@ async def gateway_for(settings: Settings) -> AsyncIterator[Any]:
 
 def signed_announcement(*, body: str = "The forum moves tonight.\r\n", sender: str = f"Alice Admin <{ADMIN}>",
                         msgid: str | None = None) -> bytes:
-    raw = message(sender=sender, body=body)
+    raw = message(sender=sender, body=body, date=datetime.now(UTC))
     if msgid:
         raw = raw.replace(b"<announce-1@example.org>", f"<{msgid}>".encode())
     return sign(raw, domain="example.org")
@@ -121,7 +123,14 @@ def parsed(raw: bytes) -> EmailMessage:
     return msg
 
 
-def confirmation_reply(confirm_mail: Outbox, *, sender: str = ADMIN, body: str = "Yes, publish it.") -> tuple[
+def body_of(mail: EmailMessage | bytes, subtype: str = "plain") -> str:
+    """The text/<subtype> body of a mail, decoded."""
+    part = (parsed(mail) if isinstance(mail, bytes) else mail).get_body((subtype,))
+    assert part is not None
+    return str(part.get_content())
+
+
+def confirmation_reply(confirm_mail: Outbox, *, sender: str = ADMIN, body: str = "Publish") -> tuple[
         bytes, str]:
     original = parsed(confirm_mail.raw)
     to = str(original["Reply-To"])
@@ -131,7 +140,7 @@ def confirmation_reply(confirm_mail: Outbox, *, sender: str = ADMIN, body: str =
     reply["Subject"] = "Re: " + str(original["Subject"]).strip()
     reply["Message-ID"] = make_msgid(domain="example.org")
     reply["In-Reply-To"] = str(original["Message-ID"])
-    reply.set_content(body + "\n\n> " + "\n> ".join(original.get_body(("plain",)).get_content().splitlines()[:3]))
+    reply.set_content(body + "\n\n> " + "\n> ".join(body_of(original).splitlines()[:3]))
     return reply.as_bytes(), to
 
 
@@ -168,7 +177,7 @@ async def test_a_valid_dkim_signature_publishes_and_broadcasts_at_once(gateway_f
     today = datetime.now(UTC).date()
     assert verify(token, kind=TokenKind.UNSUBSCRIBE, secrets=[SECRET], today=today,
                   max_age_days=None).ids == (rows[1].user_id, 0)
-    assert token in first.get_body(("plain",)).get_content()  # the footer link is the recipient's own
+    assert token in body_of(first)  # the footer link is the recipient's own
     async with run.deps.sessions() as session:
         assert await announcement_status(session, row.id) == {"queued": 5, "sent": 0, "failed": 0}
 
@@ -176,7 +185,8 @@ async def test_a_valid_dkim_signature_publishes_and_broadcasts_at_once(gateway_f
 async def test_authentication_results_of_our_mta_publish(gateway_for: Any, settings: Settings) -> None:
     run = await gateway_for(with_announce(settings, trusted_authserv_id="mx.forum.test"))
     await seed(run)
-    raw = message(extra_headers="Authentication-Results: mx.forum.test; dkim=pass header.d=example.org\r\n")
+    raw = message(extra_headers="Authentication-Results: mx.forum.test; dkim=pass header.d=example.org\r\n",
+                  date=datetime.now(UTC))
     assert (await deliver(run, raw)).data_code == 250
     (row,) = await announcements(run)
     assert (row.status, row.verified_by) == ("published", "authentication-results")
@@ -199,7 +209,7 @@ async def test_a_bad_signature_is_held_until_the_admin_confirms_once(gateway_for
     assert confirm.recipient == ADMIN
     mail = parsed(confirm.raw)
     assert str(mail["Reply-To"]).startswith("confirm+")
-    text = mail.get_body(("plain",)).get_content()
+    text = body_of(mail)
     assert "does not verify" in text and "Maintenance tonight" in text and "reply to this email" in text
 
     reply, to = confirmation_reply(confirm)
@@ -212,7 +222,7 @@ async def test_a_bad_signature_is_held_until_the_admin_confirms_once(gateway_for
 
     # The same confirmation mail delivered again is a duplicate; a new confirmation is refused: used once.
     assert (await deliver(run, reply, to=to)).data_code == 250
-    again, _ = confirmation_reply(confirm, body="Publish it again!")
+    again, _ = confirmation_reply(confirm, body="PUBLISH it again!")
     conv = await deliver(run, again, to=to)
     assert conv.data is not None and conv.data[0] == 550 and conv.data[1].startswith("5.7.1")
     assert "already used" in conv.data[1]
@@ -249,6 +259,138 @@ async def test_a_forged_from_only_mails_the_real_admin(gateway_for: Any) -> None
     assert len(await outbox(run, OutboxKind.CONFIRMATION)) == 3
     assert [a.status for a in await announcements(run)] == ["awaiting_confirmation"] * 3 + ["held"] * 2
     assert await outbox(run, OutboxKind.ANNOUNCEMENT) == []
+
+
+def refused_with(conv: Conversation, code: str, text: str) -> bool:
+    return conv.data is not None and conv.data[0] == 550 and conv.data[1].startswith(code) and text in conv.data[1]
+
+
+async def test_a_replayed_signed_mail_is_held_not_published(gateway_for: Any, settings: Settings) -> None:
+    """A DKIM-signed private mail of the admin, sent on to announce@ with an unsigned Subject put on top, or a
+    signed announcement days old: the signature verifies, yet neither publishes by itself."""
+    run = await gateway_for()
+    await seed(run)
+    private = message(to="mallory@evil.example", body="Mallory, I have banned you; the logs show your IP.\r\n",
+                      date=datetime.now(UTC))
+    replay = b"Subject: Official: all accounts must re-verify at evil.example\r\n" + sign(private, domain="example.org")
+    assert (await deliver(run, replay, mail_from="mallory@evil.example")).data_code == 250
+    stale = sign(message(date=datetime.now(UTC) - timedelta(days=4)).replace(b"announce-1", b"stale-1"),
+                 domain="example.org")
+    assert (await deliver(run, stale, mail_from="mallory@evil.example")).data_code == 250
+
+    assert [(a.status, a.verified_by) for a in await announcements(run)] == [("awaiting_confirmation", "")] * 2
+    assert await query(run, select(Post)) == [] and await outbox(run, OutboxKind.ANNOUNCEMENT) == []
+    first, second = await outbox(run, OutboxKind.CONFIRMATION)
+    assert first.recipient == second.recipient == ADMIN
+    assert "repeats a header that must appear once (subject)" in body_of(first.raw)
+    assert "more than 72 hours ago" in body_of(second.raw)
+
+    strict = await gateway_for(with_announce(settings, require="dkim"))
+    strict.deps.dkim_dnsfunc = run.deps.dkim_dnsfunc
+    another = b"Subject: Official\r\n" + sign(private.replace(b"announce-1", b"private-2"), domain="example.org")
+    assert refused_with(await deliver(strict, another, mail_from="mallory@evil.example"), "5.7.1", "DKIM")
+    assert len(await announcements(strict)) == 2  # the same database: nothing added
+
+
+def forged_alternative() -> bytes:
+    """A forged announcement whose text and HTML versions say different things, with an attachment."""
+    return (
+        f"From: Alice Admin <{ADMIN}>\r\nTo: {ANNOUNCE}\r\nSubject: Maintenance tonight\r\n"
+        "Message-ID: <f1@evil.example>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: multipart/mixed; boundary=MM\r\n\r\n"
+        "--MM\r\nContent-Type: multipart/alternative; boundary=BB\r\n\r\n"
+        "--BB\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "The forum will be down for maintenance tonight between ten and eleven.\r\n"
+        "--BB\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        '<p>Your account expires tonight: log in at <a href="https://evil.example/login">'
+        "https://evil.example/login</a> to keep it.</p>\r\n"
+        "--BB--\r\n"
+        "--MM\r\nContent-Type: application/pdf; name=howto.pdf\r\n"
+        "Content-Disposition: attachment; filename=howto.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        "JVBERi0xLjQKJSBub3QgcmVhbGx5Cg==\r\n"
+        "--MM--\r\n"
+    ).encode()
+
+
+async def test_a_confirmed_announcement_publishes_only_the_text_it_showed(gateway_for: Any) -> None:
+    run = await gateway_for()
+    await seed(run)
+    assert (await deliver(run, forged_alternative(), mail_from="mallory@evil.example")).data_code == 250
+    (confirm,) = await outbox(run, OutboxKind.CONFIRMATION)
+    shown = parsed(confirm.raw)
+    text = body_of(shown)
+    assert "> The forum will be down for maintenance tonight between ten and eleven." in text
+    assert "Subject: Maintenance tonight" in text
+    assert "not the HTML version of the mail nor its 1 attachment" in text
+    assert "PUBLISH" in text and "evil.example" not in text
+    html = body_of(shown, "html")
+    assert "PUBLISH" in html and "evil.example" not in html
+
+    reply, to = confirmation_reply(confirm)
+    assert (await deliver(run, reply, to=to)).data_code == 250
+    (post,) = await query(run, select(Post))
+    assert post.body_text == "The forum will be down for maintenance tonight between ten and eleven."
+    assert post.body_html is None
+    assert await query(run, select(Attachment)) == []
+    broadcasts = await outbox(run, OutboxKind.ANNOUNCEMENT)
+    assert len(broadcasts) == 5
+    for row in broadcasts:
+        mail = parsed(row.raw)
+        for subtype in ("plain", "html"):
+            shown_to_users = body_of(mail, subtype)
+            assert "between ten and eleven" in shown_to_users
+            assert "evil.example/login" not in shown_to_users and "expires tonight" not in shown_to_users
+
+
+async def test_a_reply_without_publish_confirms_nothing(gateway_for: Any) -> None:
+    """An auto-responder at the admin's address that marks nothing as automatic must not publish a forgery."""
+    run = await gateway_for()
+    await seed(run)
+    assert (await deliver(run, message(body="Send your password to evil.example.\r\n"),
+                          mail_from="mallory@evil.example")).data_code == 250
+    (confirm,) = await outbox(run, OutboxKind.CONFIRMATION)
+    out_of_office, to = confirmation_reply(confirm, body="I am out of the office until Monday, 9 June.")
+    assert refused_with(await deliver(run, out_of_office, to=to), "5.7.1", "PUBLISH")
+    assert [a.status for a in await announcements(run)] == ["awaiting_confirmation"]
+    assert await query(run, select(Post)) == [] and await outbox(run, OutboxKind.ANNOUNCEMENT) == []
+    # The admin can still confirm, from any client: the word first, above the quote, in any case.
+    reply, _ = confirmation_reply(confirm, body="*publish*\n\nAlice")
+    assert (await deliver(run, reply, to=to)).data_code == 250
+    assert [a.status for a in await announcements(run)] == ["published"]
+
+
+async def test_a_long_announcement_is_quoted_whole_up_to_200_lines(gateway_for: Any) -> None:
+    run = await gateway_for()
+    await seed(run)
+    body = "".join(f"Point {n} of the new rules.\r\n" for n in range(1, 251))
+    assert (await deliver(run, message(body=body))).data_code == 250
+    (confirm,) = await outbox(run, OutboxKind.CONFIRMATION)
+    text = body_of(confirm.raw)
+    assert "> Point 1 of the new rules." in text and "> Point 200 of the new rules." in text
+    assert "Point 201 " not in text
+    assert "and 50 more lines not shown here, which would be published too" in text
+    html = body_of(confirm.raw, "html")
+    assert "Point 200 of" in html and "Point 201 " not in html and "50 more lines" in html
+
+    reply, to = confirmation_reply(confirm)
+    assert (await deliver(run, reply, to=to)).data_code == 250
+    (post,) = await query(run, select(Post))
+    assert post.body_text.splitlines() == [f"Point {n} of the new rules." for n in range(1, 251)]
+
+
+async def test_a_confirmation_is_refused_when_the_held_text_is_not_what_it_showed(gateway_for: Any) -> None:
+    run = await gateway_for()
+    await seed(run)
+    assert (await deliver(run, message())).data_code == 250
+    (row,) = await announcements(run)
+    async with run.deps.sessions() as session, session.begin():  # as if the kept message read differently now
+        await session.execute(update(InboundMessage).where(InboundMessage.id == row.inbound_id).values(
+            raw=message(body="Send your password to evil.example.\r\n")))
+    (confirm,) = await outbox(run, OutboxKind.CONFIRMATION)
+    reply, to = confirmation_reply(confirm)
+    assert refused_with(await deliver(run, reply, to=to), "5.7.1", "no longer what the confirmation email showed")
+    assert [a.status for a in await announcements(run)] == ["awaiting_confirmation"]
+    assert await query(run, select(Post)) == [] and await outbox(run, OutboxKind.ANNOUNCEMENT) == []
 
 
 async def test_an_expired_confirmation_is_refused(gateway_for: Any) -> None:

@@ -1,6 +1,7 @@
 """Rejection notices: mail that arrives without an SMTP conversation (IMAP) and is refused gets one short email
-saying why and what to do, quoting its first lines, unless the sender is automatic, unauthenticated, or has had
-enough notices this hour. Over SMTP the sender's own MTA reports our 5xx, so no notice is sent."""
+saying why and what to do, quoting its first lines, unless the sender is automatic, unauthenticated, a stranger
+whose From our MTA did not authenticate (no backscatter to forged addresses), or has had enough notices this
+hour. Over SMTP the sender's own MTA reports our 5xx, so no notice is sent."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ DOMAIN = "forum.test"
 GENERAL = f"general@{DOMAIN}"
 ALICE, STRANGER = "alice@example.org", "stranger@example.com"
 AUTHSERV = "mx.forum.test"
+# What our MTA writes for the stranger's own, signed mail.
+AUTHENTICATED = {"Authentication-Results": f"{AUTHSERV}; dkim=pass header.d=example.com header.s=sel"}
 
 
 @pytest.fixture
@@ -72,7 +75,7 @@ async def imap(run: Running, raw: bytes, envelope_from: str = STRANGER) -> None:
 
 
 async def test_refused_imap_mail_gets_one_notice(forum: Running) -> None:
-    raw = question()
+    raw = question(headers=AUTHENTICATED)
     await imap(forum, raw)
     await imap(forum, raw)  # polled again: still one notice
     (row,) = await notices(forum)
@@ -116,7 +119,7 @@ async def test_forged_or_failed_senders_get_no_notice(forum: Running) -> None:
 
 async def test_notices_are_rate_limited_per_address(forum: Running) -> None:
     for n in range(4):
-        await imap(forum, question(n))
+        await imap(forum, question(n, headers=AUTHENTICATED))
     assert len(await notices(forum)) == 2
 
 
@@ -124,7 +127,7 @@ async def test_automatic_senders_never_get_a_notice(forum: Running) -> None:
     settings = forum.deps.settings
     vacation = parse_message(question(headers={"Auto-Submitted": "auto-replied"}))
     assert withhold_reason(vacation, b"", envelope_from=STRANGER, settings=settings) is not None
-    ordinary = question()
+    ordinary = question(headers=AUTHENTICATED)
     assert withhold_reason(parse_message(ordinary), ordinary, envelope_from=STRANGER, settings=settings) is None
     assert withhold_reason(parse_message(ordinary), ordinary, envelope_from="", settings=settings) is not None
     ours = make_mail(sender=f"notifications@{DOMAIN}", to=GENERAL).as_bytes()
@@ -136,6 +139,34 @@ async def test_automatic_senders_never_get_a_notice(forum: Running) -> None:
             outcome=rejected(SmtpReply(550, "5.6.0", "Empty")), envelope_from=STRANGER, now=datetime.now(UTC))
     assert queued is False
     assert await notices(forum) == []
+
+
+async def test_no_backscatter_to_an_unauthenticated_stranger(forum: Running) -> None:
+    """Spam polled over IMAP with a forged From (a stranger's address, envelope to match): no notice goes to the
+    forged address unless our MTA authenticated the From; a registered user still gets one."""
+    settings = forum.deps.settings
+    spam = make_mail(sender="victim@example.com", to=GENERAL, subject="Cheap pills at http://spam.example",
+                     body="Buy at http://spam.example", message_id="<s1@spam.example>",
+                     headers={"Return-Path": "<victim@example.com>"}).as_bytes()
+    assert withhold_reason(parse_message(spam), spam, envelope_from="victim@example.com", settings=settings) == (
+        "not a registered user, and the From is not authenticated")
+    await imap(forum, spam, envelope_from="victim@example.com")
+    # Quoting does not fool the parser: the spf pass is for a quoted local part, the dkim result is a fail.
+    quoted = (f'{AUTHSERV}; dkim=fail header.d=evil.example; '
+              'spf=pass smtp.mailfrom="x;dkim=pass()header.d=example.com()"@evil.example')
+    await imap(forum, question(5, headers={"Authentication-Results": quoted}))
+    # Nor does a pass for another domain, or an AR header that is not our MTA's.
+    for n, value in ((6, f"{AUTHSERV}; dkim=pass header.d=evil.example"),
+                     (7, "mx.evil.example; dkim=pass header.d=example.com")):
+        await imap(forum, question(n, headers={"Authentication-Results": value}))
+    assert await notices(forum) == []
+    unconfigured = dataclasses.replace(settings, announce=dataclasses.replace(settings.announce,
+                                                                              trusted_authserv_id=""))
+    authenticated = question(8, headers=AUTHENTICATED)
+    assert withhold_reason(parse_message(authenticated), authenticated, envelope_from=STRANGER,
+                           settings=unconfigured) is not None
+    assert withhold_reason(parse_message(authenticated), authenticated, envelope_from=STRANGER,
+                           settings=unconfigured, registered=True) is None
 
 
 async def test_known_user_notice_uses_their_verp_address(forum: Running) -> None:

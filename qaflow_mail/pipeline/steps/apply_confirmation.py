@@ -4,12 +4,20 @@ The token (signed, bound to the announcement and its admin) reached only the adm
 holding it is the proof. It works once, from that admin's own address, within [announce] confirm_ttl_hours of
 the announcement. The very same confirmation mail delivered twice is a duplicate (dedupe: 250, nothing
 happens); any further confirmation is refused as used.
+
+The reply must begin with the word PUBLISH (above any quote; any case): an auto-responder at the admin's
+address that marks nothing as automatic (guard_loops drops those that do) would otherwise confirm a forged
+announcement just by answering the confirmation mail. Any mail client can do it.
+
+What is published is the announcement's text only, and only if it is still exactly the subject and text the
+confirmation mail showed (store_announcement.confirmation_sent_for); attachments are left out too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from sqlalchemy import select
 
@@ -23,7 +31,12 @@ from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, verify
 from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy
 from qaflow_mail.pipeline import Context, Outcome, accepted, rejected
 from qaflow_mail.pipeline.steps.authorize_announcer import announcements_category
-from qaflow_mail.pipeline.steps.store_announcement import confirm_expires_at, publish
+from qaflow_mail.pipeline.steps.store_announcement import (
+    confirm_expires_at,
+    confirmation_sent_for,
+    confirmed_content,
+    publish,
+)
 from qaflow_mail.pipeline.tokens import token_secrets
 
 BAD_CONFIRMATION = SmtpReply(550, "5.1.1", "This confirmation address is not valid; reply to the confirmation email "
@@ -34,6 +47,18 @@ ALREADY_USED = SmtpReply(550, "5.7.1", "This announcement was already confirmed:
 NOT_THE_ADMIN = SmtpReply(550, "5.7.1", "Only the administrator who sent the announcement can confirm it, from "
                                         "their registered address")
 GONE = SmtpReply(550, "5.7.1", "The announcement can no longer be published; send it again")
+NOT_CONFIRMED = SmtpReply(550, "5.7.1", "Nothing was published: the reply did not begin with the word PUBLISH; "
+                                        "reply to the confirmation email again with PUBLISH as its first word")
+CHANGED = SmtpReply(550, "5.7.1", "The announcement is no longer what the confirmation email showed; send it "
+                                  "again")
+
+# The first word of what the admin wrote (quotes trimmed), allowing for emphasis marks around it.
+_PUBLISH_RE = re.compile(r"[\s*_\"'`]*publish\b", re.IGNORECASE)
+
+
+def says_publish(text: str) -> bool:
+    """Whether a confirmation reply's own text (quoted history trimmed) begins with the word PUBLISH."""
+    return _PUBLISH_RE.match(text) is not None
 
 
 async def apply_confirmation(ctx: Context) -> Context | Outcome:
@@ -70,15 +95,23 @@ async def apply_confirmation(ctx: Context) -> Context | Outcome:
                         notify_sender=False)
     if not sender.is_admin or sender.status != UserStatus.ACTIVE:
         return rejected(NOT_THE_ADMIN, f"user {sender.id} is no longer an active admin", notify_sender=False)
+    if not says_publish(extract_content(ctx.parsed).text):
+        return rejected(NOT_CONFIRMED, f"confirmation of announcement {announcement_id} does not begin with PUBLISH",
+                        notify_sender=False)
     inbound = None if announcement.inbound_id is None else await ctx.session.scalar(
         select(InboundMessage).where(InboundMessage.id == announcement.inbound_id)
     )
     if inbound is None or not inbound.raw:
         return rejected(GONE, f"announcement {announcement_id}: the held message is gone", notify_sender=False)
     original = parse_message(inbound.raw)
+    content = confirmed_content(extract_content(original))
+    subject = original.subject.strip() or "(no subject)"
+    if not await confirmation_sent_for(ctx.session, announcement_id, subject=subject, text=content.text):
+        return rejected(CHANGED, f"announcement {announcement_id}: its text differs from what the confirmation "
+                                 "showed", notify_sender=False)
     held = dataclasses.replace(
-        ctx, raw=inbound.raw, parsed=original, source=inbound.source, author=sender,
-        category=await announcements_category(ctx), content=extract_content(original),
+        ctx, raw=inbound.raw, parsed=dataclasses.replace(original, attachments=()), source=inbound.source,
+        author=sender, category=await announcements_category(ctx), content=content,
     )
     published = await publish(held, verified_by=VerifiedBy.CONFIRMATION, announcement=announcement)
     return accepted(reason=f"announcement {announcement_id} confirmed and published as post {published.post.id}, "

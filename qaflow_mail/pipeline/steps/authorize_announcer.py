@@ -1,7 +1,8 @@
 """Mail to announce@: only an active admin may announce, and the From address alone proves nothing.
 
-The message is checked here (DKIM aligned with the From domain, or our own MTA's Authentication-Results; see
-mail.dkim_check) and the verdict travels in ctx.extra["announce_auth"] to store_announcement, which publishes a
+The message is checked here (DKIM aligned with the From domain, or our own MTA's Authentication-Results, and
+written for announce@: named in To or Cc under the signature, a fresh signed Date, no repeated headers; see
+mail.dkim_check). The verdict travels in ctx.extra["announce_auth"] to store_announcement, which publishes a
 verified announcement at once and holds any other for a confirmation by mail. With [announce] require = "dkim"
 an unverified announcement is refused instead; with "confirm" every announcement waits for a confirmation.
 """
@@ -48,6 +49,7 @@ async def authorize_announcer(ctx: Context) -> Context | Outcome:
         # DKIM needs DNS (blocking in dkimpy) and RSA arithmetic: keep them off the event loop.
         verdict = await asyncio.to_thread(
             verify_announcer, ctx.raw, ctx.parsed, from_domain=address.rpartition("@")[2],
+            announce_address=f"{settings.announce.address}@{settings.site.domain}", now=ctx.now,
             dnsfunc=ctx.deps.dkim_dnsfunc, trusted_authserv_id=settings.announce.trusted_authserv_id,
         )
     if not verdict.passed and require == "dkim":

@@ -6,11 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import UserStatus
+from qaflow_mail.db.models import IMPORT_SOURCE, UserStatus
 from qaflow_mail.errors import SENDER_NOT_ALLOWED, SmtpReply
 from qaflow_mail.pipeline import Context, Outcome, rejected
-
-IMPORT_SOURCE = "import"
 
 NO_FROM = SmtpReply(550, "5.7.1", "The message has no usable From address")
 NOT_TOKEN_OWNER = SmtpReply(

@@ -7,11 +7,10 @@ from functools import cache
 from pathlib import Path
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db.models import Post
+from qaflow_mail.db.models import IMPORT_SOURCE, Post
 from qaflow_mail.outbound.notify import enqueue_post_notifications
 from qaflow_mail.outbound.render import TEMPLATES_DIR, Renderer
 from qaflow_mail.pipeline import Context, Outcome
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 
 @cache

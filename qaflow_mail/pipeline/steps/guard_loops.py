@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from qaflow_mail.db.models import IMPORT_SOURCE
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
 from qaflow_mail.pipeline import Context, Outcome, discarded
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 
 async def guard_loops(ctx: Context) -> Context | Outcome:

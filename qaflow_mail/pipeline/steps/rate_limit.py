@@ -12,10 +12,9 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from qaflow_mail.db.models import Disposition, InboundMessage
+from qaflow_mail.db.models import IMPORT_SOURCE, Disposition, InboundMessage
 from qaflow_mail.errors import RATE_LIMITED
 from qaflow_mail.pipeline import Context, Outcome, rejected
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 WINDOW = timedelta(hours=1)
 UNLIMITED_SOURCES = frozenset({IMPORT_SOURCE})

@@ -6,11 +6,19 @@ status awaiting_confirmation, the raw message stays in inbound_messages (linked)
 admin's registered address (users.email, never this mail's From) with a confirm+<token> Reply-To. At most
 [announce] confirm_rate_per_hour confirmations per admin and hour: a flood of forged mail beyond that is held
 silently (status held) and logged. Only a reply to the confirmation publishes it (apply_confirmation).
+
+What a confirmation shows is what gets published: a held announcement publishes its text alone (no HTML
+version, no attachments: the confirmation could not show those faithfully), and the confirmation quotes that
+text whole (up to CONFIRM_QUOTED_LINES lines, saying how many it left out). The announcements table has no
+column for it, so the sha256 of the subject and text shown is kept in the confirmation's outbox dedupe key
+(``confirm:<announcement id>:<sha256>``); at publish time both are derived again from the kept raw message and
+must hash the same (confirmation_sent_for).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,10 +27,11 @@ from sqlalchemy import event, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db.models import Announcement, Disposition, InboundMessage, OutboxKind, Post, User
+from qaflow_mail.db.models import Announcement, Disposition, InboundMessage, Outbox, OutboxKind, Post, User
 from qaflow_mail.errors import OK
 from qaflow_mail.mail.addresses import token_address
 from qaflow_mail.mail.compose import make_message_id
+from qaflow_mail.mail.content import Content
 from qaflow_mail.mail.dkim_check import AuthMethod, AuthVerdict
 from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy, audience_count, enqueue_broadcast
@@ -38,7 +47,7 @@ from qaflow_mail.pipeline.steps.store_post import store_post
 log = logging.getLogger(__name__)
 
 CONFIRM_TEMPLATE = "notice/confirm_announcement"
-QUOTED_LINES = 10
+CONFIRM_QUOTED_LINES = 200
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,6 +110,26 @@ def confirm_expires_at(settings: Settings, announcement: Announcement) -> dateti
     return announcement.created_at + timedelta(hours=settings.announce.confirm_ttl_hours)
 
 
+def confirmed_content(content: Content) -> Content:
+    """What a held announcement publishes once confirmed: its text alone, never an HTML version."""
+    return dataclasses.replace(content, html=None)
+
+
+def confirmation_key(announcement_id: int, *, subject: str, text: str) -> str:
+    """The outbox dedupe key of the confirmation that showed this subject and text for this announcement."""
+    digest = hashlib.sha256(f"{subject}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"confirm:{announcement_id}:{digest}"
+
+
+async def confirmation_sent_for(session: AsyncSession, announcement_id: int, *, subject: str, text: str) -> bool:
+    """Whether the confirmation mail sent for this announcement showed exactly this subject and text."""
+    found = await session.scalar(select(Outbox.id).where(
+        Outbox.kind == OutboxKind.CONFIRMATION.value, Outbox.announcement_id == announcement_id,
+        Outbox.dedupe_key == confirmation_key(announcement_id, subject=subject, text=text),
+    ))
+    return found is not None
+
+
 async def _confirmations_last_hour(session: AsyncSession, *, author_id: int, now: datetime) -> int:
     """Confirmation mails sent for this admin in the past hour: rows that got one (waiting, or since confirmed)."""
     count = await session.scalar(
@@ -116,19 +145,26 @@ async def _confirmations_last_hour(session: AsyncSession, *, author_id: int, now
 
 def confirmation_message(
     settings: Settings, renderer: Renderer, *, announcement: Announcement, admin: User, reason: str,
-    quoted_lines: list[str], audience: int, in_reply_to: str | None, now: datetime,
+    content: Content, attachments: int, audience: int, in_reply_to: str | None, now: datetime,
 ) -> OutgoingMessage:
+    """The confirmation mail for a held announcement whose published text will be `content.text` under
+    `announcement.subject`; the mail's HTML version and its `attachments` are left out of what is published,
+    and the confirmation says so."""
     domain = settings.site.domain
     secret = settings.tokens.secret
     token = sign(TokenKind.CONFIRM, (announcement.id, admin.id), secret=secret, issued=now.date())
     confirm_address = token_address(TokenKind.CONFIRM, token, domain=domain)
     expires = confirm_expires_at(settings, announcement)
+    lines = content.text.splitlines()
     rendered = renderer.render(CONFIRM_TEMPLATE, {
         "site": {"name": settings.site.name, "base_url": settings.site.base_url},
         "admin_name": author_name(admin),
         "subject": announcement.subject,
         "reason": reason,
-        "quoted_lines": quoted_lines[:QUOTED_LINES],
+        "quoted_lines": lines[:CONFIRM_QUOTED_LINES],
+        "omitted_lines": max(len(lines) - CONFIRM_QUOTED_LINES, 0),
+        "html_left_out": content.html is not None,
+        "attachments_left_out": attachments,
         "audience": audience,
         "confirm_address": confirm_address,
         "expires": f"{expires:%Y-%m-%d %H:%M} UTC",
@@ -138,7 +174,7 @@ def confirmation_message(
                       now=now, reply_to=confirm_address)
     return OutgoingMessage(
         kind=OutboxKind.CONFIRMATION,
-        dedupe_key=f"confirm:{announcement.id}",
+        dedupe_key=confirmation_key(announcement.id, subject=announcement.subject, text=content.text),
         message_id=message_id,
         envelope_from=user_bounce_address(settings, admin.id, now=now),
         recipient=admin.email,
@@ -165,10 +201,9 @@ async def hold(ctx: Context, verdict: AuthVerdict) -> Outcome:
         log.warning("announce.confirmation_rate_limited announcement_id=%s admin_id=%s from=%s sent_last_hour=%d",
                     announcement.id, admin.id, ctx.parsed.from_address, recent)
         return Outcome(Disposition.HELD, OK, f"announcement {announcement.id} held: confirmation rate limit")
-    lines = [line.rstrip() for line in ctx.content.text.splitlines()]
     message = confirmation_message(
         settings, get_renderer(settings), announcement=announcement, admin=admin, reason=verdict.reason,
-        quoted_lines=lines, audience=await audience_count(ctx.session),
+        content=ctx.content, attachments=len(ctx.parsed.attachments), audience=await audience_count(ctx.session),
         in_reply_to=None if ctx.parsed.message_id_synthesized else ctx.parsed.message_id, now=ctx.now,
     )
     await enqueue(ctx.session, [message], now=ctx.now)

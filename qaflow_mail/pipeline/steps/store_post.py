@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Attachment, PendingReference, Post, Topic
+from qaflow_mail.db.models import IMPORT_SOURCE, Attachment, PendingReference, Post, Topic
 from qaflow_mail.mail.attachments import safe_filename
 from qaflow_mail.pipeline import Context, Outcome
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE
 
 
 def written_at(ctx: Context) -> datetime:
