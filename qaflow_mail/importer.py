@@ -31,13 +31,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Disposition, InboundMessage, User, UserStatus
+from qaflow_mail.db.models import IMPORT_SOURCE, Disposition, InboundMessage, User, UserStatus
 from qaflow_mail.mail.charsets import recover_8bit
 from qaflow_mail.mail.parse import normalize_message_id, unfold
 from qaflow_mail.pipeline import Outcome
 from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
-from qaflow_mail.pipeline.steps.authorize_sender import IMPORT_SOURCE, NO_FROM
+from qaflow_mail.pipeline.steps.authorize_sender import NO_FROM
 from qaflow_mail.pipeline.steps.extract_body import EMPTY_REPLY, ONLY_SIGNATURE
 
 log = logging.getLogger(__name__)
