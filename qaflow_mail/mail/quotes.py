@@ -10,7 +10,7 @@ backtracking regexes, so the cost stays linear in the number of lines.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 
 __all__ = ["classify_line", "is_signature_only", "split_reply", "trim_reply"]
@@ -129,6 +129,7 @@ _SOMEONE_WROTE_ON_DATE_RES = _compile_all(
     ),
     re.MULTILINE,
 )
+_SOMEONE_WROTE_ON_DATE_NEEDLES = ("wrote", "schrieb")
 
 
 class _Marker:
@@ -286,15 +287,18 @@ def classify_line(line: str) -> str:
 _PGP_HEAD_RE = _rx(r"\A-----BEGIN PGP SIGNED MESSAGE-----\n(?:Hash: \w+)?\s+", _I)
 _PGP_SIGNATURE_BEGIN_RE = re.compile(r"^-----BEGIN PGP SIGNATURE-----$", re.MULTILINE)
 _PGP_SIGNATURE_END = "\n-----END PGP SIGNATURE-----"
-_UNSUBSCRIBE_RE = _rx(r"^Unsubscribe: .+@.+(?:\n.+http:.+)?\s*\Z", re.MULTILINE | _I)
-_ALIAS_QUOTE_RE = _rx(r'^.*>{5} "[^"\n]+" == .+ writes:', re.MULTILINE)
+_UNSUBSCRIBE_LINE_RE = _rx(r"Unsubscribe: .+@.", _I)
+_UNSUBSCRIBE_LINK_LINE_RE = _rx(r".+http:.", _I)
+_ALIAS_QUOTE_MARK_RE = _rx(r'>{5} "[^"\n]+" == ')
+_ALIAS_QUOTE_END = " writes:"
 _ENCLOSED_OPENER_RE = _rx(r">{4,}[{B}]*")
 _ENCLOSED_CLOSER_RE = _rx(r"<{4,}[{B}]*")
 _QUOTE_PREFIX_RE = _rx(r"^((?:[{B}]*[^\W\d_]*[>|])+)", re.MULTILINE)
 _QUOTE_PREFIX_PART_RE = _rx(r"[^\W\d_]+>|\|")
 _WRAP_RE = _rx(r"\n+\s*")
-_WRAPPED_MARKER_RES = (*_ON_DATE_SOMEONE_WROTE_RES, *_SOMEONE_WROTE_ON_DATE_RES)
-_CODE_BLOCK_RE = _rx(r"^```\w*$\n.*?^```$", re.MULTILINE | re.DOTALL)
+_CODE_FENCE_OPENER_RE = _rx(r"```\w*")
+_CODE_FENCE_CLOSER = "```"
+_CODE_BLOCK_TOKEN_RE = _rx("\ue000qaflow-code-block-[0-9]+\ue000")
 
 
 def _unwrap_marker(match: re.Match[str]) -> str:
@@ -326,9 +330,10 @@ def _unwrap_line_pairs(text: str, marker: _Marker) -> str:
     return "\n".join(out)
 
 
-# Upstream rewrites PGP signatures and ">>> name >>> … <<< name <<<" / ">>>> … <<<<" enclosures
-# with `[\s\S]+` regexes; an opener without its closer made those retry to the end of the text
-# from every opener, quadratic in the body. The scans below find the same spans in linear time.
+# Upstream's clean-up regexes (PGP signature, unsubscribe footer, alias-style and enclosed
+# quotes, wrapped "wrote on" markers, code fences) backtrack over the rest of the text, or of
+# a line, from every opener that has no closer: quadratic on a hostile body. The scans below
+# find the same spans in linear time.
 
 
 def _strip_pgp_signature(text: str) -> str:
@@ -345,6 +350,66 @@ def _strip_pgp_signature(text: str) -> str:
     return text[: begin.start()] + text[end + len(_PGP_SIGNATURE_END) :]
 
 
+def _line_from(text: str, start: int) -> str:
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _strip_unsubscribe_footer(text: str) -> str:
+    r"""Drop an "Unsubscribe: <address>" footer, and a link line under it, that ends the text.
+
+    Upstream's `^Unsubscribe: .+@.+(?:\n.+http:.+)?\s*\Z`: only the last line that is not blank,
+    or the one before it, can start that match.
+    """
+    last = text.rfind("\n", 0, len(text.rstrip())) + 1
+    if last > 0 and _UNSUBSCRIBE_LINK_LINE_RE.match(_line_from(text, last)):
+        before = text.rfind("\n", 0, last - 1) + 1
+        if _UNSUBSCRIBE_LINE_RE.match(text[before : last - 1]):
+            return text[:before]
+    if _UNSUBSCRIBE_LINE_RE.match(_line_from(text, last)):
+        return text[:last]
+    return text
+
+
+def _strip_alias_quote_markers(text: str) -> str:
+    r"""Drop alias-style quote markers (upstream's `^.*>{5} "[^"\n]+" == .+ writes:`).
+
+    That match runs from the line start through the last " writes:" that follows a mark.
+    """
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        mark = _ALIAS_QUOTE_MARK_RE.search(line) if '" == ' in line else None
+        if mark is not None:
+            end = line.rfind(_ALIAS_QUOTE_END)
+            if end > mark.end():
+                lines[index] = line[end + len(_ALIAS_QUOTE_END) :]
+    return "\n".join(lines)
+
+
+def _unwrap_markers(text: str, regex: re.Pattern[str], needle: str) -> str:
+    """`regex.sub(_unwrap_marker, text)` for a pattern whose first line holds `needle`.
+
+    It is tried only where such a line starts and when that line is short enough to be a
+    marker (longer lines never are, see classify_line): from the start of a long line
+    holding many needles, a `^.+needle…` pattern backtracks quadratically.
+    """
+    out: list[str] = []
+    copied = 0
+    found = text.find(needle)
+    while found >= 0:
+        start = text.rfind("\n", 0, found) + 1
+        end = text.find("\n", found)
+        end = len(text) if end < 0 else end
+        if start >= copied and end - start <= _MAX_MARKER_LINE:
+            match = regex.match(text, start)
+            if match:
+                out += (text[copied:start], _unwrap_marker(match))
+                copied = match.end()
+        found = text.find(needle, max(end, copied))
+    out.append(text[copied:])
+    return "".join(out)
+
+
 def _first_closer(closers: list[int], lines: list[str], opener: int) -> int | None:
     """The first closer line after `opener` that leaves a non-empty body between them (upstream's lazy body)."""
     earliest = opener + 2
@@ -354,8 +419,10 @@ def _first_closer(closers: list[int], lines: list[str], opener: int) -> int | No
     return closers[index] if index < len(closers) else None
 
 
-def _quote_bodies(lines: list[str], closer_for: Callable[[int], int | None]) -> list[str]:
-    """Each opener line through its closer line becomes the lines in between, quoted with "> "."""
+def _replace_spans(
+    lines: list[str], closer_for: Callable[[int], int | None], replace: Callable[[list[str]], list[str]]
+) -> list[str]:
+    """Each opener line through its closer line (both included) handed to `replace`, left to right."""
     out: list[str] = []
     i = 0
     while i < len(lines):
@@ -364,16 +431,19 @@ def _quote_bodies(lines: list[str], closer_for: Callable[[int], int | None]) -> 
             out.append(lines[i])
             i += 1
         else:
-            out.extend("> " + line for line in lines[i + 1 : closer])
+            out += replace(lines[i : closer + 1])
             i = closer + 1
     return out
 
 
-def _enclosure_name(line: str, opener: str) -> str | None:
-    """What sits between `opener` at the start of a line and the same mark at its end."""
-    mark_length = len(opener)
-    if len(line) > 2 * mark_length and line.startswith(opener) and line.endswith(opener):
-        return line[mark_length:-mark_length]
+def _quoted_body(span: list[str]) -> list[str]:
+    return ["> " + line for line in span[1:-1]]
+
+
+def _enclosure_name(line: str, mark: str) -> str | None:
+    """What sits between `mark` at the start of a line and the same mark at its end."""
+    if len(line) > 2 * len(mark) and line.startswith(mark) and line.endswith(mark):
+        return line[len(mark) : -len(mark)]
     return None
 
 
@@ -408,7 +478,7 @@ def _quote_named_enclosures(lines: list[str]) -> list[str]:
                 return min(found)
         return None
 
-    return _quote_bodies(lines, closer_for)
+    return _replace_spans(lines, closer_for, _quoted_body)
 
 
 def _quote_enclosures(lines: list[str]) -> list[str]:
@@ -420,7 +490,7 @@ def _quote_enclosures(lines: list[str]) -> list[str]:
             return None
         return _first_closer(closers, lines, opener)
 
-    return _quote_bodies(lines, closer_for)
+    return _replace_spans(lines, closer_for, _quoted_body)
 
 
 def _preprocess(text: str) -> str:
@@ -428,17 +498,19 @@ def _preprocess(text: str) -> str:
     if "-----BEGIN PGP" in text:
         text = _strip_pgp_signature(_PGP_HEAD_RE.sub("", text))
     if "Unsubscribe: " in text or "unsubscribe: " in text.lower():
-        text = _UNSUBSCRIBE_RE.sub("", text)
+        text = _strip_unsubscribe_footer(text)
     if '" == ' in text:
-        text = _ALIAS_QUOTE_RE.sub("", text)
+        text = _strip_alias_quote_markers(text)
     if "<<<" in text:
         text = "\n".join(_quote_named_enclosures(text.split("\n")))
     if "<<<<" in text:
         text = "\n".join(_quote_enclosures(text.split("\n")))
     if ">" in text or "|" in text:
         text = _QUOTE_PREFIX_RE.sub(lambda m: _QUOTE_PREFIX_PART_RE.sub(">", m.group(1)), text)
-    for regex in _WRAPPED_MARKER_RES:
+    for regex in _ON_DATE_SOMEONE_WROTE_RES:
         text = regex.sub(_unwrap_marker, text)
+    for regex, needle in zip(_SOMEONE_WROTE_ON_DATE_RES, _SOMEONE_WROTE_ON_DATE_NEEDLES, strict=True):
+        text = _unwrap_markers(text, regex, needle)
     for marker in _DATE_SOMEONE_MARKERS:
         if marker.may_match(text.lower()):
             text = _unwrap_line_pairs(text, marker)
@@ -446,23 +518,31 @@ def _preprocess(text: str) -> str:
 
 
 def _hoist_code_blocks(text: str) -> tuple[str, dict[str, str]]:
-    """Replace fenced code blocks by placeholder lines, so their content is never trimmed."""
+    """Replace fenced code blocks ("```lang" to the next "```" line) by placeholder lines, so they are never trimmed."""
     blocks: dict[str, str] = {}
+    if "```" not in text:
+        return text, blocks
+    lines = text.split("\n")
+    closers = [index for index, line in enumerate(lines) if line == _CODE_FENCE_CLOSER]
 
-    def stash(match: re.Match[str]) -> str:
+    def closer_for(opener: int) -> int | None:
+        if opener + 1 == len(lines) or not _CODE_FENCE_OPENER_RE.fullmatch(lines[opener]):
+            return None
+        index = bisect_right(closers, opener)
+        return closers[index] if index < len(closers) else None
+
+    def stash(span: list[str]) -> list[str]:
         token = f"\ue000qaflow-code-block-{len(blocks)}\ue000"
-        blocks[token] = match.group(0)
-        return token
+        blocks[token] = "\n".join(span)
+        return [token]
 
-    if "```" in text:
-        text = _CODE_BLOCK_RE.sub(stash, text)
-    return text, blocks
+    return "\n".join(_replace_spans(lines, closer_for, stash)), blocks
 
 
 def _restore_code_blocks(text: str, blocks: dict[str, str]) -> str:
-    for token, block in blocks.items():
-        text = text.replace(token, block)
-    return text
+    if not blocks:
+        return text
+    return _CODE_BLOCK_TOKEN_RE.sub(lambda m: blocks.get(m.group(0), m.group(0)), text)
 
 
 # --- rules over the pattern string --------------------------------------------------------

@@ -151,16 +151,21 @@ async def test_server_without_move_or_uidplus_gets_copy_flag_and_expunge(
 async def test_refused_message_is_marked_processed_and_recorded(forum: Running, dovecot: Dovecot) -> None:
     stranger = "stranger@example.com"
     dovecot.deliver(mail(sender=stranger, message_id="<stranger@c.test>"))
+    # A registered user's reply with nothing but a quote: refused too.
+    dovecot.deliver(mail(message_id="<quote-only@c.test>", body="> How does this work?\n"))
     async with polling(imap_deps(forum, dovecot)) as poller:
-        assert await poller.poll_once() == PollCounts(found=1, ingested=1, rejected=1)
+        assert await poller.poll_once() == PollCounts(found=2, ingested=2, rejected=2)
     assert dovecot.messages() == []
-    [record] = await inbound(forum)
-    assert (record.disposition, record.source, record.envelope_from) == (Disposition.REJECTED, "imap", stranger)
-    assert "5.7.1" in record.reason or "unknown sender" in record.reason
+    records = {r.envelope_from: r for r in await inbound(forum)}
+    assert (records[stranger].disposition, records[stranger].source) == (Disposition.REJECTED, "imap")
+    assert "5.7.1" in records[stranger].reason or "unknown sender" in records[stranger].reason
+    assert records[ALICE].disposition == Disposition.REJECTED
     assert await count(forum, Post) == 0
-    async with forum.deps.sessions() as session:  # no SMTP reply to carry the refusal: a notice does
+    # No SMTP reply carries a refusal here, so a notice does: to the registered user only. The stranger's From
+    # is unauthenticated and could be forged: a notice there would be backscatter.
+    async with forum.deps.sessions() as session:
         notices = (await session.scalars(select(Outbox.recipient).where(Outbox.kind == OutboxKind.NOTICE))).all()
-    assert notices == [stranger]
+    assert notices == [ALICE]
 
 
 async def test_failed_ingest_leaves_the_message_unseen_for_a_later_round(
