@@ -181,7 +181,13 @@ def recover_8bit(value: str, fallback: str | None = None) -> str:
 
 # --- RFC 2047 encoded words ---------------------------------------------------------------
 
-_ENCODED_WORD_RE = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?(.*?)\?=")
+# The encoded text is `[^?]*` (RFC 2047 forbids "?" in it): an unbounded `.*?` looked for
+# "?=" to the end of the value from every "=?", quadratic on a header full of openers.
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?]*)\?=")
+# A header is decoded from its first 16 KB only; the rest is dropped. Real headers are far
+# shorter (even a long References or To list is a few KB), and a longer one is an attack on
+# the decoder, not something to show.
+_MAX_HEADER_CHARS = 16 * 1024
 _QP_HEX_RE = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 
@@ -234,8 +240,9 @@ def decode_header(value: str, *, fallback: str | None = None) -> str:
 
     Adjacent encoded words in the same charset are joined before decoding, so a multibyte
     character split across two words survives; whitespace between encoded words is dropped.
+    Only the first 16 KB of the value is read (what follows is dropped).
     """
-    value = recover_8bit(value, fallback)
+    value = recover_8bit(value[:_MAX_HEADER_CHARS], fallback)
     if "=?" not in value:
         return value
     out: list[str] = []

@@ -40,6 +40,32 @@ def _normalize(text: str) -> str:
     return _CONTROL_RE.sub("", text).replace("\u00a0", " ")
 
 
+# Trimming reads a body's first 100 KB only, cut at a line break; the rest is elided (and
+# kept in full_text). A reply's own words come first, and 100 KB is three times what a
+# forum post holds (Discourse's default limit is 32,000 characters), so a post loses
+# nothing it would show. The cap also bounds the trimmer's input, so no per-line rule,
+# however costly, can make a hostile body slow.
+_MAX_TRIMMED_CHARS = 100 * 1024
+
+
+def _split_at_cap(text: str) -> tuple[str, str]:
+    """(the part to trim, the rest): cut at the last line break within the cap, inside the line if there is none."""
+    if len(text) <= _MAX_TRIMMED_CHARS:
+        return text, ""
+    cut = text.rfind("\n", 0, _MAX_TRIMMED_CHARS + 1)
+    if cut <= 0:
+        return text[:_MAX_TRIMMED_CHARS], text[_MAX_TRIMMED_CHARS:]
+    return text[:cut], text[cut + 1 :]
+
+
+def _split_capped(text: str) -> tuple[str, str]:
+    """split_reply on the first 100 KB; what lies beyond the cap is added to the elided part."""
+    head, rest = _split_at_cap(text)
+    visible, elided = split_reply(head)
+    rest = rest.strip()
+    return visible, f"{elided}\n{rest}".strip() if rest else elided
+
+
 _ENRICHED_TOKEN_RE = re.compile(r"(<<|<[^<>]{1,60}>)")
 _NEWLINES_RE = re.compile(r"\n+")
 
@@ -85,7 +111,7 @@ def _choose_body(parsed: ParsedMail) -> tuple[BodySource, str]:
 
 def html_reply_text(html: str) -> str:
     """The visible reply of an HTML body as text: quote containers dropped, then the text trimmed."""
-    return split_reply(_normalize(html_to_text(strip_quoted_html(html))))[0]
+    return _split_capped(_normalize(html_to_text(strip_quoted_html(html))))[0]
 
 
 def _visible_html(raw_html: str, visible: str) -> str:
@@ -111,7 +137,7 @@ def _only_quotes(text: str) -> bool:
 def extract_content(parsed: ParsedMail) -> Content:
     source, body = _choose_body(parsed)
     full_text = _normalize(body).strip()
-    visible, elided = split_reply(full_text)
+    visible, elided = _split_capped(full_text)
     if source is BodySource.HTML and parsed.html is not None:
         visible = html_reply_text(parsed.html)
     is_empty = _only_quotes(visible)
@@ -124,6 +150,6 @@ def extract_content(parsed: ParsedMail) -> Content:
         html=html,
         elided=elided,
         is_empty=is_empty,
-        only_signature=is_empty and is_signature_only(full_text),
+        only_signature=is_empty and is_signature_only(_split_at_cap(full_text)[0]),
         source=source,
     )

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
+from email.headerregistry import BaseHeader
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
@@ -18,6 +20,46 @@ from qaflow_mail.mail.charsets import decode_base64, decode_bytes, decode_header
 
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _MAX_DEPTH = 40  # MIME nesting deeper than this is not walked (a parser bomb, not a mail)
+
+# The standard library's structured header parser (Content-Type, Content-Disposition, Date,
+# addresses) copies the rest of the value at every token, quadratic in the header's length
+# (CPython gh-136063), and recurses once per nested comment. It only ever sees a value's
+# first 2 KB; the rest is dropped. Real headers of those kinds are shorter (a 255-byte file
+# name, percent-encoded by RFC 2231, takes about 1 KB); a long address list is shown
+# through decode_header instead (see _display_headers), and `to`/`cc` read every address.
+_MAX_PARSED_HEADER = 2048
+
+
+# Each part's Content-Type is asked for about eight times while a mail is parsed, so the last
+# few parsed values are kept (a parse tree weighs up to a few MB for a hostile 2 KB value).
+@functools.lru_cache(maxsize=8)
+def _parsed_header(name: str, value: str) -> BaseHeader:
+    """policy.default's header object for a value; deeply nested comments read as an empty value."""
+    try:
+        return email.policy.default.header_fetch_parse(name, value)  # type: ignore[no-any-return]
+    except RecursionError:  # comments nested deeper than the parser can recurse
+        return email.policy.default.header_fetch_parse(name, "")  # type: ignore[no-any-return]
+
+
+# The Message methods read these back as text only (get_content_type, get_param, get_filename
+# and get_boundary split the string again), so they skip the structured parser altogether:
+# a mail of many parts would otherwise pay for it several times per part.
+_TEXT_ONLY_HEADERS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
+
+
+class _BoundedPolicy(email.policy.EmailPolicy):
+    """policy.default with header values cut to _MAX_PARSED_HEADER before the structured parser reads them."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        if isinstance(value, BaseHeader):
+            return value
+        value = value[:_MAX_PARSED_HEADER]
+        if name.lower() in _TEXT_ONLY_HEADERS:
+            return value.replace("\r", "").replace("\n", "")
+        return _parsed_header(name, value)
+
+
+_POLICY = _BoundedPolicy()
 
 # Header names whose value is a list of addresses: the policy re-quotes display names there.
 _ADDRESS_HEADERS = frozenset(
@@ -140,13 +182,32 @@ def _raw_header(msg: Message, name: str, fallback: str | None = None) -> str | N
     return None
 
 
-def _display_header(msg: Message, key: str, value: str, fallback: str | None) -> str:
-    if key.lower() in _ADDRESS_HEADERS and value.isascii():
-        try:
-            return unfold(str(msg.policy.header_fetch_parse(key, value)))
-        except Exception:  # malformed header the policy cannot parse
-            pass
-    return unfold(decode_header(unfold(value), fallback=fallback))
+# Address headers are shown through the structured parser (which re-quotes display names)
+# when they are short, and for the first 16 of them only; the others (a long list, or a mail
+# of hundreds of Cc lines, each costly to parse) are shown through decode_header.
+_MAX_PARSED_ADDRESS_HEADERS = 16
+_MAX_PARSED_ADDRESS_CHARS = 1024
+
+
+def _display_headers(msg: Message, fallback: str | None) -> tuple[tuple[str, str], ...]:
+    shown: list[tuple[str, str]] = []
+    parsed = 0
+    for key, raw in msg.raw_items():
+        value = str(raw)
+        if (
+            key.lower() in _ADDRESS_HEADERS
+            and value.isascii()
+            and len(value) <= _MAX_PARSED_ADDRESS_CHARS
+            and parsed < _MAX_PARSED_ADDRESS_HEADERS
+        ):
+            parsed += 1
+            try:
+                shown.append((key, unfold(str(msg.policy.header_fetch_parse(key, value)))))
+                continue
+            except Exception:  # malformed header the policy cannot parse
+                pass
+        shown.append((key, unfold(decode_header(unfold(value), fallback=fallback))))
+    return tuple(shown)
 
 
 # --- bodies -----------------------------------------------------------------------------
@@ -357,14 +418,25 @@ def _fallback_charset(msg: Message) -> str | None:
 def _addresses(msg: Message, name: str, fallback: str | None) -> tuple[str, ...]:
     lname = name.lower()
     values = [recover_8bit(str(v), fallback) for k, v in msg.raw_items() if k.lower() == lname]
-    return tuple(addr.lower() for _, addr in getaddresses(values) if "@" in addr)
+    try:
+        pairs = getaddresses(values)
+    except RecursionError:  # comments nested deeper than the parser can recurse
+        return ()
+    return tuple(addr.lower() for _, addr in pairs if "@" in addr)
+
+
+def _parse_address(value: str) -> tuple[str, str]:
+    try:
+        return parseaddr(value)
+    except RecursionError:  # comments nested deeper than the parser can recurse
+        return "", ""
 
 
 def _sender(msg: Message, fallback: str | None) -> tuple[str, str]:
     raw = _raw_header(msg, "From", fallback) or ""
-    name, addr = parseaddr(raw)
+    name, addr = _parse_address(raw)
     if not addr and raw:
-        name, addr = parseaddr(decode_header(raw, fallback=fallback))
+        name, addr = _parse_address(decode_header(raw, fallback=fallback))
     name = unfold(decode_header(name, fallback=fallback)) if name else ""
     return name, (addr.lower() if "@" in addr else "")
 
@@ -375,9 +447,9 @@ _LEADING_BLANK_LINES_RE = re.compile(rb"\A(?:[ \t]*\r?\n)+")
 def parse_message(raw: bytes) -> ParsedMail:
     digest = hashlib.sha256(raw).hexdigest()
     # Blank lines before the first header would make every header part of the body.
-    msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=email.policy.default)
+    msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=_POLICY)
     fallback = _fallback_charset(msg)
-    headers = tuple((key, _display_header(msg, key, str(value), fallback)) for key, value in msg.raw_items())
+    headers = _display_headers(msg, fallback)
     mid = normalize_message_id(_raw_header(msg, "Message-ID"))
     synthesized = mid is None
     if mid is None:

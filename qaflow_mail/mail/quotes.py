@@ -728,7 +728,11 @@ def _elided_lines(original: list[str], kept: list[str]) -> list[str]:
 def _classified(text: str) -> tuple[list[str], str, dict[str, str]]:
     text, blocks = _hoist_code_blocks(_preprocess(text))
     lines = text.split("\n")
-    return lines, "".join(classify_line(line) for line in lines), blocks
+    kinds: dict[str, str] = {}  # a line repeated (blank, "> ", or a hostile body's one line) is classified once
+    for line in lines:
+        if line not in kinds:
+            kinds[line] = classify_line(line)
+    return lines, "".join(kinds[line] for line in lines), blocks
 
 
 def is_signature_only(text: str) -> bool:

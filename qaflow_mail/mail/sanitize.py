@@ -317,7 +317,15 @@ def _cleaner() -> Cleaner:
 
 _EMPTY_IMG_RE = re.compile(r"<img(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
 _BR_RUN_RE = re.compile(r"(?:<br>\s*){3,}")
-_TRAILING_BREAKS_RE = re.compile(r"(?:\s*<(?:br|hr)>)+\s*$")
+_TRAILING_BREAKS = ("<br>", "<hr>")
+
+
+def _strip_trailing_breaks(html: str) -> str:
+    # A loop, not a regex: "(?:\s*<br>)+\s*$" backtracks quadratically over a long run of breaks before text.
+    text = html.rstrip()
+    while text.endswith(_TRAILING_BREAKS):
+        text = text[:-4].rstrip()
+    return text
 
 
 def sanitize_html(html: str) -> str:
@@ -325,7 +333,7 @@ def sanitize_html(html: str) -> str:
     cleaned = str(_cleaner().clean(_prepass(html, trim_quotes=False)))
     cleaned = _EMPTY_IMG_RE.sub("", cleaned)
     cleaned = _BR_RUN_RE.sub("<br><br>", cleaned)
-    return _TRAILING_BREAKS_RE.sub("", cleaned).strip()
+    return _strip_trailing_breaks(cleaned).strip()
 
 
 def _converter() -> html2text.HTML2Text:
@@ -340,7 +348,6 @@ def _converter() -> html2text.HTML2Text:
     return converter
 
 
-_TRAILING_SPACE_RE = re.compile(r"[ \t]+$", re.MULTILINE)
 _HR_RE = re.compile(r"^\* \* \*$", re.MULTILINE)  # html2text's rendering of <hr>
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
@@ -349,7 +356,8 @@ def html_to_text(html: str) -> str:
     """Readable plain text; blockquotes become "> " lines so quote trimming works on the result."""
     text = _converter().handle(_prepass(html, trim_quotes=False))
     text = text.replace("\u00a0", " ")
-    text = _HR_RE.sub("---", _TRAILING_SPACE_RE.sub("", text))
+    # rstrip per line, not "[ \t]+$": that regex is quadratic over a long run of spaces inside a line.
+    text = _HR_RE.sub("---", "\n".join(line.rstrip(" \t") for line in text.split("\n")))
     return _BLANK_RUN_RE.sub("\n\n", text).strip()
 
 

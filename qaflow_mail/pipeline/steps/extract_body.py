@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from qaflow_mail.errors import SmtpReply
@@ -15,7 +16,8 @@ ONLY_SIGNATURE = SmtpReply(550, "5.6.0", "Your reply holds only a signature; wri
 
 
 async def extract_body(ctx: Context) -> Context | Outcome:
-    content = extract_content(ctx.parsed)
+    # Trimming and HTML sanitising are CPU work, up to a few hundred milliseconds on a large body: off the event loop.
+    content = await asyncio.to_thread(extract_content, ctx.parsed)
     if content.only_signature:
         return rejected(ONLY_SIGNATURE)
     if content.is_empty:
