@@ -20,7 +20,7 @@ from qaflow_mail.commands.digests import add_user_set_arguments
 from qaflow_mail.commands.subscriptions import cmd_user_add_file, cmd_user_show
 from qaflow_mail.config import ConfigError, Settings, ensure_token_secret, find_config_path, load_settings, redacted
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Topic
+from qaflow_mail.db.models import Category, Topic
 from qaflow_mail.mail.addresses import is_valid_slug
 
 
@@ -145,7 +145,8 @@ def cmd_topic_show(settings: Settings, args: argparse.Namespace) -> int:
         topic = await session.get(Topic, args.id)
         if topic is None:
             raise CommandError(f"no topic {args.id}")
-        category = next(c for c in await queries.list_categories(session) if c.id == topic.category_id)
+        category = await session.get(Category, topic.category_id)
+        assert category is not None  # a foreign key
         posts = await queries.topic_posts(session, topic.id)
         return {
             "id": topic.id, "category": category.slug, "subject": topic.subject,

@@ -71,9 +71,10 @@ from qaflow_mail.errors import SmtpReply
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes
 from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.notify import author_name, bounce_address, reply_address, topic_url
+from qaflow_mail.outbound.notify import author_name, reply_address, topic_url
 from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import Rendered, Renderer
+from qaflow_mail.outbound.site_notice import user_bounce_address
 from qaflow_mail.subscriptions import DIGEST_MODE_CODES, unsubscribe_address, unsubscribe_url
 
 log = logging.getLogger(__name__)
@@ -460,12 +461,11 @@ def digest_message(
         ),
         date=now,
     )
-    bounce_token = sign(TokenKind.BOUNCE, (digest.user_id, 0), secret=settings.tokens.secret, issued=now.date())
     return OutgoingMessage(
         kind=OutboxKind.DIGEST,
         dedupe_key=dedupe_key(digest.user_id, digest.period, digest.window_end),
         message_id=message_id,
-        envelope_from=bounce_address(settings, bounce_token),
+        envelope_from=user_bounce_address(settings, digest.user_id, now=now),
         recipient=digest.email,
         raw=to_bytes(message),
         user_id=digest.user_id,
