@@ -24,15 +24,15 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import insert, select
 
-from qaflow_mail.commands.digests import send_announcement
+from qaflow_mail.commands.announce import send_announcement
 from qaflow_mail.config import OutboundSettings, Settings, SiteSettings, TokensSettings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
 from qaflow_mail.db.models import Base, CategorySubscription, Post, SubscriptionMode, Topic, User, UserStatus
-from qaflow_mail.outbound.digests import run_digests
+from qaflow_mail.deps import Deps
+from qaflow_mail.outbound.digest_run import run_digests
 from qaflow_mail.outbound.render import Renderer
 from qaflow_mail.outbound.sender import sending
-from qaflow_mail.pipeline.deps import Deps
 
 
 class CountingSink:

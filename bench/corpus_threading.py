@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qaflow_mail.corpus.threading import Cause, CorpusResult, Disagreement, PairCounts, evaluate_all
+from qaflow_mail.corpus.thread_eval import Cause, CorpusResult, Disagreement, PairCounts, evaluate_all
 
 DEFAULT_CORPORA = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"
 

@@ -31,7 +31,7 @@ from qaflow_mail.db.engine import create_engine, session_factory, upgrade
 from qaflow_mail.db.models import Base, Category, Outbox, Post, SubscriptionMode
 from qaflow_mail.outbound.notify import enqueue_post_notifications
 from qaflow_mail.outbound.render import Renderer
-from qaflow_mail.subscriptions import bulk_add_users, bulk_subscribe
+from qaflow_mail.services.bulk_import import bulk_add_users, bulk_subscribe
 
 T = TypeVar("T")
 

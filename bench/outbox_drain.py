@@ -21,10 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qaflow_mail.config import DatabaseSettings, OutboundSettings, Settings
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
 from qaflow_mail.db.models import OutboxKind
+from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.mailer import build_mailer
-from qaflow_mail.outbound.outbox import drain_once
-from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
-from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.outbound.outbox import OutgoingMessage, drain_once, enqueue
 from tests.sink import SmtpSink
 
 

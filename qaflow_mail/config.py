@@ -71,6 +71,7 @@ class ImapSettings:
     poll_interval: float = 60.0
     use_idle: bool = True
     processed_mailbox: str = ""
+    failed_mailbox: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,11 @@ class TokensSettings:
     previous_secret: str = ""
     reply_ttl_days: int = 180
 
+    @property
+    def secrets(self) -> list[str]:
+        """The keys a token may be signed with: the current one first, then the one it replaced."""
+        return [s for s in (self.secret, self.previous_secret) if s]
+
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
@@ -127,6 +133,7 @@ class LimitsSettings:
     bounce_score_threshold: float = 5.0
     hard_bounce_score: float = 1.0
     soft_bounce_score: float = 0.0
+    shunt_after_failures: int = 3
 
 
 @dataclass(frozen=True, slots=True)

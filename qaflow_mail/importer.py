@@ -31,18 +31,17 @@ from typing import Any
 from sqlalchemy import func, select
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import IMPORT_SOURCE, Disposition, InboundMessage, User, UserStatus
+from qaflow_mail.db.models import Disposition, InboundMessage, Source, User, UserStatus
+from qaflow_mail.deps import Deps
 from qaflow_mail.mail.charsets import recover_8bit
 from qaflow_mail.mail.parse import normalize_message_id, unfold
 from qaflow_mail.pipeline import Outcome
-from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
-from qaflow_mail.pipeline.steps.authorize_sender import NO_FROM
-from qaflow_mail.pipeline.steps.extract_body import EMPTY_REPLY, ONLY_SIGNATURE
+from qaflow_mail.replies import ATTACHMENT_REFUSED, EMPTY_REPLY, NO_FROM, ONLY_SIGNATURE
 
 log = logging.getLogger(__name__)
 
-SOURCE = IMPORT_SOURCE
+SOURCE = Source.IMPORT
 Progress = Callable[[int, int], None]
 
 _HEADER_LINE_RE = re.compile(rb"^(?:From |[!-9;-~]+[ \t]*:)")
@@ -263,7 +262,7 @@ def skip_reason(outcome: Outcome) -> str | None:
         return named[reply]
     if not reply.is_permanent:
         return "temporary failure"
-    if reply.text.startswith("Attachment refused"):
+    if (reply.code, reply.enhanced) == (ATTACHMENT_REFUSED.code, ATTACHMENT_REFUSED.enhanced):
         return "attachment refused"
     by_code = {"5.6.0": "empty", "5.3.4": "too large", "5.7.1": "sender not allowed", "5.1.1": "unknown recipient"}
     return by_code.get(reply.enhanced, reply.text)

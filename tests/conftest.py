@@ -22,6 +22,7 @@ from qaflow_mail.config import (
 )
 from qaflow_mail.db.engine import upgrade
 from qaflow_mail.db.models import Base
+from tests.clock import Clock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPORA = REPO_ROOT.parent / "shared" / "corpora"
@@ -112,8 +113,14 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[object]:
+def clock() -> Clock:
+    """The running gateway's clock (real time until a test sets `clock.now`)."""
+    return Clock()
+
+
+@pytest.fixture
+async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[object]:
     from qaflow_mail.server.app import running
 
-    async with running(settings) as run:
+    async with running(settings, clock=clock) as run:
         yield run

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail.commands.common import CommandError, iso, print_json, run_in_session
+from qaflow_mail.commands.common import CommandError, Subparsers, iso, print_json, run_in_session
 from qaflow_mail.config import Settings
 from qaflow_mail.db.models import Outbox, OutboxStatus
 from qaflow_mail.outbound.outbox import RequeueError, requeue
@@ -71,7 +71,7 @@ def _positive(value: str) -> int:
     return number
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """`outbox` lists by itself, and has one optional sub-command, `retry ID`."""
     outbox = subparsers.add_parser("outbox", help="the outgoing mail queue (list; `outbox retry ID` requeues)")
     outbox.add_argument("--status", choices=STATUSES, help="only rows with this status")

@@ -86,10 +86,6 @@ class SweepFigures:
     by_reason: dict[str, int] = field(default_factory=dict)  # "kind: reason" -> count
 
 
-def corpora_root(repo_root: Path) -> Path:
-    return (repo_root / ".." / "shared" / "corpora").resolve()
-
-
 def classify_raw(raw: bytes, *, envelope_from: str | None = None) -> Verdict:
     return classify_automatic(
         parse_message(raw),

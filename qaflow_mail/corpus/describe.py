@@ -16,11 +16,10 @@ from typing import Any
 
 from qaflow_mail.config import Settings
 from qaflow_mail.mail.attachments import safe_filename
-from qaflow_mail.mail.automatic import MailKind, classify_automatic
+from qaflow_mail.mail.automatic import MailKind, classify_automatic, read_verp_bounce
 from qaflow_mail.mail.bounces import BounceReport, read_bounce, verp_token
 from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.parse import ParsedMail, parse_message
-from qaflow_mail.pipeline.steps.record_bounce import read_verp_bounce
 
 # The keys of one `parse --json` line besides "file", in order.
 JSON_KEYS = ("message_id", "in_reply_to", "references", "from", "subject", "kind", "body", "html", "attachments",

@@ -85,6 +85,8 @@ class Disposition(StrEnum):
     DISCARDED = "discarded"
     REJECTED = "rejected"
     HELD = "held"
+    SHUNTED = "shunted"  # failed the pipeline every time: kept for the admins (qaflow-mail shunt)
+    RETRIED = "retried"  # a shunted message an admin sent through again (its new record says how it went)
 
 
 class OutboxStatus(StrEnum):
@@ -126,8 +128,14 @@ class UserAddress(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
 
 
-# Post.source of an archive import: old mail replayed through the pipeline, where unknown authors are welcome.
-IMPORT_SOURCE = "import"
+class Source(StrEnum):
+    """How a message reached us. An archive import replays old mail, where unknown authors are welcome."""
+
+    SMTP = "smtp"
+    LMTP = "lmtp"
+    IMAP = "imap"
+    IMPORT = "import"
+    CLI = "cli"
 
 # Topics there are made only by publishing an announcement (announce@ or `announce send`), never by a post.
 ANNOUNCEMENTS_SLUG = "announcements"
@@ -223,6 +231,21 @@ class InboundMessage(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class InboundFailure(Base):
+    """A message the pipeline failed on, by its bytes: how often, and the last error. Shunted after
+    [limits] shunt_after_failures attempts; removed when the message goes through."""
+
+    __tablename__ = "inbound_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    message_id: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Attachment(Base):
     __tablename__ = "attachments"
 
@@ -294,7 +317,9 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Bounce(Base):
+class BounceRecord(Base):
+    """A delivery failure reported for one of our messages (a 5xx from our relay, or a DSN to our VERP address)."""
+
     __tablename__ = "bounces"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,17 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
-    IMPORT_SOURCE,
     Category,
     CategorySubscription,
     MessageRef,
     PendingReference,
     Post,
+    Source,
     Topic,
     User,
     UserAddress,
     UserStatus,
 )
+
+# message_refs.kind of a digest's own Message-ID (it maps to no post).
+DIGEST_REF_KIND = "digest"
 
 
 def normalize_email(address: str) -> str:
@@ -56,10 +59,6 @@ async def user_by_email(session: AsyncSession, email: str) -> User | None:
             select(User).join(UserAddress, UserAddress.user_id == User.id).where(UserAddress.email == address)
         )
     return user
-
-
-async def user_by_id(session: AsyncSession, user_id: int) -> User | None:
-    return await session.get(User, user_id)
 
 
 async def add_user(
@@ -106,8 +105,15 @@ async def posts_by_message_ids(session: AsyncSession, message_ids: Collection[st
     return found
 
 
-async def post_exists(session: AsyncSession, message_id: str) -> bool:
-    return (await session.scalar(select(Post.id).where(Post.message_id == message_id))) is not None
+async def find_digest_reference(session: AsyncSession, message_ids: Iterable[str]) -> MessageRef | None:
+    """The digest among `message_ids` (a reply's In-Reply-To and References), if it answers one of ours."""
+    ids = [mid for mid in message_ids if mid]
+    if not ids:
+        return None
+    ref: MessageRef | None = await session.scalar(
+        select(MessageRef).where(MessageRef.message_id.in_(ids), MessageRef.kind == DIGEST_REF_KIND).limit(1)
+    )
+    return ref
 
 
 async def create_topic(
@@ -132,7 +138,7 @@ async def _may_join(session: AsyncSession, post: Post, topic_id: int) -> bool:
     if target is None or target.slug == ANNOUNCEMENTS_SLUG:
         return False
     author = await session.get(User, post.author_id)
-    welcome = target.allow_strangers or post.source == IMPORT_SOURCE  # as authorize_sender admits staged users
+    welcome = target.allow_strangers or post.source == Source.IMPORT  # as authorize_sender admits staged users
     return author is not None and (author.status != UserStatus.STAGED or welcome)
 
 

@@ -83,6 +83,9 @@ _TOKEN_PREFIXES: dict[TokenKind, str] = {
     TokenKind.CONFIRM: CONFIRM_PREFIX,
 }
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+# RFC 5322 3.2.3: the characters of an atom, and a dot-atom (a local part that needs no quoting).
+ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+DOT_ATOM = rf"[{ATEXT}]+(?:\.[{ATEXT}]+)*"
 _RESERVED = frozenset(
     {
         "announce",

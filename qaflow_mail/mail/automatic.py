@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from enum import StrEnum
 
-from qaflow_mail.mail.bounces import find_bounce, is_daemon_sender
+from qaflow_mail.mail.bounces import BounceReport, find_bounce, is_bounce_subject, is_daemon_sender
 from qaflow_mail.mail.parse import ParsedMail
 
 
@@ -267,3 +267,26 @@ def _is_auto_reply_subject(subject: str) -> bool:
         return True
     text = subject[leading.end() :].strip() if leading else subject.strip()
     return bool(text) and _AUTO_REPLY_SUBJECT_RE.match(text) is not None
+
+
+# Evidence (mail.bounces.find_bounce) that only a mail system produces.
+_STRUCTURAL_EVIDENCE = ("delivery-status report", "X-Failed-Recipients header")
+
+
+def read_verp_bounce(parsed: ParsedMail, raw: bytes, *, null_sender: bool) -> BounceReport | None:
+    """The report of a bounce that arrived on our VERP address, or None when it is not a bounce.
+
+    RFC 3834 sends auto-replies to the envelope sender, so vacation notices land on the VERP address too. A
+    delivery-status report, X-Failed-Recipients, a mail-system sender or a bounce subject make it a bounce;
+    without any of those, a message with the signs of an auto-reply is one, even when flufl.bounce's
+    heuristics find an address in its text.
+    """
+    finding = find_bounce(raw, null_sender=null_sender, to_bounce_address=True)
+    if finding is None:
+        return None
+    if finding.evidence.startswith(_STRUCTURAL_EVIDENCE):
+        return finding.report
+    bounce_like = is_daemon_sender(parsed.header("From") or "") or is_bounce_subject(parsed.subject)
+    if not bounce_like and auto_reply_reason(parsed) is not None:
+        return None
+    return finding.report

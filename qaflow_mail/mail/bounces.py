@@ -438,3 +438,12 @@ def _text_diagnostic(msg: Message) -> str:
             if _ENHANCED_STATUS_RE.search(stripped) or _SMTP_REPLY_RE.search(stripped):
                 return stripped
     return ""
+
+
+def failed_address(report: BounceReport, user_email: str) -> str:
+    """The address to record: the user's own when the report names it, else the one the report names first."""
+    own = user_email.lower()
+    if own in report.addresses:
+        return own
+    ranked = sorted(report.permanent) or sorted(report.temporary)
+    return ranked[0] if ranked else own

@@ -23,6 +23,8 @@ from email.policy import EmailPolicy, Policy
 from types import MappingProxyType
 from typing import Any
 
+from qaflow_mail.mail.addresses import ATEXT
+
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, excluding CRLF
 MAX_REFERENCES = 20
 MAX_AUTHOR_CHARS = 64
@@ -31,7 +33,7 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 
 # Trojan-source style bidi overrides and isolates: they let a display name or subject render reversed.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_ATOM_CHARS_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+_ATOM_CHARS_RE = re.compile(rf"[{ATEXT}.]+")
 _MSG_ID_RE = re.compile(r"[!-;=?-~]+@[!-;=?-~]+")  # printable ASCII except space, '<' and '>'
 _URL_RE = re.compile(r"[!-;=?-~]+")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")

@@ -198,3 +198,13 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
                 raise InvalidToken(TokenError.MALFORMED, "non-minimal varint")
             return value, pos
     raise InvalidToken(TokenError.MALFORMED, "varint too long")
+
+
+def verified_ids(token: str, kind: TokenKind, *, secrets: Sequence[str], today: date,
+                 max_age_days: int | None) -> tuple[int, ...] | None:
+    """The ids a valid token carries, or None for any invalid, expired or foreign token."""
+    try:
+        payload = verify(token, kind=kind, secrets=secrets, today=today, max_age_days=max_age_days)
+    except InvalidToken:
+        return None
+    return tuple(payload.ids)

@@ -1,8 +1,8 @@
 """Announcement broadcasts: a published announcement goes to every active user who has not muted announcements
 (not only to subscribers of the `announcements` category).
 
-The fan-out renders and composes the message once, with placeholder tokens (``notify.MessagePrototype``); each
-recipient costs two token signatures and a byte-level fill, not a render. Rows go to the outbox in batches of
+The fan-out renders and composes the message once, with placeholder tokens (see ``fanout``); each recipient
+costs two token signatures and a byte-level fill, not a render. Rows go to the outbox in batches of
 [announce] batch_size, in the caller's transaction, with dedupe key ``announce:<announcement id>:<user id>``:
 a re-run of the same broadcast adds nothing.
 
@@ -14,7 +14,6 @@ the unsubscribe handler reads as "mute announcements". It has no Reply-To: repli
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from datetime import date, datetime
 from email.message import EmailMessage
@@ -39,30 +38,26 @@ from qaflow_mail.db.models import (
     UserStatus,
 )
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
-from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes, via_display_name
+from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, via_display_name
 from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.notify import (
+from qaflow_mail.outbound.fanout import (
     MessagePrototype,
     Placeholders,
-    author_name,
-    bounce_address,
-    category_url,
-    topic_url,
+    Recipient,
+    RecipientTokens,
+    fan_out,
+    prototype_of,
 )
-from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
-from qaflow_mail.outbound.render import Renderer
-from qaflow_mail.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, unsubscribe_address, unsubscribe_url
+from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import Renderer, author_name
+from qaflow_mail.services.subscriptions import ANNOUNCEMENTS_CATEGORY_ID
+from qaflow_mail.urls import bounce_address, category_url, topic_url, unsubscribe_address, unsubscribe_url
 
 log = logging.getLogger(__name__)
 
 BROADCAST_TEMPLATE = "announce/broadcast"
 MESSAGE_ID_KIND = "announce"
 MESSAGE_REF_KIND = "announcement"
-
-# Recipients whose address the byte template can carry as is; anything else goes through compose().
-_SIMPLE_ADDRESS_RE = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+"
-)
 
 
 class AnnouncementStatus(StrEnum):
@@ -90,7 +85,7 @@ async def audience_count(session: AsyncSession) -> int:
     return int(count or 0)
 
 
-async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) -> list[Recipient]:
     """The next `limit` recipients by user id (keyset pagination: each page is one indexed range scan)."""
     rows = await session.execute(
         select(User.id, User.email)
@@ -98,7 +93,7 @@ async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) ->
         .order_by(User.id)
         .limit(limit)
     )
-    return list(rows.all())
+    return [Recipient(user_id=uid, email=email) for uid, email in rows]
 
 
 class BroadcastBuilder:
@@ -122,9 +117,7 @@ class BroadcastBuilder:
         self._from_name = via_display_name(author_name(author), settings.site.name)
         self.prototype: MessagePrototype | None
         try:
-            self.prototype = MessagePrototype(self.compose_for(self.placeholders.recipient,
-                                                               self.placeholders.unsubscribe_token),
-                                              self.placeholders)
+            self.prototype = prototype_of(self)
         except ValueError as exc:  # never expected; composing each message is slower but still right
             log.warning("announce.no_prototype announcement_id=%s reason=%s", announcement.id, exc)
             self.prototype = None
@@ -147,7 +140,8 @@ class BroadcastBuilder:
             "unsubscribe_mailto": unsubscribe_address(settings, token),
         }
 
-    def compose_for(self, recipient: str, unsubscribe_token: str) -> EmailMessage:
+    def compose_for(self, recipient: str, *, reply_token: str = "", unsubscribe_token: str) -> EmailMessage:
+        """The full message for one recipient; it has no Reply-To, so `reply_token` is unused."""
         settings = self.settings
         ph = self.placeholders
 
@@ -178,35 +172,35 @@ class BroadcastBuilder:
             date=self.now,
         )
 
-    def messages(self, recipients: Sequence[tuple[int, str]]) -> list[OutgoingMessage]:
-        secret = self.settings.tokens.secret
-        announcement_id, post_id = self.announcement.id, self.post.id
-        out: list[OutgoingMessage] = []
-        for user_id, email in recipients:
-            unsub = sign(TokenKind.UNSUBSCRIBE, (user_id, ANNOUNCEMENTS_CATEGORY_ID), secret=secret,
-                         issued=self.issued)
-            bounce = sign(TokenKind.BOUNCE, (user_id, post_id), secret=secret, issued=self.issued)
-            try:
-                if self.prototype is not None and len(email) <= 320 and _SIMPLE_ADDRESS_RE.fullmatch(email):
-                    raw = self.prototype.fill(recipient=email, reply_token="", unsubscribe_token=unsub)
-                else:
-                    raw = to_bytes(self.compose_for(email, unsub))
-            except ValueError as exc:
-                log.warning("announce.skipped announcement_id=%s user_id=%s reason=%s", announcement_id, user_id,
-                            exc)
-                continue
-            out.append(OutgoingMessage(
-                kind=OutboxKind.ANNOUNCEMENT,
-                dedupe_key=f"announce:{announcement_id}:{user_id}",
-                message_id=self.message_id,
-                envelope_from=bounce_address(self.settings, bounce),
-                recipient=email,
-                raw=raw,
-                user_id=user_id,
-                post_id=post_id,
-                announcement_id=announcement_id,
-            ))
-        return out
+    def tokens_for(self, recipient: Recipient) -> RecipientTokens:
+        secret, issued = self.settings.tokens.secret, self.issued
+        return RecipientTokens(
+            reply="",
+            unsubscribe=sign(TokenKind.UNSUBSCRIBE, (recipient.user_id, ANNOUNCEMENTS_CATEGORY_ID), secret=secret,
+                             issued=issued),
+            bounce=sign(TokenKind.BOUNCE, (recipient.user_id, self.post.id), secret=secret, issued=issued),
+        )
+
+    def outgoing(self, recipient: Recipient, raw: bytes, tokens: RecipientTokens) -> OutgoingMessage:
+        announcement_id = self.announcement.id
+        return OutgoingMessage(
+            kind=OutboxKind.ANNOUNCEMENT,
+            dedupe_key=f"announce:{announcement_id}:{recipient.user_id}",
+            message_id=self.message_id,
+            envelope_from=bounce_address(self.settings, tokens.bounce),
+            recipient=recipient.email,
+            raw=raw,
+            user_id=recipient.user_id,
+            post_id=self.post.id,
+            announcement_id=announcement_id,
+        )
+
+    def skipped(self, recipient: Recipient, reason: ValueError) -> None:
+        log.warning("announce.skipped announcement_id=%s user_id=%s reason=%s", self.announcement.id,
+                    recipient.user_id, reason)
+
+    def messages(self, recipients: Sequence[Recipient]) -> list[OutgoingMessage]:
+        return fan_out(self, self.prototype, recipients)
 
 
 async def enqueue_broadcast(
@@ -237,7 +231,7 @@ async def enqueue_broadcast(
         messages = builder.messages(page)
         await enqueue(session, messages, now=now, chunk=batch)
         handed += len(messages)
-        after_id = page[-1][0]
+        after_id = page[-1].user_id
     log.info("announce.enqueued announcement_id=%s post_id=%s recipients=%d", announcement.id, post.id, handed)
     return handed
 

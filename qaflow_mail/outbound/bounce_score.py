@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, case, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db.models import Bounce, User, UserAddress, UserStatus
+from qaflow_mail.db.models import BounceRecord, User, UserAddress, UserStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ async def record_delivery_failures(
         score = limits.hard_bounce_score if failure.hard else limits.soft_bounce_score
         if user_id is not None and score:
             increments[user_id] = increments.get(user_id, 0.0) + score
-    await session.execute(insert(Bounce), rows)
+    await session.execute(insert(BounceRecord), rows)
     if not increments:
         return
     users = cast(Table, User.__table__)

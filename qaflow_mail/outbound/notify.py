@@ -1,11 +1,7 @@
 """Per-post notifications: one email per "each" subscriber of the post's category, never the author.
 
-Fan-out does the shared work once per post and only the per-recipient work per recipient. The message is
-rendered and composed once with random placeholder tokens; the composed message is cut into fixed byte
-segments around its body parts (``MessagePrototype``). For each recipient three tokens are signed, the
-placeholders are replaced in the header bytes, and the body parts (which hold the reply address and the
-unsubscribe links in their footers) are re-encoded with their transfer encoding. Composing every message
-from scratch costs about 2 ms; this costs a few tens of microseconds.
+Fan-out does the shared work once per post and only the per-recipient work per recipient (see ``fanout``):
+per recipient a reply, an unsubscribe and a bounce token are signed and the prototype is filled in.
 
 Threading: every recipient gets the same Message-ID for a post (recorded in ``message_refs``, so replies to
 it find the post). The first post of a topic has no In-Reply-To; a reply has In-Reply-To its parent's
@@ -15,12 +11,8 @@ the parent: the ids the recipients' mail clients actually hold.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.message import EmailMessage
@@ -43,12 +35,27 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
-from qaflow_mail.mail.addresses import FROM_LOCAL_PART, token_address
-from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes, via_display_name
+from qaflow_mail.mail.addresses import FROM_LOCAL_PART
+from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, via_display_name
 from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
-from qaflow_mail.outbound.render import MailTemplate, Renderer
-from qaflow_mail.subscriptions import unsubscribe_address, unsubscribe_url
+from qaflow_mail.outbound.fanout import (
+    MessagePrototype,
+    Placeholders,
+    Recipient,
+    RecipientTokens,
+    fan_out,
+    prototype_of,
+)
+from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import MailTemplate, Renderer, author_name
+from qaflow_mail.urls import (
+    bounce_address,
+    category_url,
+    reply_address,
+    topic_url,
+    unsubscribe_address,
+    unsubscribe_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +63,6 @@ MESSAGE_ID_KIND = "post"
 MESSAGE_REF_KIND = "notification"
 BATCH = 500  # recipients built and inserted at a time: bounds memory for large categories
 MAX_ANCESTORS = 500  # References keeps the first id and the last few anyway (compose.MAX_REFERENCES)
-
-# Recipients whose address the byte template can carry as is; anything else goes through compose().
-_SIMPLE_ADDRESS_RE = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+"
-)
-_MAX_ADDRESS_LENGTH = 320
-_MAX_LINE = 998
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    user_id: int
-    email: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,129 +72,13 @@ class Threading:
     references: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Placeholders:
-    """Random stand-ins for the per-recipient values; random so no post can contain them by accident or design."""
-
-    recipient: str
-    reply_token: str
-    unsubscribe_token: str
-
-    @classmethod
-    def new(cls) -> Placeholders:
-        nonce = secrets.token_hex(8)
-        return cls(recipient=f"qfrcpt{nonce}@placeholder.invalid", reply_token=f"qfreply{nonce}",
-                   unsubscribe_token=f"qfunsub{nonce}")
-
-
-@dataclass(frozen=True, slots=True)
-class _Body:
-    cte: str
-    text: str  # decoded, "\n" line endings, placeholders in it
-
-
-class MessagePrototype:
-    """A composed message cut into byte segments around its body parts, to be filled in per recipient."""
-
-    def __init__(self, message: EmailMessage, placeholders: Placeholders) -> None:
-        self.placeholders = placeholders
-        leaves = [part for part in message.walk() if not part.is_multipart()]
-        self._bodies: list[_Body] = []
-        markers: list[bytes] = []
-        nonce = secrets.token_hex(8)
-        for index, leaf in enumerate(leaves):
-            cte = str(leaf.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-            content = leaf.get_content()
-            if not isinstance(content, str) or cte not in _ENCODERS:
-                raise ValueError(f"cannot template a {leaf.get_content_type()} part in {cte}")
-            self._bodies.append(_Body(cte=cte, text=content.replace("\r\n", "\n")))
-            marker = f"qfpart{nonce}x{index}"
-            leaf.set_payload(marker)
-            markers.append(marker.encode("ascii"))
-        data = to_bytes(message)
-        segments: list[bytes] = []
-        for marker_bytes in markers:
-            head, found, data = data.partition(marker_bytes)
-            if not found or marker_bytes in data:
-                raise ValueError("body marker not found exactly once")
-            segments.append(head)
-        segments.append(data)
-        self._segments = segments
-
-    def fill(self, *, recipient: str, reply_token: str, unsubscribe_token: str) -> bytes:
-        ph = self.placeholders
-        swaps_text = ((ph.reply_token, reply_token), (ph.unsubscribe_token, unsubscribe_token))
-        swaps_bytes = (
-            (ph.recipient.encode(), recipient.encode("ascii")),
-            (ph.reply_token.encode(), reply_token.encode("ascii")),
-            (ph.unsubscribe_token.encode(), unsubscribe_token.encode("ascii")),
-        )
-        out: list[bytes] = []
-        for index, segment in enumerate(self._segments):
-            for old, new in swaps_bytes:
-                segment = segment.replace(old, new)
-            out.append(segment)
-            if index < len(self._bodies):
-                body = self._bodies[index]
-                text = body.text
-                for old_text, new_text in swaps_text:
-                    text = text.replace(old_text, new_text)
-                out.append(_ENCODERS[body.cte](text))
-        return b"".join(out)
-
-
-def _encode_7bit(text: str) -> bytes:
-    data = text.encode("utf-8")
-    if not data.isascii() or any(len(line) > _MAX_LINE for line in data.split(b"\n")):
-        raise ValueError("a 7bit body must stay ASCII with short lines")
-    return data.replace(b"\n", b"\r\n")
-
-
-def _encode_qp(text: str) -> bytes:
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-
-
-def _encode_base64(text: str) -> bytes:
-    # Text inside base64 is in canonical form (RFC 2045 6.8): CRLF line breaks, as the email package writes it.
-    return base64.encodebytes(text.replace("\n", "\r\n").encode("utf-8")).replace(b"\n", b"\r\n")
-
-
-_ENCODERS: dict[str, Callable[[str], bytes]] = {
-    "7bit": _encode_7bit,
-    "quoted-printable": _encode_qp,
-    "base64": _encode_base64,
-}
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# URLs and ids
+# Ids
 
 
 def notification_message_id(post_id: int, *, domain: str) -> str:
     """The one Message-ID (without <>) every recipient's notification of ``post_id`` carries."""
     return make_message_id(MESSAGE_ID_KIND, str(post_id), domain=domain)
-
-
-def topic_url(settings: Settings, topic_id: int) -> str:
-    return f"{settings.site.base_url.rstrip('/')}/t/{topic_id}"
-
-
-def category_url(settings: Settings, slug: str) -> str:
-    return f"{settings.site.base_url.rstrip('/')}/c/{slug}"
-
-
-def reply_address(settings: Settings, token: str) -> str:
-    return token_address(TokenKind.REPLY, token, domain=settings.site.domain)
-
-
-def bounce_address(settings: Settings, token: str) -> str:
-    """The VERP envelope sender: bounces+<token>@domain."""
-    return token_address(TokenKind.BOUNCE, token, domain=settings.site.domain)
-
-
-def author_name(user: User) -> str:
-    """How the author is named to subscribers: the display name, else the local part of the address."""
-    return " ".join(user.display_name.split()) or user.email.partition("@")[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -319,9 +197,31 @@ class NotificationBuilder:
         )
 
     def prototype(self) -> MessagePrototype:
-        ph = self.placeholders
-        message = self.compose_for(ph.recipient, reply_token=ph.reply_token, unsubscribe_token=ph.unsubscribe_token)
-        return MessagePrototype(message, ph)
+        return prototype_of(self)
+
+    def tokens_for(self, recipient: Recipient) -> RecipientTokens:
+        secret, issued, post_id = self.settings.tokens.secret, self.issued, self.post.id
+        return RecipientTokens(
+            reply=sign(TokenKind.REPLY, (post_id, recipient.user_id), secret=secret, issued=issued),
+            unsubscribe=sign(TokenKind.UNSUBSCRIBE, (recipient.user_id, self.category.id), secret=secret,
+                             issued=issued),
+            bounce=sign(TokenKind.BOUNCE, (recipient.user_id, post_id), secret=secret, issued=issued),
+        )
+
+    def outgoing(self, recipient: Recipient, raw: bytes, tokens: RecipientTokens) -> OutgoingMessage:
+        return OutgoingMessage(
+            kind=OutboxKind.NOTIFICATION,
+            dedupe_key=f"notify:{self.post.id}:{recipient.user_id}",
+            message_id=self.threading.message_id,
+            envelope_from=bounce_address(self.settings, tokens.bounce),
+            recipient=recipient.email,
+            raw=raw,
+            user_id=recipient.user_id,
+            post_id=self.post.id,
+        )
+
+    def skipped(self, recipient: Recipient, reason: ValueError) -> None:
+        log.warning("notify.skipped post_id=%s user_id=%s reason=%s", self.post.id, recipient.user_id, reason)
 
 
 def _render_context(
@@ -345,49 +245,11 @@ def _render_context(
     }
 
 
-def _simple_address(address: str) -> bool:
-    return len(address) <= _MAX_ADDRESS_LENGTH and _SIMPLE_ADDRESS_RE.fullmatch(address) is not None
-
-
 def build_messages(
     builder: NotificationBuilder, prototype: MessagePrototype | None, recipients: Sequence[Recipient]
 ) -> list[OutgoingMessage]:
     """One outbox message per recipient. Pure: tokens are signed with ``builder.issued`` as the issue day."""
-    settings = builder.settings
-    secret = settings.tokens.secret
-    post_id = builder.post.id
-    out: list[OutgoingMessage] = []
-    for rcpt in recipients:
-        reply_token = sign(TokenKind.REPLY, (post_id, rcpt.user_id), secret=secret, issued=builder.issued)
-        unsub_token = sign(TokenKind.UNSUBSCRIBE, (rcpt.user_id, builder.category.id), secret=secret,
-                           issued=builder.issued)
-        bounce_token = sign(TokenKind.BOUNCE, (rcpt.user_id, post_id), secret=secret, issued=builder.issued)
-        raw: bytes | None = None
-        if prototype is not None and _simple_address(rcpt.email):
-            try:
-                raw = prototype.fill(recipient=rcpt.email, reply_token=reply_token, unsubscribe_token=unsub_token)
-            except ValueError:
-                raw = None  # e.g. a 7bit line grown past 998 octets: compose picks another encoding
-        if raw is None:
-            try:
-                raw = to_bytes(builder.compose_for(rcpt.email, reply_token=reply_token,
-                                                   unsubscribe_token=unsub_token))
-            except ValueError as exc:  # an address our mail cannot carry (compose says why)
-                log.warning("notify.skipped post_id=%s user_id=%s reason=%s", post_id, rcpt.user_id, exc)
-                continue
-        out.append(
-            OutgoingMessage(
-                kind=OutboxKind.NOTIFICATION,
-                dedupe_key=f"notify:{post_id}:{rcpt.user_id}",
-                message_id=builder.threading.message_id,
-                envelope_from=bounce_address(settings, bounce_token),
-                recipient=rcpt.email,
-                raw=raw,
-                user_id=rcpt.user_id,
-                post_id=post_id,
-            )
-        )
-    return out
+    return fan_out(builder, prototype, recipients)
 
 
 async def prepare(

@@ -1,4 +1,5 @@
-"""The one Jinja2 environment: mail templates (subject, text, optional HTML) and web pages.
+"""The one Jinja2 environment: mail templates (subject, text, optional HTML) and web pages, and how people
+are named in them.
 
 A mail template ``<name>`` is the files ``templates/<name>.subject.j2``, ``<name>.txt.j2`` and optionally
 ``<name>.html.j2``; a page is ``templates/<name>.html.j2``. Only ``*.html.j2`` is autoescaped: values meant
@@ -11,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 from markupsafe import Markup, escape
+
+if TYPE_CHECKING:
+    from qaflow_mail.db.models import User
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 
@@ -27,6 +31,7 @@ class MailTemplate(StrEnum):
     NOTIFY_POST = "notify/post"
     NOTICE_REJECTED = "notice/rejected"
     NOTICE_UNSUBSCRIBED = "notice/unsubscribed"
+    NOTICE_SHUNTED = "notice/shunted"
 
 
 class PageTemplate(StrEnum):
@@ -81,6 +86,11 @@ class Renderer:
 
     def render_page(self, name: str, context: Mapping[str, Any]) -> str:
         return self.env.get_template(name + HTML_SUFFIX).render(dict(context))
+
+
+def author_name(user: User) -> str:
+    """How a user is named to others: the display name, else the local part of the address."""
+    return " ".join(user.display_name.split()) or user.email.partition("@")[0]
 
 
 def paragraphs(text: str) -> Markup:

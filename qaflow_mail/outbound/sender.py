@@ -20,7 +20,7 @@ from qaflow_mail.outbound.mailer import Mailer, build_mailer
 from qaflow_mail.outbound.outbox import DrainStats, drain_once
 
 if TYPE_CHECKING:
-    from qaflow_mail.pipeline.deps import Deps
+    from qaflow_mail.deps import Deps
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from qaflow_mail.config import Settings
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import compose, to_bytes
 from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.notify import bounce_address
 from qaflow_mail.outbound.render import Rendered
+from qaflow_mail.urls import bounce_address
 
 # An answer to a message (RFC 3834): auto-responders must not answer it in turn.
 NOTICE_HEADERS = {"Auto-Submitted": "auto-replied", "Precedence": "bulk"}

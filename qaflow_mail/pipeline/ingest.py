@@ -7,22 +7,26 @@ commits before the caller may answer 250.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail.db.models import Disposition, InboundMessage
-from qaflow_mail.errors import OK, UNKNOWN_RECIPIENT, SmtpReply
-from qaflow_mail.mail.addresses import Announce, Reply, classify
+from qaflow_mail.db.models import Disposition, InboundMessage, Source
+from qaflow_mail.deps import Deps
+from qaflow_mail.mail.addresses import Destination, classify
 from qaflow_mail.mail.parse import ParsedMail, parse_message
-from qaflow_mail.pipeline import Context, Outcome, rejected, run
-from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.pipeline.notices import notify_refusal
+from qaflow_mail.pipeline import Context, Outcome, rejected, run, shunted
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
+from qaflow_mail.replies import OK, UNKNOWN_RECIPIENT, SmtpReply
+from qaflow_mail.services import shunt as shunting
+from qaflow_mail.services.notices import answers_by_mail, queue_rejection_notice
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ class IngestResult:
     outcomes: dict[str, Outcome]  # per recipient, for LMTP's per-recipient replies
     reply: SmtpReply  # the single SMTP reply for the whole transaction
     message_id: str
+    shunted: bool = False
 
 
 def combine(outcomes: Sequence[Outcome]) -> SmtpReply:
@@ -48,53 +53,76 @@ async def parse(raw: bytes) -> ParsedMail:
     return await asyncio.to_thread(parse_message, raw)
 
 
-def _is_post_destination(destination: object) -> bool:
-    return isinstance(destination, POST_DESTINATIONS)
+async def classify_recipient(deps: Deps, address: str) -> Destination | None:
+    """Where mail to `address` goes (None: not ours); a slug the cache does not know makes it reload once."""
+    settings = deps.settings
+    slugs = await deps.categories.slugs(must_contain=address.rpartition("@")[0].lower())
+    return classify(address, domain=settings.site.domain, category_slugs=slugs,
+                    announce_local=settings.announce.address)
+
+
+def _post_order(destination: Destination | None) -> int | None:
+    """The place of a post address in the order posts are tried; None for an address that makes no post."""
+    for index, kind in enumerate(POST_DESTINATIONS):
+        if isinstance(destination, kind):
+            return index
+    return None
 
 
 async def _process(
-    deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, recipients: Sequence[str], source: str
+    deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, routed: Sequence[tuple[str, Destination | None]],
+    source: Source,
 ) -> dict[str, Outcome]:
-    settings = deps.settings
     now = deps.clock()
     outcomes: dict[str, Outcome] = {}
     async with deps.sessions() as session, session.begin():
-        slugs = await deps.categories.slugs()
-        routed = [(rcpt, classify(rcpt, domain=settings.site.domain, category_slugs=slugs,
-                                  announce_local=settings.announce.address)) for rcpt in recipients]
         # One message makes at most one post: a reply token is tried first, then an announcement, then the
         # categories in the order given; the first that takes the message makes the post, and every later post
         # address shares its outcome. A refusal (e.g. a stranger in a members-only category) moves on to the next.
         post_targets = sorted(
-            (r for r in routed if _is_post_destination(r[1])),
-            key=lambda r: 0 if isinstance(r[1], Reply) else 1 if isinstance(r[1], Announce) else 2,
+            ((rcpt, dest, order) for rcpt, dest in routed if (order := _post_order(dest)) is not None),
+            key=lambda item: item[2],
         )
-        post_id: int | None = None
 
-        async def route(rcpt: str, destination: object) -> Outcome:
+        async def route(rcpt: str, destination: Destination) -> Outcome:
             ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
                           recipient=rcpt, destination=destination, source=source, now=now)
-            return await run(steps_for(destination), ctx)
+            return await run(steps_for(destination, source), ctx)
 
         taken: Outcome | None = None
-        for rcpt, destination in post_targets:
+        for rcpt, destination, _order in post_targets:
+            assert destination is not None
             outcomes[rcpt] = taken if taken is not None else await route(rcpt, destination)
             if taken is None and outcomes[rcpt].accepted:
                 taken = outcomes[rcpt]
-                post_id = taken.post_id
         for rcpt, destination in routed:
             if destination is None or not has_route(destination):
-                outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}", notify_sender=False)
-            elif not _is_post_destination(destination):
+                outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}")
+            elif _post_order(destination) is None:
                 outcomes[rcpt] = await route(rcpt, destination)
-        await notify_refusal(session, settings=settings, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
-                             envelope_from=envelope_from, source=source, now=now)
-        session.add(_record(raw, parsed, envelope_from, recipients, source, now, outcomes, post_id))
+        await _answer_refusal(session, deps, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
+                              envelope_from=envelope_from, source=source, now=now)
+        session.add(_record(raw, parsed, envelope_from, [rcpt for rcpt, _ in routed], source, now, outcomes,
+                            None if taken is None else taken.post_id))
+        await shunting.forget_failures(session, parsed.sha256)
     return outcomes
 
 
+async def _answer_refusal(
+    session: AsyncSession, deps: Deps, *, parsed: ParsedMail, raw: bytes, outcomes: Sequence[Outcome],
+    envelope_from: str, source: Source, now: datetime,
+) -> None:
+    """A notice for a message no recipient took, when its source has no SMTP reply to tell the sender."""
+    if not answers_by_mail(source) or not outcomes or any(o.accepted for o in outcomes):
+        return
+    refusal = next((o for o in outcomes if o.notify_sender), None)
+    if refusal is not None:
+        await queue_rejection_notice(session, settings=deps.settings, renderer=deps.renderer, parsed=parsed,
+                                     raw=raw, reply=refusal.reply, envelope_from=envelope_from, now=now)
+
+
 def _record(
-    raw: bytes, parsed: ParsedMail, envelope_from: str, recipients: Sequence[str], source: str, now: object,
+    raw: bytes, parsed: ParsedMail, envelope_from: str, recipients: Sequence[str], source: Source, now: datetime,
     outcomes: dict[str, Outcome], post_id: int | None,
 ) -> InboundMessage:
     values = list(outcomes.values())
@@ -117,17 +145,25 @@ def _record(
 
 
 async def ingest(
-    raw: bytes, *, envelope_from: str, recipients: Sequence[str], source: str, deps: Deps
+    raw: bytes, *, envelope_from: str, recipients: Sequence[str], source: Source, deps: Deps,
+    parsed: ParsedMail | None = None, destinations: Mapping[str, Destination | None] | None = None,
 ) -> IngestResult:
-    """Run one message through the pipeline and commit. Raises on a failure the sender must retry (→ 4xx)."""
+    """Run one message through the pipeline and commit. Raises on a failure the sender must retry (→ 4xx); a
+    message that failed [limits] shunt_after_failures times is shunted instead (→ 250, kept for the admins).
+
+    A listener that has parsed the message already (IMAP reads its recipients from it) passes `parsed`; one that
+    classified the recipients already (SMTP, at RCPT) passes `destinations`.
+    """
     started = time.perf_counter()
-    parsed = await parse(raw)
+    source = Source(source)
     try:
-        outcomes = await _process(deps, raw, parsed, envelope_from, recipients, source)
-    except IntegrityError:
-        # A concurrent delivery of the same message won the race; running again finds it a duplicate.
-        log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
-        outcomes = await _process(deps, raw, parsed, envelope_from, recipients, source)
+        if parsed is None:
+            parsed = await parse(raw)
+        outcomes = await _ingest(deps, raw, parsed, envelope_from, recipients, source, destinations or {})
+    except Exception as error:
+        if shunting.is_temporary(error):
+            raise
+        return await _count_failure(deps, raw, parsed, envelope_from, recipients, source, error)
     deps.outbox_wakeup()
     reply = combine(list(outcomes.values()))
     log.info(
@@ -138,3 +174,56 @@ async def ingest(
     return IngestResult(outcomes=outcomes, reply=reply, message_id=parsed.message_id)
 
 
+async def _ingest(
+    deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, recipients: Sequence[str], source: Source,
+    known: Mapping[str, Destination | None],
+) -> dict[str, Outcome]:
+    routed = [(rcpt, known[rcpt] if rcpt in known else await classify_recipient(deps, rcpt)) for rcpt in recipients]
+    try:
+        return await _process(deps, raw, parsed, envelope_from, routed, source)
+    except IntegrityError:
+        # A concurrent delivery of the same message won the race; running again finds it a duplicate.
+        log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
+        return await _process(deps, raw, parsed, envelope_from, routed, source)
+
+
+async def _count_failure(
+    deps: Deps, raw: bytes, parsed: ParsedMail | None, envelope_from: str, recipients: Sequence[str],
+    source: Source, error: Exception,
+) -> IngestResult:
+    """Count a failure of the message itself; shunt it once it has failed often enough, else raise (→ 4xx)."""
+    message = shunting.FailedMessage(
+        raw=raw, envelope_from=envelope_from, recipients=recipients, source=source,
+        message_id=parsed.message_id if parsed is not None else f"unparsed.{hashlib.sha256(raw).hexdigest()[:40]}"
+        f"@{deps.settings.site.domain}",
+        from_address=parsed.from_address if parsed is not None else "",
+        subject=parsed.subject if parsed is not None else "",
+    )
+    now = deps.clock()
+    attempts = await shunting.count_failure(deps, message, error, now=now)
+    log.warning("inbound.failed message_id=%s attempts=%d error=%s", message.message_id, attempts,
+                shunting.describe(error))
+    limit = deps.settings.limits.shunt_after_failures
+    if limit <= 0 or attempts < limit:
+        raise error
+    shunt_id = await shunting.shunt(deps, message, error, attempts=attempts, now=now)
+    outcome = shunted(f"shunt {shunt_id}: {shunting.describe(error)}")
+    return IngestResult(outcomes=dict.fromkeys(recipients, outcome), reply=outcome.reply,
+                        message_id=message.message_id, shunted=True)
+
+
+async def retry_shunted(deps: Deps, shunt_id: int) -> IngestResult | None:
+    """Send a shunted message through the pipeline again (its cause fixed); None when there is no such message.
+    A failure raises and leaves it shunted with the new error."""
+    async with deps.sessions() as session, session.begin():
+        taken = await shunting.take_for_retry(session, shunt_id)
+    if taken is None:
+        return None
+    record, raw = taken
+    try:
+        return await ingest(raw, envelope_from=record.envelope_from, recipients=record.recipients,
+                            source=record.source, deps=deps)
+    except Exception as error:
+        async with deps.sessions() as session, session.begin():
+            await shunting.put_back(session, shunt_id, shunting.describe(error))
+        raise

@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.defaults import ensure_default_categories
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.deps import Deps, utc_now
 from qaflow_mail.outbound.sender import sending
-from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
 from qaflow_mail.server.lmtp import start_lmtp
@@ -55,17 +56,21 @@ def _bound_port(stack: AsyncExitStack, server: asyncio.Server) -> int:
 
 
 @asynccontextmanager
-async def running(settings: Settings, *, background: bool = False) -> AsyncIterator[Running]:
+async def running(
+    settings: Settings, *, background: bool = False, clock: Callable[[], datetime] = utc_now,
+    dkim_dnsfunc: Callable[..., bytes | None] | None = None,
+) -> AsyncIterator[Running]:
     """Start the SMTP listener (and LMTP when enabled) and, with `background`, everything else `serve` runs
-    (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit."""
+    (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
+    `clock` and `dkim_dnsfunc` stand in for the real time and DNS (tests)."""
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database.url, echo=settings.database.echo)
         stack.push_async_callback(engine.dispose)
-        deps = Deps.build(settings, session_factory(engine))
+        deps = Deps.build(settings, session_factory(engine), clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
         if background:
             sender = await stack.enter_async_context(sending(deps))
-            deps.outbox_wakeup = sender.wake
+            deps.outbox_wakeup.listen(sender.wake)
             if settings.http.enabled:
                 run.http_port = await stack.enter_async_context(http_server(deps))
             await stack.enter_async_context(scheduling(deps))

@@ -19,22 +19,20 @@ from typing import Any
 
 from aiohttp import web
 
-from qaflow_mail.outbound.notify import category_url
-from qaflow_mail.outbound.render import PageTemplate, Renderer
-from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.pipeline.steps.enqueue_notifications import get_renderer
-from qaflow_mail.subscriptions import (
+from qaflow_mail.deps import Deps
+from qaflow_mail.outbound.render import PageTemplate
+from qaflow_mail.services.subscriptions import (
     UnsubscribeResult,
     UnsubscribeStatus,
     check_unsubscribe_token,
     mask_email,
     unsubscribe_by_token,
 )
+from qaflow_mail.urls import category_url
 
 log = logging.getLogger(__name__)
 
 DEPS = web.AppKey("deps", Deps)
-RENDERER = web.AppKey("renderer", Renderer)
 MAX_BODY = 64 * 1024  # a one-click body is one short form field
 
 _SECURITY_HEADERS = {
@@ -63,7 +61,7 @@ def _site(request: web.Request) -> dict[str, str]:
 
 
 def _page(request: web.Request, template: PageTemplate, context: dict[str, Any], *, status: int = 200) -> web.Response:
-    html = request.app[RENDERER].render_page(template, {"site": _site(request), **context})
+    html = request.app[DEPS].renderer.render_page(template, {"site": _site(request), **context})
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 
 
@@ -118,10 +116,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return web.Response(text="ok\n", content_type="text/plain")
 
 
-def build_app(deps: Deps, renderer: Renderer | None = None) -> web.Application:
+def build_app(deps: Deps) -> web.Application:
     app = web.Application(middlewares=[security_headers], client_max_size=MAX_BODY)
     app[DEPS] = deps
-    app[RENDERER] = renderer if renderer is not None else get_renderer(deps.settings)
     app.router.add_get("/unsubscribe/{token}", unsubscribe_page)
     app.router.add_post("/unsubscribe/{token}", unsubscribe_one_click)
     app.router.add_get("/healthz", healthz)

@@ -31,13 +31,14 @@ from typing import Any, TypeVar
 import aioimaplib
 
 from qaflow_mail.config import ImapSettings
+from qaflow_mail.db.models import Source
+from qaflow_mail.deps import Deps
 from qaflow_mail.mail.envelope import recipients_from_headers, sender_from_headers
-from qaflow_mail.pipeline.deps import Deps
 from qaflow_mail.pipeline.ingest import IngestResult, ingest, parse
 
 log = logging.getLogger(__name__)
 
-SOURCE = "imap"
+SOURCE = Source.IMAP
 COMMAND_TIMEOUT = 60.0  # any single command, including a FETCH (its timer restarts as data arrives)
 IDLE_RENEW_SECONDS = 29 * 60.0  # RFC 2177: a server may drop a client that has idled for 30 minutes
 STOP_GRACE_SECONDS = 10.0  # on exit, how long the current message may take before the task is cancelled
@@ -167,11 +168,11 @@ class Mailbox:
         _check(await self.call(self.client.login(aioimaplib.quoted(s.username), s.password)), "LOGIN")
         # Capabilities may change at login (RFC 3501 7.2.1): ask again rather than trust the greeting's list.
         await self.call(self.client.protocol.capability())
-        if s.processed_mailbox:
-            created = await self.call(self.client.create(aioimaplib.quoted(s.processed_mailbox)))
+        for folder in dict.fromkeys(name for name in (s.processed_mailbox, s.failed_mailbox) if name):
+            created = await self.call(self.client.create(aioimaplib.quoted(folder)))
             if created.result != "OK" and b"ALREADYEXISTS" not in b" ".join(
                     bytes(line) for line in created.lines if isinstance(line, bytes | bytearray)):
-                log.info("imap.create_failed mailbox=%s reply=%s", s.processed_mailbox, _text(created))
+                log.info("imap.create_failed mailbox=%s reply=%s", folder, _text(created))
         selected = _check(await self.call(self.client.select(aioimaplib.quoted(s.mailbox))), f"SELECT {s.mailbox}")
         self.uidvalidity = _uidvalidity(selected)
 
@@ -186,8 +187,9 @@ class Mailbox:
         response = await self.call(self.client.uid("fetch", str(uid), "(BODY.PEEK[])"), within=None)
         return _literal(_check(response, f"UID FETCH {uid}"))
 
-    async def mark_processed(self, uid: int) -> None:
-        target = self.settings.processed_mailbox
+    async def mark_processed(self, uid: int, *, failed: bool = False) -> None:
+        """Move the message out of the way: to the processed (or, shunted, the failed) mailbox, else delete it."""
+        target = (self.settings.failed_mailbox if failed else "") or self.settings.processed_mailbox
         if target and self.has("MOVE"):
             _check(await self.call(self.client.uid("move", str(uid), aioimaplib.quoted(target))), f"UID MOVE {uid}")
             return
@@ -405,7 +407,7 @@ class ImapPoller:
                 counts["deferred"] += 1
                 self._retry_later(uid)
                 continue
-            await self._mark_processed(mailbox, uid)
+            await self._mark_processed(mailbox, uid, failed=result.shunted)
             self._retry_at.pop(uid, None)
             counts["ingested"] += 1
             if not any(outcome.accepted for outcome in result.outcomes.values()):
@@ -422,11 +424,11 @@ class ImapPoller:
         if not recipients:
             log.warning("imap.no_recipient message_id=%s", parsed.message_id)
         return await ingest(raw, envelope_from=sender_from_headers(parsed), recipients=recipients, source=SOURCE,
-                            deps=self.deps)
+                            deps=self.deps, parsed=parsed)
 
-    async def _mark_processed(self, mailbox: Mailbox, uid: int) -> None:
+    async def _mark_processed(self, mailbox: Mailbox, uid: int, *, failed: bool = False) -> None:
         """The one step after the commit (its own method, so a test can make it fail as a crash would)."""
-        await mailbox.mark_processed(uid)
+        await mailbox.mark_processed(uid, failed=failed)
 
     def _retry_later(self, uid: int) -> None:
         self._retry_at[uid] = asyncio.get_running_loop().time() + max(MIN_INTERVAL, self.settings.poll_interval)

@@ -8,8 +8,9 @@ import asyncio
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from qaflow_mail.errors import TEMPORARY_FAILURE
-from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.db.models import Source
+from qaflow_mail.deps import Deps
+from qaflow_mail.replies import TEMPORARY_FAILURE
 from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, start_listener
 
 
@@ -18,7 +19,7 @@ class GatewayLMTP(EnhancedSizeReplies, LMTP):
 
 
 class LmtpHandler(GatewayHandler):
-    source = "lmtp"
+    source = Source.LMTP
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         result = await self._ingest(envelope)

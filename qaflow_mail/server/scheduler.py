@@ -32,11 +32,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from qaflow_mail.db.queries import reattach_waiting
-from qaflow_mail.outbound.digests import DigestStats, Period, parse_daily_at, run_digests
-from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.outbound.digest_run import DigestStats, run_digests
+from qaflow_mail.outbound.digest_schedule import Period, parse_daily_at
 
 if TYPE_CHECKING:
-    from qaflow_mail.pipeline.deps import Deps
+    from qaflow_mail.deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ LATE_COMMIT_SECONDS = 30
 class Scheduler:
     """The running scheduler, what its jobs did last, and a way to run a pass now."""
 
-    def __init__(self, deps: Deps, renderer: Renderer) -> None:
+    def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self.renderer = renderer
         self.aps = AsyncIOScheduler(timezone=UTC)
         self.last_stats: dict[Period, DigestStats] = {}
         self.runs = 0
@@ -65,7 +64,7 @@ class Scheduler:
         if task is not None:
             self._in_flight.add(task)
         try:
-            stats = await run_digests(self.deps.sessions, settings=self.deps.settings, renderer=self.renderer,
+            stats = await run_digests(self.deps.sessions, settings=self.deps.settings, renderer=self.deps.renderer,
                                       now=self.deps.clock(), period=period)
         except Exception:
             log.exception("digest.job_failed period=%s", period.value)
@@ -126,11 +125,9 @@ class Scheduler:
 
 
 @asynccontextmanager
-async def scheduling(
-    deps: Deps, *, renderer: Renderer | None = None, catch_up: bool = True
-) -> AsyncIterator[Scheduler]:
+async def scheduling(deps: Deps, *, catch_up: bool = True) -> AsyncIterator[Scheduler]:
     """Run the digest jobs for the duration of the block. With `catch_up`, both run once right away."""
-    scheduler = Scheduler(deps, renderer or Renderer())
+    scheduler = Scheduler(deps)
     if deps.settings.digest.enabled:
         scheduler.add_jobs(start_now=catch_up)
     scheduler.add_sweep()

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from qaflow_mail.errors import BAD_TOKEN, RCPT_OK, TEMPORARY_FAILURE, TOO_MANY_RECIPIENTS, UNKNOWN_RECIPIENT
-from qaflow_mail.mail.addresses import Reply, classify
-from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.pipeline.ingest import IngestResult, ingest
+from qaflow_mail.db.models import Source
+from qaflow_mail.deps import Deps
+from qaflow_mail.mail.addresses import Destination, Reply
+from qaflow_mail.pipeline.ingest import IngestResult, classify_recipient, ingest
 from qaflow_mail.pipeline.routes import has_route
-from qaflow_mail.pipeline.tokens import verify_reply_token
+from qaflow_mail.replies import (
+    BAD_TOKEN,
+    RCPT_OK,
+    TEMPORARY_FAILURE,
+    TOO_BIG,
+    TOO_MANY_RECIPIENTS,
+    UNKNOWN_RECIPIENT,
+)
+from qaflow_mail.services.threads import reply_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +35,7 @@ class EnhancedSizeReplies:
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         if text.startswith("552 Error"):
-            status = f"552 5.3.4 Message too big for this forum (at most {self.data_size_limit} bytes)"
+            status = str(TOO_BIG.with_text(f"{TOO_BIG.text} (at most {self.data_size_limit} bytes)"))
         await super().push(status)  # type: ignore[misc]
 
 
@@ -35,10 +44,12 @@ class GatewaySMTP(EnhancedSizeReplies, SMTP):
 
 
 class GatewayHandler:
-    source = "smtp"
+    source = Source.SMTP
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        # Each accepted RCPT's destination, so DATA does not classify the addresses again.
+        self._destinations: weakref.WeakKeyDictionary[Envelope, dict[str, Destination]] = weakref.WeakKeyDictionary()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -47,10 +58,7 @@ class GatewayHandler:
         if len(envelope.rcpt_tos) >= settings.smtp.max_recipients:
             return str(TOO_MANY_RECIPIENTS)
         try:
-            local = address.rpartition("@")[0].lower()
-            slugs = await self.deps.categories.slugs(must_contain=local)
-            destination = classify(address, domain=settings.site.domain, category_slugs=slugs,
-                                   announce_local=settings.announce.address)
+            destination = await classify_recipient(self.deps, address)
         except Exception:
             log.exception("smtp.rcpt_failed address=%s", address)
             return str(TEMPORARY_FAILURE)
@@ -58,9 +66,10 @@ class GatewayHandler:
             return str(UNKNOWN_RECIPIENT)
         if isinstance(destination, Reply):
             today = self.deps.clock().date()
-            if verify_reply_token(destination.token, settings=settings, today=today) is None:
+            if reply_token_ids(settings, destination.token, today=today) is None:
                 return str(BAD_TOKEN)
         envelope.rcpt_tos.append(address)
+        self._destinations.setdefault(envelope, {})[address] = destination
         return str(RCPT_OK)
 
     async def _ingest(self, envelope: Envelope) -> IngestResult | None:
@@ -71,7 +80,7 @@ class GatewayHandler:
         try:
             return await ingest(
                 raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
-                source=self.source, deps=self.deps,
+                source=self.source, deps=self.deps, destinations=self._destinations.pop(envelope, None),
             )
         except Exception:
             log.exception("%s.data_failed mail_from=%s", self.source, envelope.mail_from)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qaflow_mail.commands.corpus import CorpusCheck, check_corpus
 from qaflow_mail.config import Settings
+from qaflow_mail.corpus.check import CorpusCheck, check_corpus
 
 pytestmark = pytest.mark.corpus
 

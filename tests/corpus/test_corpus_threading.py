@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qaflow_mail.corpus.threading import Cause, CorpusResult, PairCounts, evaluate_all
+from qaflow_mail.corpus.thread_eval import Cause, CorpusResult, PairCounts, evaluate_all
 from qaflow_mail.mail.parse import parse_message
 from qaflow_mail.mail.threads import parent_candidates
 

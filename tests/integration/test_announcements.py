@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, update
 
+from qaflow_mail.cli import build_parser
 from qaflow_mail.commands.common import CommandError
-from qaflow_mail.commands.digests import register
 from qaflow_mail.config import AnnounceSettings, Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
@@ -41,6 +41,7 @@ from qaflow_mail.mail.tokens import TokenKind, verify
 from qaflow_mail.outbound.announcements import announcement_status
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running, running
+from tests.clock import Clock
 from tests.sink import SmtpSink
 from tests.smtp_client import Conversation, send
 from tests.unit.test_dkim_check import dns_for, message, shared_key, sign
@@ -73,16 +74,17 @@ async def seed(run: Running, *, users: int = 3, admin_alias: str | None = None) 
             admin_id = await session.scalar(select(User.id).where(User.email == ADMIN))
             assert admin_id is not None
             session.add(UserAddress(user_id=admin_id, email=admin_alias))
-    run.deps.dkim_dnsfunc = dns_for({"test._domainkey.example.org": shared_key().public_txt})
 
 
 @pytest.fixture
-async def gateway_for(settings: Settings) -> AsyncIterator[Any]:
-    """A factory: the running gateway for settings derived from the test's settings."""
+async def gateway_for(settings: Settings, clock: Clock) -> AsyncIterator[Any]:
+    """A factory: the running gateway for settings derived from the test's settings. DKIM keys are looked up in
+    the test's own DNS table; `clock` is the gateway's clock."""
     stack: list[Any] = []
+    dns = dns_for({"test._domainkey.example.org": shared_key().public_txt})
 
     async def start(custom: Settings | None = None) -> Running:
-        context = running(custom or settings)
+        context = running(custom or settings, clock=clock, dkim_dnsfunc=dns)
         run = await context.__aenter__()
         stack.append(context)
         return run
@@ -286,7 +288,6 @@ async def test_a_replayed_signed_mail_is_held_not_published(gateway_for: Any, se
     assert "more than 72 hours ago" in body_of(second.raw)
 
     strict = await gateway_for(with_announce(settings, require="dkim"))
-    strict.deps.dkim_dnsfunc = run.deps.dkim_dnsfunc
     another = b"Subject: Official\r\n" + sign(private.replace(b"announce-1", b"private-2"), domain="example.org")
     assert refused_with(await deliver(strict, another, mail_from="mallory@evil.example"), "5.7.1", "DKIM")
     assert len(await announcements(strict)) == 2  # the same database: nothing added
@@ -393,13 +394,13 @@ async def test_a_confirmation_is_refused_when_the_held_text_is_not_what_it_showe
     assert await query(run, select(Post)) == [] and await outbox(run, OutboxKind.ANNOUNCEMENT) == []
 
 
-async def test_an_expired_confirmation_is_refused(gateway_for: Any) -> None:
+async def test_an_expired_confirmation_is_refused(gateway_for: Any, clock: Clock) -> None:
     run = await gateway_for()
     await seed(run)
     assert (await deliver(run, message())).data_code == 250  # unsigned: held
     (confirm,) = await outbox(run, OutboxKind.CONFIRMATION)
     real_now = datetime.now(UTC)
-    run.deps.clock = lambda: real_now + timedelta(hours=48, minutes=1)
+    clock.now = real_now + timedelta(hours=48, minutes=1)
     reply, to = confirmation_reply(confirm)
     conv = await deliver(run, reply, to=to)
     assert conv.data is not None and conv.data[0] == 550 and conv.data[1].startswith("5.1.1")
@@ -463,9 +464,7 @@ async def test_a_broadcast_to_1000_users_reaches_the_sink(gateway_for: Any, sett
 
 
 def _cli(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="qaflow-mail")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_announce_send_and_status_from_the_command_line(

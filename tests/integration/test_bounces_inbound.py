@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import (
-    Bounce,
+    BounceRecord,
     CategorySubscription,
     Disposition,
     InboundMessage,
@@ -119,9 +119,9 @@ def verp_for(run: Running, user_id: int, ref_id: int = 0) -> str:
     return token_address(TokenKind.BOUNCE, token, domain=DOMAIN)
 
 
-async def bounces(run: Running) -> list[Bounce]:
+async def bounces(run: Running) -> list[BounceRecord]:
     async with run.deps.sessions() as session:
-        return list((await session.scalars(select(Bounce).order_by(Bounce.id))).all())
+        return list((await session.scalars(select(BounceRecord).order_by(BounceRecord.id))).all())
 
 
 async def post_count(run: Running) -> int:

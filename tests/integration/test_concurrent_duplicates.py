@@ -14,7 +14,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Disposition, InboundMessage, Post
-from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
 from tests.smtp_client import make_mail
 

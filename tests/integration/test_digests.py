@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from qaflow_mail.cli import build_parser
 from qaflow_mail.commands.common import CommandError
-from qaflow_mail.commands.digests import add_user_set_arguments, register
 from qaflow_mail.config import DigestSettings, Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
@@ -33,18 +33,15 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
+from qaflow_mail.db.queries import find_digest_reference
+from qaflow_mail.deps import Deps
 from qaflow_mail.mail.tokens import TokenKind, verify
-from qaflow_mail.outbound.digests import (
-    DIGEST_REPLY,
-    Period,
-    find_digest_reference,
-    render_digest_reply_notice,
-    run_digests,
-)
+from qaflow_mail.outbound.digest_run import run_digests
+from qaflow_mail.outbound.digest_schedule import Period
 from qaflow_mail.outbound.render import Renderer
 from qaflow_mail.outbound.sender import sending
-from qaflow_mail.pipeline.deps import Deps
-from qaflow_mail.subscriptions import UnsubscribeResult, unsubscribe_by_token
+from qaflow_mail.replies import DIGEST_REPLY
+from qaflow_mail.services.subscriptions import UnsubscribeResult, unsubscribe_by_token
 from tests.sink import SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -416,7 +413,8 @@ async def test_exactly_once_across_reruns_restarts_and_sending(
 async def test_a_crash_mid_run_loses_and_doubles_nothing(
     settings: Settings, engines: Any, renderer: Renderer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qaflow_mail.outbound import digests as digests_module
+    from qaflow_mail.outbound import digest_run as digests_module
+    from qaflow_mail.outbound.outbox import enqueue as real_enqueue
 
     world = World(engines(settings))
     await world.category("general")
@@ -426,7 +424,6 @@ async def test_a_crash_mid_run_loses_and_doubles_nothing(
         await world.subscribe(f"user{n}", "general", SubscriptionMode.DAILY,
                               last=datetime(2025, 6, 1, 7, 0, tzinfo=UTC))
     await world.topic("Hello", "general", "alice", datetime(2025, 6, 1, 12, 0, tzinfo=UTC), "Hello everyone.")
-    real_enqueue = digests_module.enqueue
     calls = 0
 
     async def crash_on_second_batch(*args: Any, **kwargs: Any) -> None:
@@ -487,8 +484,7 @@ async def test_replies_from_a_digest(settings: Settings, engines: Any, renderer:
     entry = text[text.index("How to parse mail"):]
     topic_address = entry[entry.index("Reply by email: ") + len("Reply by email: "):].split()[0]
 
-    async with running(settings) as run:
-        run.deps.clock = lambda: RUN_AT + timedelta(hours=1)
+    async with running(settings, clock=lambda: RUN_AT + timedelta(hours=1)) as run:
         reply = make_mail(sender="bob@example.org", to=topic_address, subject="Re: digest",
                           body="Thanks, the email package worked.", in_reply_to=f"<{bob_row.message_id}>")
         conv = await send(run.smtp_port, reply, mail_from="bob@example.org", rcpt_tos=[topic_address])
@@ -522,10 +518,6 @@ async def test_replies_from_a_digest(settings: Settings, engines: Any, renderer:
     ref = await world.run(lookup)
     assert ref is not None and ref.user_id == world.ids["bob"]
     assert DIGEST_REPLY.code == 550 and "reply to the address given under the topic" in DIGEST_REPLY.text
-    notice = render_digest_reply_notice(renderer, settings, original_subject="Re: Daily digest",
-                                        quoted_lines=["Thanks!", "", "> old digest text"])
-    assert "Reply by email" in notice.text and "> Thanks!" in notice.text
-    assert notice.subject == "[QAFlow Test] Your reply to a digest was not posted: Re: Daily digest"
 
 
 async def test_the_digest_unsubscribe_stops_the_whole_digest_and_a_footer_link_one_category(
@@ -570,8 +562,8 @@ async def test_the_scheduler_catches_up_at_start_and_declares_its_jobs(
     settings = dataclasses.replace(settings, digest=DigestSettings(daily_at="07:20", timezone="Europe/Berlin"))
     world = World(engines(settings))
     await make_forum(world)
-    deps = Deps.build(settings, world.sessions, clock=lambda: RUN_AT)
-    async with scheduling(deps, renderer=renderer) as scheduler:
+    deps = Deps.build(settings, world.sessions, clock=lambda: RUN_AT, renderer=renderer)
+    async with scheduling(deps) as scheduler:
         jobs = {job.id: job for job in scheduler.aps.get_jobs()}
         assert set(jobs) == {"digest-daily", "digest-weekly", "reattach-orphans"}
         for job in (jobs["digest-daily"], jobs["digest-weekly"]):
@@ -588,11 +580,7 @@ async def test_the_scheduler_catches_up_at_start_and_declares_its_jobs(
 
 
 def _cli(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="qaflow-mail")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    add_user_set_arguments(sub.add_parser("user-set"))  # the lead wires it as `user set`
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_digest_run_and_user_set_from_the_command_line(
@@ -604,14 +592,14 @@ def test_digest_run_and_user_set_from_the_command_line(
         await engine.dispose()
 
     asyncio.run(seed())
-    args = _cli("user-set", "bob@example.org", "--timezone", "Asia/Kolkata")
+    args = _cli("user", "set", "bob@example.org", "--timezone", "Asia/Kolkata")
     assert args.func(settings, args) == 0
     assert "Asia/Kolkata" in capsys.readouterr().out
     with pytest.raises(CommandError, match="unknown time zone"):
-        args = _cli("user-set", "bob@example.org", "--timezone", "Mars/Base")
+        args = _cli("user", "set", "bob@example.org", "--timezone", "Mars/Base")
         args.func(settings, args)
     with pytest.raises(CommandError, match="no user"):
-        args = _cli("user-set", "nobody@example.org", "--timezone", "UTC")
+        args = _cli("user", "set", "nobody@example.org", "--timezone", "UTC")
         args.func(settings, args)
 
     # 2 June 06:00 UTC: dave (Berlin) is due; bob, now in Kolkata, was due since 01:30 UTC; carol (weekly) not.
@@ -621,7 +609,7 @@ def test_digest_run_and_user_set_from_the_command_line(
     assert out["now"] == "2025-06-02T06:00:00+00:00"
     assert [(r["period"], r["digests"]) for r in out["runs"]] == [("daily", 2), ("weekly", 0)]
 
-    args = _cli("user-set", "bob@example.org", "--timezone", "default")
+    args = _cli("user", "set", "bob@example.org", "--timezone", "default")
     assert args.func(settings, args) == 0
     assert "site default (UTC)" in capsys.readouterr().out
     args = _cli("digest", "run", "--period", "daily", "--now", "2025-06-02T06:30:00")
@@ -636,7 +624,7 @@ def test_build_digest_is_pure_caps_topics_and_the_html_part_escapes(renderer: Re
     from zoneinfo import ZoneInfo
 
     from qaflow_mail.config import SiteSettings, TokensSettings
-    from qaflow_mail.outbound.digests import DigestRecipient, PostRow, SubscriptionWindow, TopicRow, build_digest
+    from qaflow_mail.outbound.digest_build import DigestRecipient, PostRow, SubscriptionWindow, TopicRow, build_digest
 
     settings = Settings(site=SiteSettings(name="QAFlow", domain="forum.test", base_url="https://forum.test"),
                         tokens=TokensSettings(secret=SECRET), digest=DigestSettings(max_topics=3))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from qaflow_mail.config import ImapSettings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Category, Disposition, InboundMessage, Outbox, OutboxKind, Post, Topic, User
-from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.deps import Deps
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.imap import Backoff, ImapPoller, PollCounts, polling
 from tests.dovecot import Dovecot
@@ -190,8 +190,8 @@ async def test_failed_ingest_leaves_the_message_unseen_for_a_later_round(
 
 async def test_temporary_refusal_stays_unseen_like_an_mta_retry(forum: Running, dovecot: Dovecot) -> None:
     deps = imap_deps(forum, dovecot)
-    deps.settings = dataclasses.replace(deps.settings, limits=dataclasses.replace(deps.settings.limits,
-                                                                                  sender_rate_per_hour=1))
+    deps = dataclasses.replace(deps, settings=dataclasses.replace(
+        deps.settings, limits=dataclasses.replace(deps.settings.limits, sender_rate_per_hour=1)))
     dovecot.deliver(mail(message_id="<first@c.test>"))
     dovecot.deliver(mail(message_id="<second@c.test>"))
     async with polling(deps) as poller:
@@ -208,7 +208,7 @@ async def test_crash_between_commit_and_flag_posts_once(
     dovecot.deliver(mail(message_id="<crash@c.test>"))
     async with polling(imap_deps(forum, dovecot)) as poller:
 
-        async def crash(*args: object) -> None:
+        async def crash(*args: object, **kwargs: object) -> None:
             raise ConnectionResetError("the process died after the commit")
 
         monkeypatch.setattr(poller, "_mark_processed", crash)

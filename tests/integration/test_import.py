@@ -32,9 +32,9 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
+from qaflow_mail.deps import Deps
 from qaflow_mail.importer import ImportReport, UnknownCategory, import_paths, read_header
 from qaflow_mail.mail.parse import parse_message
-from qaflow_mail.pipeline.deps import Deps
 from tests.smtp_client import make_mail
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,16 +29,11 @@ from qaflow_mail.db.models import (
 )
 from qaflow_mail.mail.compose import to_bytes
 from qaflow_mail.mail.tokens import TokenKind, sign, verify
-from qaflow_mail.outbound.notify import (
-    NotificationBuilder,
-    Placeholders,
-    Recipient,
-    Threading,
-    build_messages,
-    notification_message_id,
-)
+from qaflow_mail.outbound.fanout import Placeholders, Recipient
+from qaflow_mail.outbound.notify import NotificationBuilder, Threading, build_messages, notification_message_id
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
+from qaflow_mail.services.notifications import notify_followers
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -375,17 +370,12 @@ async def test_post_html_is_escaped_unless_sanitised(forum: Running, sink: SmtpS
 
 
 async def test_fan_out_is_idempotent_and_skips_unusable_addresses(forum: Running) -> None:
-    """Running the step twice (a retried transaction) hands the outbox nothing new."""
-    from qaflow_mail.outbound.notify import enqueue_post_notifications
-    from qaflow_mail.pipeline.steps.enqueue_notifications import get_renderer
-
+    """Running the service twice (a retried transaction) hands the outbox nothing new."""
     first = make_mail(sender=ALICE, to=GENERAL, subject="Once", body="Only once.", message_id="<o1@client.test>")
     assert await post_mail(forum, first, sender=ALICE, rcpt=GENERAL) == 250
     post = await post_by_message_id(forum, "o1@client.test")
-    settings = forum.deps.settings
     async with forum.deps.sessions() as session, session.begin():
-        again = await enqueue_post_notifications(session, settings=settings, renderer=get_renderer(settings),
-                                                 post=post, now=datetime.now(UTC))
+        again = await notify_followers(session, forum.deps, post, now=datetime.now(UTC))
     assert again == 2
     async with forum.deps.sessions() as session:
         rows = (await session.scalars(select(Outbox))).all()

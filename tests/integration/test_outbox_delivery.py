@@ -28,13 +28,21 @@ from qaflow_mail.commands.common import CommandError
 from qaflow_mail.config import LimitsSettings, Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
-from qaflow_mail.db.models import Bounce, Outbox, OutboxKind, OutboxStatus, User, UserStatus
+from qaflow_mail.db.models import BounceRecord, Outbox, OutboxKind, OutboxStatus, User, UserStatus
+from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.bounce_score import record_delivery_failure
 from qaflow_mail.outbound.mailer import DeliveryError, MaildirMailer, SmtpMailer, build_mailer
-from qaflow_mail.outbound.outbox import DrainStats, claim, drain_once, mark_failed, mark_sent, requeue
-from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
+from qaflow_mail.outbound.outbox import (
+    DrainStats,
+    OutgoingMessage,
+    claim,
+    drain_once,
+    enqueue,
+    mark_failed,
+    mark_sent,
+    requeue,
+)
 from qaflow_mail.outbound.sender import sending
-from qaflow_mail.pipeline.deps import Deps
 from tests.sink import SmtpSink
 
 DOMAIN = "forum.test"
@@ -117,9 +125,9 @@ async def rows(deps: Deps) -> list[Outbox]:
         return list((await session.scalars(select(Outbox).order_by(Outbox.id))).all())
 
 
-async def bounces(deps: Deps) -> list[Bounce]:
+async def bounces(deps: Deps) -> list[BounceRecord]:
     async with deps.sessions() as session:
-        return list((await session.scalars(select(Bounce).order_by(Bounce.id))).all())
+        return list((await session.scalars(select(BounceRecord).order_by(BounceRecord.id))).all())
 
 
 async def user(deps: Deps, user_id: int) -> User:
@@ -530,8 +538,7 @@ async def test_sender_drains_when_woken_and_survives_a_failing_drain(
     async with SmtpSink() as sink:
         # A poll interval of an hour: only wake() can make another drain happen within the test.
         settings = smtp_settings(settings, sink, poll_interval=3600.0)
-        deps = await make_deps(settings)
-        deps.clock = clock
+        deps = dataclasses.replace(await make_deps(settings), clock=clock)
         users = await add_users(deps, ALICE)
         await enqueue_rows(deps, [(ALICE, users[ALICE])])
         mailer = build_mailer(settings)
@@ -550,8 +557,7 @@ async def test_sender_drains_when_woken_and_survives_a_failing_drain(
 
 
 async def test_sender_with_the_default_maildir_mailer(settings: Settings, make_deps: DepsFactory) -> None:
-    deps = await make_deps(settings)
-    deps.clock = lambda: datetime.now(UTC)
+    deps = dataclasses.replace(await make_deps(settings), clock=lambda: datetime.now(UTC))
     async with sending(deps) as sender:
         await enqueue_rows(deps, [(ALICE, None), (BOB, None)])
         await sender.flush()
@@ -579,8 +585,7 @@ class GateMailer:
 async def test_leaving_the_sender_finishes_in_flight_sends_and_records_them(
     settings: Settings, make_deps: DepsFactory
 ) -> None:
-    deps = await make_deps(settings)
-    deps.clock = lambda: datetime.now(UTC)
+    deps = dataclasses.replace(await make_deps(settings), clock=lambda: datetime.now(UTC))
     await enqueue_rows(deps, [(ALICE, None)])
     gate = GateMailer()
     async with sending(deps, mailer=gate, worker="bg") as sender:

@@ -13,6 +13,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Disposition, InboundMessage, Post
 from qaflow_mail.server.app import Running
+from tests.clock import Clock
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -22,22 +23,14 @@ START = datetime(2024, 3, 4, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, sender_rate_per_hour=3))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    limit = getattr(request, "param", 3)
+    return dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, sender_rate_per_hour=limit))
 
 
 @pytest.fixture
-async def forum(gateway: Running) -> tuple[Running, Clock]:
-    clock = Clock()
-    gateway.deps.clock = clock
+async def forum(gateway: Running, clock: Clock) -> tuple[Running, Clock]:
+    clock.now = START
     async with gateway.deps.sessions() as session, session.begin():
         await queries.add_category(session, slug="general", name="General", allow_strangers=False)
         await queries.add_user(session, email=ALICE, now=START)
@@ -91,9 +84,9 @@ async def test_refused_and_discarded_mail_does_not_count(forum: tuple[Running, C
     assert (await post(run, ALICE, 6))[0] == 450
 
 
+@pytest.mark.parametrize("settings", [0], indirect=True)
 async def test_zero_switches_the_limit_off(forum: tuple[Running, Clock]) -> None:
     run, _clock = forum
-    limits = dataclasses.replace(run.deps.settings.limits, sender_rate_per_hour=0)
-    run.deps.settings = dataclasses.replace(run.deps.settings, limits=limits)
+    assert run.deps.settings.limits.sender_rate_per_hour == 0
     for n in range(5):
         assert (await post(run, ALICE, n))[0] == 250

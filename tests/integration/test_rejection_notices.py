@@ -17,12 +17,12 @@ from sqlalchemy import select
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Outbox, OutboxKind
-from qaflow_mail.errors import SmtpReply
 from qaflow_mail.mail.parse import parse_message
-from qaflow_mail.pipeline import rejected
+from qaflow_mail.outbound.render import Renderer
 from qaflow_mail.pipeline.ingest import ingest
-from qaflow_mail.pipeline.notices import get_renderer, queue_rejection_notice, reason_and_advice, withhold_reason
+from qaflow_mail.replies import SmtpReply
 from qaflow_mail.server.app import Running
+from qaflow_mail.services.notices import queue_rejection_notice, reason_and_advice, withhold_reason
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -135,8 +135,8 @@ async def test_automatic_senders_never_get_a_notice(forum: Running) -> None:
                            settings=settings) == "our own address"
     async with forum.deps.sessions() as session, session.begin():
         queued = await queue_rejection_notice(
-            session, settings=settings, renderer=get_renderer(settings), parsed=vacation, raw=b"",
-            outcome=rejected(SmtpReply(550, "5.6.0", "Empty")), envelope_from=STRANGER, now=datetime.now(UTC))
+            session, settings=settings, renderer=Renderer(), parsed=vacation, raw=b"",
+            reply=SmtpReply(550, "5.6.0", "Empty"), envelope_from=STRANGER, now=datetime.now(UTC))
     assert queued is False
     assert await notices(forum) == []
 

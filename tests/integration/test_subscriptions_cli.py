@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail import cli
+from qaflow_mail import cli, logs
 from qaflow_mail.commands.common import CommandError, in_session
-from qaflow_mail.commands.subscriptions import cmd_user_add_file, cmd_user_show
+from qaflow_mail.commands.users import cmd_user_show
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Category, CategorySubscription, User, UserAddress
@@ -49,11 +49,9 @@ def modes(settings: Settings) -> dict[tuple[str, str], str]:
 
 @pytest.fixture
 def qaflow(settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run `qaflow-mail ARGS` in-process (with this module's commands registered) against the test database."""
+    """Run `qaflow-mail ARGS` in-process against the test database."""
     seed(settings)
-    if "subscriptions" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "subscriptions"))
-    monkeypatch.setattr(cli.logs, "configure", lambda *args, **kwargs: None)
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)
     for key in list(os.environ):
         if key.startswith("QAFLOW_"):
             monkeypatch.delenv(key)
@@ -157,8 +155,9 @@ def test_user_show_and_user_add_file(qaflow: Run, settings: Settings, tmp_path: 
 
     people = tmp_path / "people.txt"
     people.write_text("Zoë <zoe@example.org>\nbob@example.net\n\n# done\nbroken@\n", encoding="utf-8")
-    assert cmd_user_add_file(settings, argparse.Namespace(file=str(people), json=True)) == 2
-    report = json.loads(capsys.readouterr().out)
+    status, out, _ = qaflow("user", "add", "--file", str(people), "--json")
+    assert status == 2
+    report = json.loads(out)
     assert (report["users_created"], report["users_existing"]) == (1, 1)
     assert [b["line"] for b in report["bad"]] == [5]
     assert cmd_user_show(settings, argparse.Namespace(email="zoe@example.org", json=True)) == 0

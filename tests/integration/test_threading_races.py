@@ -13,8 +13,9 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Post, Topic, UserStatus
-from qaflow_mail.pipeline.deps import Deps
+from qaflow_mail.deps import Deps
 from qaflow_mail.pipeline.ingest import ingest
+from tests.clock import Clock
 from tests.smtp_client import make_mail
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -24,7 +25,7 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 async def deps(settings: Settings) -> AsyncIterator[Deps]:
     engine = create_engine(settings.database.url)
     try:
-        deps = Deps.build(settings, session_factory(engine), clock=lambda: T0)
+        deps = Deps.build(settings, session_factory(engine), clock=Clock(T0))
         async with deps.sessions() as session, session.begin():
             await queries.add_category(session, slug="general", name="General", allow_strangers=False)
             await queries.add_category(session, slug="open", name="Open", allow_strangers=True)
@@ -37,7 +38,8 @@ async def deps(settings: Settings) -> AsyncIterator[Deps]:
 
 async def deliver(deps: Deps, sender: str, to: str, mid: str, *, irt: str | None = None,
                   refs: tuple[str, ...] = (), at: datetime = T0) -> None:
-    deps.clock = lambda: at
+    assert isinstance(deps.clock, Clock)
+    deps.clock.now = at
     msg = make_mail(sender=sender, to=to, subject="Thread", body=f"Text of {mid}.", message_id=f"<{mid}>",
                     in_reply_to=f"<{irt}>" if irt else None, references=[f"<{r}>" for r in refs])
     result = await ingest(msg.as_bytes(), envelope_from=sender, recipients=[to], source="smtp", deps=deps)

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from qaflow_mail.config import DigestSettings
-from qaflow_mail.outbound.digests import (
+from qaflow_mail.outbound.digest_schedule import (
     DigestSchedule,
     Period,
     parse_daily_at,

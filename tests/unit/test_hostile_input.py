@@ -20,6 +20,8 @@ from typing import Any, cast
 
 import pytest
 
+from qaflow_mail.db.models import Source
+from qaflow_mail.mail.addresses import NewTopic
 from qaflow_mail.mail.charsets import decode_header
 from qaflow_mail.mail.content import extract_content
 from qaflow_mail.mail.parse import parse_message
@@ -255,8 +257,8 @@ async def test_extract_body_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPa
         parsed=parsed,
         envelope_from="bob@example.net",
         recipient="general@forum.test",
-        destination=None,
-        source="smtp",
+        destination=NewTopic("general"),
+        source=Source.SMTP,
         now=datetime(2025, 1, 1, tzinfo=UTC),
     )
     result = await extract_body_step.extract_body(ctx)

@@ -61,6 +61,15 @@ SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
         "resubscribe_url": "https://forum.example.org/c/python",
         "request_address": "python-request@forum.example.org",
     },
+    MailTemplate.NOTICE_SHUNTED: {
+        "site": SITE,
+        "shunt_id": 7,
+        "attempts": 3,
+        "sender": "alice@example.org",
+        "original_subject": "Question about parsing",
+        "message_id": "q1@example.org",
+        "error": "ValueError: trimmer bug",
+    },
     PageTemplate.UNSUBSCRIBE_CONFIRM: {
         "site": SITE,
         "category": CATEGORY,

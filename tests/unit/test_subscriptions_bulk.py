@@ -15,7 +15,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Category, CategorySubscription, SubscriptionMode, User, UserAddress, UserStatus
-from qaflow_mail.subscriptions import CHUNK, ParsedLine, bulk_add_users, bulk_subscribe, parse_address_line
+from qaflow_mail.services.bulk_import import CHUNK, ParsedLine, bulk_add_users, bulk_subscribe, parse_address_line
 
 T = TypeVar("T")
 NOW = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qaflow_mail.corpus.threading import MemoryThreader
+from qaflow_mail.corpus.thread_eval import MemoryThreader
 from qaflow_mail.mail.parse import ParsedMail, parse_message
 from qaflow_mail.mail.threads import (
     MAX_MESSAGE_ID_LENGTH,

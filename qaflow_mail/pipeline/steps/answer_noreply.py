@@ -3,14 +3,9 @@ is told which addresses do take mail."""
 
 from __future__ import annotations
 
-from qaflow_mail.errors import SmtpReply
-from qaflow_mail.outbound.digests import DIGEST_REPLY, find_digest_reference
+from qaflow_mail.db.queries import find_digest_reference
 from qaflow_mail.pipeline import Context, Outcome, rejected
-
-NOT_A_MAILBOX = SmtpReply(
-    550, "5.1.1",
-    "This address sends notifications and takes no mail: to answer a topic, reply to its reply address",
-)
+from qaflow_mail.replies import DIGEST_REPLY, NOT_A_MAILBOX
 
 
 async def answer_noreply(ctx: Context) -> Context | Outcome:

@@ -5,14 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from qaflow_mail.errors import SmtpReply
 from qaflow_mail.mail.content import extract_content
 from qaflow_mail.pipeline import Context, Outcome, rejected
-
-EMPTY_REPLY = SmtpReply(
-    550, "5.6.0", "Your reply is empty once quoted text is removed; write your answer above the quote"
-)
-ONLY_SIGNATURE = SmtpReply(550, "5.6.0", "Your reply holds only a signature; write your answer above it")
+from qaflow_mail.replies import EMPTY_REPLY, ONLY_SIGNATURE
 
 
 async def extract_body(ctx: Context) -> Context | Outcome:

@@ -1,4 +1,4 @@
-"""What the pipeline needs from the outside world, built once at start-up and passed down."""
+"""What the services need from the outside world, built once at start-up and passed down, never changed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
+from qaflow_mail.outbound.render import Renderer
 
 
 def utc_now() -> datetime:
@@ -34,18 +35,37 @@ class CategoryCache:
 
 
 @dataclass(slots=True)
+class Wakeup:
+    """Called after a transaction that may have queued outgoing mail commits; the outbox sender listens."""
+
+    _listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def __call__(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+
+@dataclass(frozen=True, slots=True)
 class Deps:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     categories: CategoryCache
+    renderer: Renderer
     clock: Callable[[], datetime] = utc_now
     # DKIM key lookups for announcements: (b"sel._domainkey.example.org.", timeout=...) -> TXT value or None.
     # None means dkimpy's own resolver (real DNS); tests answer from a dict.
     dkim_dnsfunc: Callable[..., bytes | None] | None = None
-    # Called after a transaction that may have queued outgoing mail commits: wakes the outbox sender.
-    outbox_wakeup: Callable[[], None] = field(default=lambda: None)
+    outbox_wakeup: Wakeup = field(default_factory=Wakeup)
 
     @classmethod
-    def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-              clock: Callable[[], datetime] = utc_now) -> Deps:
-        return cls(settings=settings, sessions=sessions, categories=CategoryCache(sessions), clock=clock)
+    def build(
+        cls, settings: Settings, sessions: async_sessionmaker[AsyncSession], *,
+        clock: Callable[[], datetime] = utc_now, renderer: Renderer | None = None,
+        dkim_dnsfunc: Callable[..., bytes | None] | None = None,
+    ) -> Deps:
+        return cls(settings=settings, sessions=sessions, categories=CategoryCache(sessions),
+                   renderer=renderer if renderer is not None else Renderer(), clock=clock,
+                   dkim_dnsfunc=dkim_dnsfunc)

@@ -1,11 +1,12 @@
-"""A short "your message was not posted" email for a sender who gets no SMTP reply.
+"""Mail the site writes to one person in answer to their message: "your message was not posted" for a sender
+who gets no SMTP reply, and "you are unsubscribed".
 
 Who gets one:
 - Only mail from sources without an SMTP conversation (IMAP). Over SMTP the sending MTA already turns our 5xx
   text into a bounce for its user, so a notice would say the same thing twice. Archive imports get none: their
   authors never sent anything to us, and the import summary tells the operator what was skipped.
-- Only when the message as a whole was refused (no recipient took it) and the refusal asks for it
-  (`Outcome.notify_sender`).
+- Only when the message as a whole was refused (no recipient took it) and the refusal has a notice
+  (`SmtpReply.notice`, see qaflow_mail.replies).
 - Never to automatic mail (RFC 3834): anything classify_automatic does not call a person's post (auto-replies,
   bounces, loops, a null envelope sender), and never to our own domain.
 - Never to a sender we cannot trust to have written it (no backscatter to forged From addresses): when our MTA's
@@ -21,10 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -32,50 +30,32 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Outbox, OutboxKind
-from qaflow_mail.errors import SmtpReply
+from qaflow_mail.db.models import Outbox, OutboxKind, Source
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
 from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.content import extract_content
 from qaflow_mail.mail.dkim_check import raw_headers, trusted_authentication_results
 from qaflow_mail.mail.parse import ParsedMail
-from qaflow_mail.outbound.queue import OutgoingMessage, enqueue
-from qaflow_mail.outbound.render import TEMPLATES_DIR, MailTemplate, Renderer
+from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import MailTemplate, Renderer
 from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
-from qaflow_mail.pipeline import Outcome
+from qaflow_mail.replies import ADVICE, SmtpReply
+from qaflow_mail.services.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, UnsubscribeResult
+from qaflow_mail.urls import category_url
 
 log = logging.getLogger(__name__)
 
-NOTICE_SOURCES = frozenset({"imap"})
+NOTICE_SOURCES = frozenset({Source.IMAP})
 WINDOW = timedelta(hours=1)
 QUOTED_LINES = 10
 QUOTED_LINE_CHARS = 200
 SUBJECT_CHARS = 200
 _MAX_DEDUPE_KEY = 255  # outbox.dedupe_key is String(255)
 
-# What to do, by enhanced status code, when the reply text itself does not say it after a ';'.
-_ADVICE = {
-    "5.1.1": "Check the address on the forum (each category has its own) and send your message again.",
-    "5.3.4": "Send it again with fewer or smaller attachments, or put large files online and link to them.",
-    "5.6.0": "Write your message above any quoted text and send it again.",
-    "5.7.1": "Write from the address you registered on the forum, or register this address first.",
-}
-
-
-@cache
-def _renderer_for(templates_dir: Path) -> Renderer:
-    return Renderer(templates_dir)
-
-
-def get_renderer(settings: Settings) -> Renderer:
-    """One Renderer per templates directory, built on first use (settings name no templates directory yet)."""
-    return _renderer_for(TEMPLATES_DIR)
-
-
 def reason_and_advice(reply: SmtpReply, *, domain: str) -> tuple[str, str]:
     """The reply text split into what happened and what to do ("X; do Y"), with a default for the advice."""
     reason, _, advice = reply.text.partition(";")
-    advice = advice.strip() or _ADVICE.get(reply.enhanced, f"If this looks wrong, write to postmaster@{domain}.")
+    advice = advice.strip() or ADVICE.get(reply.enhanced, f"If this looks wrong, write to postmaster@{domain}.")
     advice = advice[:1].upper() + advice[1:]
     return reason.strip().rstrip("."), advice if advice.endswith((".", "!", "?")) else advice + "."
 
@@ -165,7 +145,7 @@ async def queue_rejection_notice(
     renderer: Renderer,
     parsed: ParsedMail,
     raw: bytes,
-    outcome: Outcome,
+    reply: SmtpReply,
     envelope_from: str,
     now: datetime,
 ) -> bool:
@@ -188,7 +168,7 @@ async def queue_rejection_notice(
     message_id = make_message_id("notice", hashlib.sha256(dedupe_key.encode()).hexdigest()[:24], domain=domain)
     original = None if parsed.message_id_synthesized else parsed.message_id
     try:
-        rendered = renderer.render(MailTemplate.NOTICE_REJECTED, _context(settings, parsed, outcome.reply))
+        rendered = renderer.render(reply.notice or MailTemplate.NOTICE_REJECTED, _context(settings, parsed, reply))
         data = site_notice(settings, to=recipient, rendered=rendered, message_id=message_id, in_reply_to=original,
                            now=now)
     except ValueError:  # an address or header compose refuses: no notice, but the message is still handled
@@ -203,28 +183,51 @@ async def queue_rejection_notice(
                          user_id=None if user is None else user.id)],
         now=now,
     )
-    log.info("notice.queued message_id=%s to=%s reason=%s", parsed.message_id, recipient, outcome.reply.enhanced)
+    log.info("notice.queued message_id=%s to=%s reason=%s", parsed.message_id, recipient, reply.enhanced)
     return True
 
 
-async def notify_refusal(
-    session: AsyncSession,
-    *,
-    settings: Settings,
-    parsed: ParsedMail,
-    raw: bytes,
-    outcomes: Sequence[Outcome],
-    envelope_from: str,
-    source: str,
-    now: datetime,
-) -> bool:
-    """ingest's hook: a notice for a message no recipient took, when its source has no SMTP reply."""
-    if source not in NOTICE_SOURCES or not outcomes or any(o.accepted for o in outcomes):
-        return False
-    outcome = next((o for o in outcomes if o.notify_sender), None)
-    if outcome is None:
-        return False
-    return await queue_rejection_notice(
-        session, settings=settings, renderer=get_renderer(settings), parsed=parsed, raw=raw, outcome=outcome,
-        envelope_from=envelope_from, now=now,
+def answers_by_mail(source: Source) -> bool:
+    """Whether a refusal of mail from this source is told by mail (no SMTP reply reaches its sender)."""
+    return source in NOTICE_SOURCES
+
+
+def unsubscribed_notice(
+    settings: Settings, renderer: Renderer, result: UnsubscribeResult, *, now: datetime, in_reply_to: str | None
+) -> OutgoingMessage:
+    """The "you are unsubscribed" email, to the subscriber's registered address (never the sender of the request,
+    who could be anyone holding the token). At most one per subscription and day: its dedupe key says so."""
+    assert result.user_id is not None and result.email is not None
+    domain = settings.site.domain
+    target = (
+        result.category_slug if result.digest_mode is not None
+        else result.category_id if result.category_id is not None else ANNOUNCEMENTS_CATEGORY_ID
+    )
+    category = (
+        None if result.category_slug is None else {"name": result.category_name, "slug": result.category_slug}
+    )
+    rendered = renderer.render(
+        MailTemplate.NOTICE_UNSUBSCRIBED,
+        {
+            "site": {"name": settings.site.name, "base_url": settings.site.base_url},
+            "category": category,
+            "resubscribe_url": settings.site.base_url
+            if result.category_slug is None or result.digest_mode is not None
+            else category_url(settings, result.category_slug),
+            # <slug>-request@ commands are not handled yet; do not point people at them.
+            "request_address": None,
+        },
+    )
+    day = now.strftime("%Y%m%d")
+    message_id = make_message_id("unsubscribed", f"{result.user_id}.{target}.{day}", domain=domain)
+    raw = site_notice(settings, to=result.email, rendered=rendered, message_id=message_id, in_reply_to=in_reply_to,
+                      now=now)
+    return OutgoingMessage(
+        kind=OutboxKind.NOTICE,
+        dedupe_key=f"unsubscribed:{result.user_id}:{target}:{day}",
+        message_id=message_id,
+        envelope_from=user_bounce_address(settings, result.user_id, now=now),
+        recipient=result.email,
+        raw=raw,
+        user_id=result.user_id,
     )

@@ -1,15 +1,10 @@
-"""Category subscriptions: one place for the rules the mail pipeline, the HTTP endpoint and the CLI share.
+"""Many users or subscriptions at once, from one address per line, as when a mailing list moves over.
 
-- ``unsubscribe_by_token``: the signed token of a List-Unsubscribe link or address turns one subscription to
-  ``mute`` (category id 0 means the site's announcements: ``users.announcements_muted``). Idempotent.
-- ``set_subscription``: one user, one category, one mode.
-- ``bulk_add_users`` / ``bulk_subscribe``: one address per line, as when a list moves over. Lookups and inserts
-  go by chunks of addresses (one query per chunk, multi-row INSERTs), never one query per line.
+Lookups and inserts go by chunks of addresses (one query per chunk, multi-row INSERTs), never one query per line.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,27 +12,14 @@ from datetime import datetime
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import getaddresses
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail.config import Settings
 from qaflow_mail.db.dialect import insert as dialect_insert
-from qaflow_mail.db.models import (
-    Category,
-    CategorySubscription,
-    SubscriptionMode,
-    User,
-    UserAddress,
-    UserStatus,
-)
-from qaflow_mail.mail.addresses import token_address
-from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, TokenPayload, verify
-from qaflow_mail.pipeline.tokens import token_secrets
+from qaflow_mail.db.models import Category, CategorySubscription, SubscriptionMode, User, UserAddress, UserStatus
 
-ANNOUNCEMENTS_CATEGORY_ID = 0  # the category id an UNSUBSCRIBE token carries for "site announcements"
 CHUNK = 500  # addresses per lookup / insert: far below every backend's bound-parameter limit
 MAX_EMAIL_LENGTH = 320
 MAX_LOCAL_PART = 64
@@ -50,183 +32,6 @@ _SIMPLE_LINE_RE = re.compile(
     r'(?P<bare>[^\s<>"(),;:\[\]\\]+)|(?P<name>[^<>"(),;:@\[\]\\]*?)\s*<(?P<addr>[^\s<>"(),;:\[\]\\]+)>'
 )
 _DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Unsubscribe by token
-
-
-class UnsubscribeStatus(StrEnum):
-    VALID = "valid"  # the token is good; nothing changed yet (check_unsubscribe_token)
-    UNSUBSCRIBED = "unsubscribed"  # turned off now
-    ALREADY = "already"  # it was off already: nothing changed
-    INVALID = "invalid"  # tampered, malformed, another kind of token, or its user is gone
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeResult:
-    status: UnsubscribeStatus
-    user_id: int | None = None
-    email: str | None = None
-    category_id: int | None = None  # None for site announcements
-    category_name: str | None = None
-    category_slug: str | None = None
-    digest_mode: SubscriptionMode | None = None  # set when the token stops a whole daily or weekly digest
-    detail: str = ""  # for the logs only
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (UnsubscribeStatus.VALID, UnsubscribeStatus.UNSUBSCRIBED, UnsubscribeStatus.ALREADY)
-
-    @property
-    def changed(self) -> bool:
-        return self.status is UnsubscribeStatus.UNSUBSCRIBED
-
-    @property
-    def is_announcements(self) -> bool:
-        return self.ok and self.category_id is None and self.digest_mode is None
-
-
-def unsubscribe_address(settings: Settings, token: str) -> str:
-    return token_address(TokenKind.UNSUBSCRIBE, token, domain=settings.site.domain)
-
-
-def unsubscribe_url(settings: Settings, token: str) -> str:
-    return f"{settings.site.base_url.rstrip('/')}/unsubscribe/{token}"
-
-
-def mask_email(address: str) -> str:
-    """The address as an unsubscribe page may show it to whoever holds the link: 'al***@example.org'."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return "***"
-    return f"{local[:2]}***@{domain}"
-
-
-# The second id of a DIGEST token: which digest it stops.
-DIGEST_MODE_CODES: dict[SubscriptionMode, int] = {SubscriptionMode.DAILY: 1, SubscriptionMode.WEEKLY: 2}
-DIGEST_MODE_BY_CODE = {code: mode for mode, code in DIGEST_MODE_CODES.items()}
-
-
-def _verify_unsubscribe(token: str, settings: Settings, now: datetime) -> TokenPayload:
-    """A category (or announcements) unsubscribe token, or a digest's own; never expires with age."""
-    secrets = token_secrets(settings)
-    try:
-        return verify(token, kind=TokenKind.UNSUBSCRIBE, secrets=secrets, today=now.date(), max_age_days=None)
-    except InvalidToken as exc:
-        if exc.reason is not TokenError.WRONG_KIND:
-            raise
-    return verify(token, kind=TokenKind.DIGEST, secrets=secrets, today=now.date(), max_age_days=None)
-
-
-async def check_unsubscribe_token(
-    session: AsyncSession, token: str, settings: Settings, now: datetime
-) -> UnsubscribeResult:
-    """What ``token`` would unsubscribe (status VALID), or why it cannot be honoured. Changes nothing.
-
-    Unsubscribe tokens do not expire with age: a link in an old email must keep working (RFC 8058 senders are
-    expected to honour it), and all it can do is stop mail. Only a token dated in the future counts as expired.
-    """
-    try:
-        payload = _verify_unsubscribe(token, settings, now)
-    except InvalidToken as exc:
-        status = UnsubscribeStatus.EXPIRED if exc.reason is TokenError.EXPIRED else UnsubscribeStatus.INVALID
-        return UnsubscribeResult(status, detail=str(exc))
-    user_id, target_id = payload.ids
-    user = await session.get(User, user_id)
-    if user is None:
-        return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"user {user_id} no longer exists")
-    if payload.kind is TokenKind.DIGEST:
-        mode = DIGEST_MODE_BY_CODE.get(target_id)
-        if mode is None:
-            return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"no digest period {target_id}")
-        return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, digest_mode=mode,
-                                 category_name=f"{mode.value.title()} digest", category_slug=f"{mode.value}-digest")
-    category_id = target_id
-    if category_id == ANNOUNCEMENTS_CATEGORY_ID:
-        return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email)
-    category = await session.get(Category, category_id)
-    if category is None:
-        return UnsubscribeResult(UnsubscribeStatus.INVALID, user_id=user.id, email=user.email,
-                                 detail=f"category {category_id} no longer exists")
-    return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, category_id=category.id,
-                             category_name=category.name, category_slug=category.slug)
-
-
-async def unsubscribe_by_token(
-    session: AsyncSession, token: str, settings: Settings, now: datetime
-) -> UnsubscribeResult:
-    """Turn off what ``token`` names: the subscription becomes ``mute`` (a row is kept, so the choice is
-    remembered), or the user's announcements are muted. Repeating it changes nothing (status ALREADY)."""
-    target = await check_unsubscribe_token(session, token, settings, now)
-    if target.status is not UnsubscribeStatus.VALID:
-        return target
-    assert target.user_id is not None
-    if target.digest_mode is not None:
-        result = await session.execute(
-            update(CategorySubscription)
-            .where(CategorySubscription.user_id == target.user_id, CategorySubscription.mode == target.digest_mode)
-            .values(mode=SubscriptionMode.MUTE)
-            .execution_options(synchronize_session="fetch")
-        )
-        changed = _rowcount(result) > 0
-    elif target.category_id is None:
-        result = await session.execute(
-            update(User)
-            .where(User.id == target.user_id, User.announcements_muted.is_(False))
-            .values(announcements_muted=True)
-            .execution_options(synchronize_session="fetch")
-        )
-        changed = _rowcount(result) > 0
-    else:
-        previous = await _set_mode(session, user_id=target.user_id, category_id=target.category_id,
-                                   mode=SubscriptionMode.MUTE, now=now)
-        changed = previous is not SubscriptionMode.MUTE
-    status = UnsubscribeStatus.UNSUBSCRIBED if changed else UnsubscribeStatus.ALREADY
-    return dataclasses.replace(target, status=status)
-
-
-def _rowcount(result: Any) -> int:
-    count = getattr(result, "rowcount", 0)
-    return int(count) if isinstance(count, int) else 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One subscription
-
-
-async def set_subscription(
-    session: AsyncSession, user: User, category: Category, mode: SubscriptionMode, now: datetime
-) -> SubscriptionMode | None:
-    """Set ``user``'s mode for ``category`` (creating the row when missing). Returns the previous mode."""
-    return await _set_mode(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
-
-
-async def _set_mode(
-    session: AsyncSession, *, user_id: int, category_id: int, mode: SubscriptionMode, now: datetime
-) -> SubscriptionMode | None:
-    row = await session.scalar(
-        select(CategorySubscription).where(
-            CategorySubscription.user_id == user_id, CategorySubscription.category_id == category_id
-        )
-    )
-    if row is None:
-        await session.execute(
-            dialect_insert(session, CategorySubscription)
-            .values(user_id=user_id, category_id=category_id, mode=mode.value, created_at=now)
-            .on_conflict_do_nothing(index_elements=["user_id", "category_id"])
-        )
-        return None
-    previous = SubscriptionMode(row.mode)
-    if previous is not mode:
-        row.mode = mode.value
-        await session.flush()
-    return previous
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Bulk: one address per line
 
 
 @dataclass(frozen=True, slots=True)

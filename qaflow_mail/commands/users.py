@@ -1,0 +1,184 @@
+"""The `user` commands: add (one, or many with --file), list, show, and set (the digest time zone).
+
+    qaflow-mail user add EMAIL [--name N] [--admin]
+    qaflow-mail user add --file PATH [--json]       (one address per line, 'Name <addr>' allowed; - is stdin)
+    qaflow-mail user list [--json]
+    qaflow-mail user show EMAIL [--json]
+    qaflow-mail user set EMAIL --timezone ZONE      ("" or "default" clears it)
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.commands.common import (
+    CommandError,
+    Subparsers,
+    iso,
+    print_bulk_report,
+    print_json,
+    read_input,
+    run_in_session,
+)
+from qaflow_mail.config import Settings
+from qaflow_mail.outbound.digest_schedule import parse_timezone
+from qaflow_mail.services import users
+from qaflow_mail.services.bulk_import import BulkReport, bulk_add_users
+from qaflow_mail.services.users import InvalidEmail, UnknownUser, UserExists
+
+CLEAR_TIMEZONE = ("", "default")
+
+
+def unknown_user(exc: UnknownUser) -> CommandError:
+    return CommandError(f"{exc} (add one with `qaflow-mail user add EMAIL`)")
+
+
+def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
+    if args.file:
+        if args.email:
+            raise CommandError("give either EMAIL or --file, not both")
+        return _add_from_file(settings, args)
+    if not args.email:
+        raise CommandError("give an EMAIL address, or --file PATH")
+    try:
+        address = users.new_user_address(args.email)
+    except InvalidEmail as exc:
+        raise CommandError(str(exc)) from None
+
+    async def work(session: AsyncSession) -> None:
+        try:
+            await users.add_user(session, email=address, name=args.name or "", admin=args.admin,
+                                 now=datetime.now(UTC))
+        except UserExists as exc:
+            raise CommandError(str(exc)) from None
+
+    run_in_session(settings, work)
+    print(f"user {address} added{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def _add_from_file(settings: Settings, args: argparse.Namespace) -> int:
+    lines = read_input(args.file).splitlines()
+    now = datetime.now(UTC)
+
+    async def work(session: AsyncSession) -> BulkReport:
+        return await bulk_add_users(session, lines, now)
+
+    report = run_in_session(settings, work)
+    print_bulk_report(report, as_json=args.json, subscribing=False)
+    return 0 if not report.bad else 2
+
+
+def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        return [
+            {"id": u.id, "email": u.email, "name": u.display_name, "admin": u.is_admin, "status": u.status,
+             "created_at": iso(u.created_at)}
+            for u in await users.list_users(session)
+        ]
+
+    rows = run_in_session(settings, work)
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['email']:<40} {row['name']:<25} {row['status']}{' admin' if row['admin'] else ''}")
+    return 0
+
+
+def cmd_user_show(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        try:
+            details = await users.user_details(session, args.email)
+        except UnknownUser as exc:
+            raise unknown_user(exc) from None
+        user = details.user
+        return {
+            "id": user.id,
+            "email": user.email,
+            "name": user.display_name,
+            "admin": user.is_admin,
+            "status": user.status,
+            "bounce_score": user.bounce_score,
+            "timezone": user.timezone,
+            "announcements_muted": user.announcements_muted,
+            "addresses": list(details.addresses),
+            "created_at": iso(user.created_at),
+            "subscriptions": [
+                {"category": slug, "mode": sub.mode, "last_digest_at": iso(sub.last_digest_at)}
+                for sub, slug in details.subscriptions
+            ],
+        }
+
+    data = run_in_session(settings, work)
+    if args.json:
+        print_json(data)
+        return 0
+    flags = [data["status"], *(["admin"] if data["admin"] else [])]
+    print(f"{data['email']}  {data['name'] or '(no name)'}  [{', '.join(flags)}]  bounce score {data['bounce_score']}")
+    for address in data["addresses"]:
+        print(f"  also: {address}")
+    if data["announcements_muted"]:
+        print("  announcements: muted")
+    if not data["subscriptions"]:
+        print("  no subscriptions")
+    for sub in data["subscriptions"]:
+        digest = f", last digest {sub['last_digest_at']}" if sub["last_digest_at"] else ""
+        print(f"  {sub['category']:<24} {sub['mode']}{digest}")
+    return 0
+
+
+def cmd_user_set(settings: Settings, args: argparse.Namespace) -> int:
+    """`user set EMAIL --timezone ZONE`: the zone digests are timed in for this user."""
+    if args.timezone is None:
+        raise CommandError("nothing to set: give --timezone ZONE (an IANA name such as Europe/Berlin)")
+    name = args.timezone.strip()
+    zone: ZoneInfo | None = None
+    if name.lower() not in CLEAR_TIMEZONE:
+        try:
+            zone = parse_timezone(name)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+    async def work(session: AsyncSession) -> str:
+        try:
+            user = await users.set_timezone(session, args.email, zone)
+        except UnknownUser as exc:
+            raise CommandError(str(exc)) from None
+        return user.email
+
+    email = run_in_session(settings, work)
+    shown = zone.key if zone is not None else f"the site default ({settings.digest.timezone})"
+    print(f"user {email}: digests timed in {shown}")
+    return 0
+
+
+def add_user_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `user set`."""
+    parser.add_argument("email")
+    parser.add_argument("--timezone", help='IANA time zone for digests, e.g. Europe/Berlin; "default" clears it')
+    parser.set_defaults(func=cmd_user_set)
+
+
+def register(subparsers: Subparsers) -> None:
+    user = subparsers.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
+    add = user.add_parser("add", help="register a user, or many with --file (one address per line)")
+    add.add_argument("email", nargs="?")
+    add.add_argument("--name")
+    add.add_argument("--admin", action="store_true")
+    add.add_argument("--file", help="one address per line, 'Name <addr>' allowed; existing ones are skipped")
+    add.add_argument("--json", action="store_true", help="with --file: the report as JSON")
+    add.set_defaults(func=cmd_user_add)
+    listing = user.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_user_list)
+    show = user.add_parser("show", help="a user and their subscriptions")
+    show.add_argument("email")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_user_show)
+    add_user_set_arguments(user.add_parser("set", help="change a user's settings (digest time zone)"))

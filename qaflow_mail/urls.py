@@ -1,0 +1,40 @@
+"""Where things are: the web links and the token addresses every mail and page points at."""
+
+from __future__ import annotations
+
+from qaflow_mail.config import Settings
+from qaflow_mail.mail.addresses import token_address
+from qaflow_mail.mail.tokens import TokenKind
+
+
+def _base(settings: Settings) -> str:
+    return settings.site.base_url.rstrip("/")
+
+
+def topic_url(settings: Settings, topic_id: int) -> str:
+    return f"{_base(settings)}/t/{topic_id}"
+
+
+def category_url(settings: Settings, slug: str) -> str:
+    return f"{_base(settings)}/c/{slug}"
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{_base(settings)}/unsubscribe/{token}"
+
+
+def reply_address(settings: Settings, token: str) -> str:
+    return token_address(TokenKind.REPLY, token, domain=settings.site.domain)
+
+
+def unsubscribe_address(settings: Settings, token: str) -> str:
+    return token_address(TokenKind.UNSUBSCRIBE, token, domain=settings.site.domain)
+
+
+def bounce_address(settings: Settings, token: str) -> str:
+    """The VERP envelope sender: bounces+<token>@domain."""
+    return token_address(TokenKind.BOUNCE, token, domain=settings.site.domain)
+
+
+def confirm_address(settings: Settings, token: str) -> str:
+    return token_address(TokenKind.CONFIRM, token, domain=settings.site.domain)
