@@ -49,7 +49,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     """Create or migrate the schema (blocking: call from a thread when a loop is running)."""
     _prepare_sqlite_path(url)
     command.upgrade(alembic_config(url), revision)

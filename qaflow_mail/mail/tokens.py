@@ -39,6 +39,13 @@ class TokenKind(StrEnum):
     DIGEST = "digest"  # ids: (user id, 1 daily | 2 weekly): a digest's own unsubscribe stops that whole digest
 
 
+# The ids tokens carry, where a number stands for something that is not a row:
+# an UNSUBSCRIBE token is (user id, category id), and this category id means "site announcements";
+ANNOUNCEMENTS_CATEGORY_ID = 0
+# a DIGEST token is (user id, digest code): which digest it stops.
+DIGEST_CODES: dict[str, int] = {"daily": 1, "weekly": 2}
+
+
 class TokenError(StrEnum):
     TAMPERED = "tampered"
     EXPIRED = "expired"

@@ -39,7 +39,7 @@ from qaflow_mail.db.models import (
 )
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, via_display_name
-from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.mail.tokens import ANNOUNCEMENTS_CATEGORY_ID, TokenKind, sign
 from qaflow_mail.outbound.fanout import (
     MessagePrototype,
     Placeholders,
@@ -50,7 +50,6 @@ from qaflow_mail.outbound.fanout import (
 )
 from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import Renderer, author_name
-from qaflow_mail.services.subscriptions import ANNOUNCEMENTS_CATEGORY_ID
 from qaflow_mail.urls import bounce_address, category_url, topic_url, unsubscribe_address, unsubscribe_url
 
 log = logging.getLogger(__name__)

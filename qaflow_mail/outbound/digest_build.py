@@ -26,15 +26,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db.models import OutboxKind, SubscriptionMode
+from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes
-from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.mail.tokens import DIGEST_CODES, TokenKind, sign
 from qaflow_mail.outbound.digest_schedule import Period
 from qaflow_mail.outbound.outbox import OutgoingMessage
 from qaflow_mail.outbound.render import Rendered, Renderer
 from qaflow_mail.outbound.site_notice import user_bounce_address
-from qaflow_mail.services.subscriptions import DIGEST_MODE_CODES
 from qaflow_mail.urls import reply_address, topic_url, unsubscribe_address, unsubscribe_url
 
 DAILY_TEMPLATE = "digest/daily"
@@ -296,7 +295,7 @@ def digest_message(
     """The composed digest as an outbox row; ValueError for an address compose cannot carry."""
     domain = settings.site.domain
     message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain)
-    stop_token = sign(TokenKind.DIGEST, (digest.user_id, DIGEST_MODE_CODES[SubscriptionMode(digest.period.value)]),
+    stop_token = sign(TokenKind.DIGEST, (digest.user_id, DIGEST_CODES[digest.period.value]),
                       secret=settings.tokens.secret, issued=now.date())
     stop = DigestUnsubscribe(category=f"{digest.period.value} digest", url=unsubscribe_url(settings, stop_token),
                              mailto=unsubscribe_address(settings, stop_token))

@@ -36,11 +36,12 @@ from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.content import extract_content
 from qaflow_mail.mail.dkim_check import raw_headers, trusted_authentication_results
 from qaflow_mail.mail.parse import ParsedMail
+from qaflow_mail.mail.tokens import ANNOUNCEMENTS_CATEGORY_ID
 from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import MailTemplate, Renderer
 from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
 from qaflow_mail.replies import ADVICE, SmtpReply
-from qaflow_mail.services.subscriptions import ANNOUNCEMENTS_CATEGORY_ID, UnsubscribeResult
+from qaflow_mail.services.subscriptions import UnsubscribeResult
 from qaflow_mail.urls import category_url
 
 log = logging.getLogger(__name__)

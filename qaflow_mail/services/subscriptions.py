@@ -20,15 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from qaflow_mail.config import Settings
 from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import Category, CategorySubscription, SubscriptionMode, User
-from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, TokenPayload, verify
+from qaflow_mail.mail.tokens import (
+    ANNOUNCEMENTS_CATEGORY_ID,
+    DIGEST_CODES,
+    InvalidToken,
+    TokenError,
+    TokenKind,
+    TokenPayload,
+    verify,
+)
 from qaflow_mail.services.categories import find_category
 from qaflow_mail.services.users import find_user
 
-ANNOUNCEMENTS_CATEGORY_ID = 0  # the category id an UNSUBSCRIBE token carries for "site announcements"
-
-# The second id of a DIGEST token: which digest it stops.
-DIGEST_MODE_CODES: dict[SubscriptionMode, int] = {SubscriptionMode.DAILY: 1, SubscriptionMode.WEEKLY: 2}
-DIGEST_MODE_BY_CODE = {code: mode for mode, code in DIGEST_MODE_CODES.items()}
+DIGEST_MODE_BY_CODE = {code: SubscriptionMode(mode) for mode, code in DIGEST_CODES.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
