@@ -89,6 +89,12 @@ class Disposition(StrEnum):
     RETRIED = "retried"  # a shunted message an admin sent through again (its new record says how it went)
 
 
+class PostStatus(StrEnum):
+    PUBLISHED = "published"
+    HELD = "held"  # waits for a moderator: never mailed, listed, searched or shown
+    REJECTED = "rejected"  # a moderator said no: kept on record, never shown
+
+
 class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
@@ -148,6 +154,10 @@ class Category(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     allow_strangers: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Mail only: not listed on the web, its topics, attachments, feeds and search results answer 404.
+    private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Every post waits for a moderator.
+    moderated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -176,6 +186,8 @@ class Post(Base):
     body_text: Mapped[str] = mapped_column(Text)
     body_html: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default="smtp")
+    status: Mapped[str] = mapped_column(String(16), default=PostStatus.PUBLISHED,
+                                        server_default=PostStatus.PUBLISHED.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
