@@ -31,5 +31,12 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
+# Speed figures, each beside a reference measured in the same run (see README, Performance).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --heavy 2
+	$(BIN)/python bench/outbox_drain.py
+	$(BIN)/python bench/notify_fanout.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,6 +1,7 @@
 """Threading measured against notmuch on ../shared/corpora: pairwise P/R/F1 per corpus and every disagreement.
 
     python bench/corpus_threading.py [--order file|reverse|shuffle:SEED] [--live] [--adopt-nearer-parents]
+                                     [--no-missing-parents]
                                      [--parents] [--quiet] [--corpora DIR]
 
 Pairs are pairs of messages (one per Message-ID within a notmuch database) in the same thread. "vs notmuch" is
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="move a message under a nearer ancestor that arrives late (parents only)",
     )
+    parser.add_argument(
+        "--no-missing-parents",
+        action="store_true",
+        help="do not join messages that share a missing ancestor (the behaviour before that was added)",
+    )
     parser.add_argument("--parents", action="store_true", help="also list parents that differ from parents.tsv")
     parser.add_argument("--quiet", action="store_true", help="figures only, no disagreement list")
     args = parser.parse_args(argv)
@@ -165,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         order=args.order,
         reattach_orphans=not args.live,
         adopt_nearer_parents=args.adopt_nearer_parents,
+        join_missing_parents=not args.no_missing_parents,
     )
     mode = "live ingest (no re-attachment)" if args.live else "import (orphans re-attached)"
-    print(f"threading vs notmuch 0.37 answer keys; arrival order: {args.order}; {mode}\n")
+    joining = "" if args.no_missing_parents else "; replies sharing a missing parent joined"
+    print(f"threading vs notmuch 0.37 answer keys; arrival order: {args.order}; {mode}{joining}\n")
     _print_table(results)
     if not args.quiet:
         _print_details(results, show_parents=args.parents)

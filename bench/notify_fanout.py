@@ -1,6 +1,12 @@
 """How long the fan-out of one post to its "each" subscribers takes, and how long bulk imports take.
 
     python bench/notify_fanout.py [--recipients 10000] [--lines 100000] [--body-kb 2] [--url DATABASE_URL]
+                                  [--end-to-end-only]
+
+End to end (always run, last): a gateway (SMTP listener, fan-out worker, outbox sender over SMTP) with
+--recipients "each" followers; one post by SMTP; the time from its 250 to the last notification accepted by an
+SMTP sink (aiosmtpd, in its own process), against the sink's own accept rate measured first in the same run (the
+same mailer, messages and concurrency, straight from memory), and the gateway process's peak RSS.
 
 Against a fresh SQLite file (or --url, e.g. postgresql+asyncpg://postgres@127.0.0.1/bench, whose tables are
 dropped and recreated) it measures, each in its own transaction including the commit:
@@ -14,23 +20,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from qaflow_mail.config import Settings, SiteSettings, TokensSettings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qaflow_mail.config import DatabaseSettings, OutboundSettings, Settings, SiteSettings, SmtpSettings, TokensSettings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
-from qaflow_mail.db.models import Base, Category, Outbox, Post, SubscriptionMode
+from qaflow_mail.db.models import Base, Category, CategorySubscription, Outbox, Post, SubscriptionMode, User
+from qaflow_mail.outbound.mailer import build_mailer
 from qaflow_mail.outbound.notify import enqueue_post_notifications
 from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.server.app import running
 from qaflow_mail.services.bulk_import import bulk_add_users, bulk_subscribe
 
 T = TypeVar("T")
@@ -129,13 +141,134 @@ async def main(args: argparse.Namespace) -> None:
     await engine.dispose()
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: post's 250 -> last notification accepted by an SMTP sink
+
+
+def _sink_process(expected: int, conn: Any) -> None:
+    """A sink in its own process: sends its port, then the wall-clock time when `expected` messages arrived."""
+    from tests.sink import SmtpSink
+
+    async def serve() -> None:
+        async with SmtpSink() as sink:
+            conn.send(sink.port)
+            await sink.wait_for(expected, timeout=3600)
+            conn.send((time.time(), len(sink.messages)))
+            conn.recv()  # stay up until told
+
+    asyncio.run(serve())
+
+
+class SinkProcess:
+    def __init__(self, expected: int) -> None:
+        self._conn, child = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(target=_sink_process, args=(expected, child), daemon=True)
+        self._process.start()
+        self.port: int = self._conn.recv()
+
+    async def done_at(self) -> tuple[float, int]:
+        result: tuple[float, int] = await asyncio.to_thread(self._conn.recv)
+        return result
+
+    def close(self) -> None:
+        self._conn.send("stop")
+        self._process.join(10)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def sink_reference(recipients: int, raw: bytes, concurrency: int) -> float:
+    """The sink's own accept rate: the same mailer sending the same message from memory, messages/s."""
+    sink = SinkProcess(recipients)
+    try:
+        settings = Settings(outbound=OutboundSettings(transport="smtp", smtp_port=sink.port, concurrency=concurrency))
+        mailer = build_mailer(settings)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with slots:
+                await mailer.send("bounces@forum.example", f"member{i}@example.org", raw)
+
+        started = time.time()
+        await asyncio.gather(*(one(i) for i in range(recipients)))
+        finished, _ = await sink.done_at()
+        await mailer.close()
+        return recipients / (finished - started)
+    finally:
+        sink.close()
+
+
+async def end_to_end(args: argparse.Namespace) -> None:
+    recipients = args.recipients
+    url = args.url or f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix='qaflow-bench-')) / 'e2e.db'}"
+    await prepare_schema(url)
+    now = datetime.now(UTC)
+    sink = SinkProcess(recipients)
+    try:
+        settings = Settings(
+            site=SiteSettings(name="QAFlow Bench", domain="forum.example", base_url="https://forum.example",
+                              data_dir=tempfile.mkdtemp(prefix="qaflow-bench-var-")),
+            database=DatabaseSettings(url=url),
+            smtp=SmtpSettings(host="127.0.0.1", port=0),
+            outbound=OutboundSettings(transport="smtp", smtp_port=sink.port, concurrency=args.concurrency,
+                                      batch_size=500, poll_interval=0.2),
+            tokens=TokensSettings(secret="bench-secret"),
+        )
+        from qaflow_mail.outbound.sender import sending
+        from tests.smtp_client import make_mail, send
+
+        rss_before = rss_mb()
+        async with running(settings) as run, sending(run.deps):
+            async with run.deps.sessions() as session, session.begin():
+                fan = await queries.add_category(session, slug="general", name="General", allow_strangers=False)
+                await queries.add_user(session, email="author@example.org", display_name="Author", now=now)
+                await session.execute(insert(User), [
+                    {"email": f"member{i}@list{i % 97}.example.org", "display_name": f"Member {i}", "created_at": now}
+                    for i in range(recipients)
+                ])
+                ids = (await session.scalars(select(User.id).where(User.email.like("member%")))).all()
+                await session.execute(insert(CategorySubscription), [
+                    {"user_id": uid, "category_id": fan.id, "mode": SubscriptionMode.EACH.value, "created_at": now}
+                    for uid in ids
+                ])
+            await run.deps.categories.reload()
+            body = ("Some words about the question, with a little detail. " * 20 + "\n\n") * max(1, args.body_kb)
+            mail = make_mail(sender="author@example.org", to="general@forum.example", subject="A question", body=body)
+            posted = time.time()
+            conv = await send(run.smtp_port, mail, mail_from="author@example.org", rcpt_tos=["general@forum.example"])
+            answered = time.time()
+            assert conv.data_code == 250, conv.data
+            finished, count = await sink.done_at()
+            async with run.deps.sessions() as session:
+                size = await session.scalar(select(func.avg(func.length(Outbox.raw))))
+        elapsed = finished - answered
+        line = b"A line of a notification, as long as most lines of text in mail are.\r\n"
+        raw = b"Subject: reference\r\nMessage-ID: <reference@forum.example>\r\n\r\n" + line * (
+            int(size or 2500) // len(line))
+    finally:
+        sink.close()
+    reference = await sink_reference(recipients, raw, args.concurrency)
+    rate = count / elapsed
+    print(f"end to end ({url.split(':')[0]}): post 250 in {(answered - posted) * 1000:.0f} ms; "
+          f"{count} notifications accepted by the sink {elapsed:.2f} s after the 250 = {rate:.0f} msg/s")
+    print(f"  sink's own accept rate (same mailer, from memory): {reference:.0f} msg/s; "
+          f"ratio {rate / reference:.2f}")
+    print(f"  peak RSS of the gateway process: {rss_mb():.0f} MB (before the gateway started: {rss_before:.0f} MB)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--body-kb", type=int, default=2, help="approximate post body size in KB")
     parser.add_argument("--url", help="database URL (default: a new SQLite file in a temporary directory)")
+    parser.add_argument("--concurrency", type=int, default=8, help="SMTP connections to the sink (end to end)")
+    parser.add_argument("--end-to-end-only", action="store_true", help="skip the import and in-transaction parts")
     arguments = parser.parse_args()
     if arguments.recipients + 1 > arguments.lines:
         sys.exit("--lines must exceed --recipients")
-    asyncio.run(main(arguments))
+    if not arguments.end_to_end_only:
+        asyncio.run(main(arguments))
+    asyncio.run(end_to_end(arguments))

@@ -25,14 +25,24 @@ class ConfigError(ValueError):
 class SiteSettings:
     name: str = "QAFlow"
     domain: str = "qaflow.localhost"
-    base_url: str = "http://127.0.0.1:8080"
+    base_url: str = ""  # empty: the HTTP listener's own address (Settings.__post_init__)
     data_dir: str = "var"
+    tagline: str = "Ask questions and get answers from our community."  # the web pages' welcome line
+    # Not a config key: the installation salt of minted Message-IDs, read from the database at start-up
+    # (db/installation.py), so a recreated database never mints an id an earlier one did.
+    message_id_salt: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    url: str = "sqlite+aiosqlite:///var/qaflow.db"
+    url: str = ""  # empty: SQLite at <data_dir>/qaflow.db (Settings.__post_init__)
     echo: bool = False
+    statement_timeout: float = 30.0  # seconds a statement (or a wait for a lock or a connection) may take
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.url:
+            object.__setattr__(self, "url", async_database_url(self.url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,10 @@ class SmtpSettings:
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 50
     hostname: str = ""
+    idle_timeout: float = 300.0  # seconds without a command or DATA bytes before the connection is closed
+    max_connections: int = 400
+    max_connections_per_client: int = 20
+    junk_command_limit: int = 50  # NOOP, RSET, VRFY, HELP and unknown commands per connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +70,8 @@ class HttpSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    views_flush_seconds: float = 30.0  # topic page views are added to the database in batches this often
+    follow_per_client_per_hour: int = 10  # "Follow by email" form posts per client IP (IPv6: per /64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +93,7 @@ class ImapSettings:
 @dataclass(frozen=True, slots=True)
 class OutboundSettings:
     transport: str = "outbox"
-    outbox_dir: str = "var/outbox"
+    outbox_dir: str = ""  # empty: <data_dir>/outbox (Settings.__post_init__)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_starttls: bool = False
@@ -134,6 +150,53 @@ class LimitsSettings:
     hard_bounce_score: float = 1.0
     soft_bounce_score: float = 0.0
     shunt_after_failures: int = 3
+    cpu_workers: int = 2  # processes that parse and extract untrusted mail, off the event loop
+    cpu_deadline: float = 10.0  # seconds of work one message may cost; beyond: refused as too complex
+    cpu_inline_size: int = 32 * 1024  # smaller messages are read on the loop: cheaper than a worker's round trip
+    max_mime_depth: int = 20
+    max_mime_parts: int = 500
+    max_header_size: int = 256 * 1024
+    max_html_size: int = 2 * 1024 * 1024
+    # Storm guard: replies beyond this from one sender in one topic within 10 minutes are held for moderation.
+    topic_replies_per_10min: int = 10
+    # ... and so is a reply that makes this many replies in a row alternating between two senders (each answering
+    # the other) within ping_pong_seconds: faster than people write.
+    ping_pong_replies: int = 4
+    ping_pong_seconds: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionsSettings:
+    default_mode: str = "each"  # what <slug>-join@ gives when the mail names no mode
+    confirm_ttl_days: int = 7  # how long a join or leave confirmation can be used
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationSettings:
+    first_posts: int = 1  # a staged user's first N posts wait for a moderator
+    max_links: int = 5  # more links than this from a user with few posts wait for a moderator
+    links_trusted_after_posts: int = 3  # "few posts": fewer published posts than this
+    spam_headers: bool = True  # honour our own MTA's X-Spam-Flag / X-Spam-Status / X-Spam verdict
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    selector: str = ""
+    private_key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """The gateway signs its own mail only when both are set; otherwise signing is left to the MTA."""
+        return bool(self.selector and self.private_key_file)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    sent_outbox_days: int = 30
+    accepted_inbound_days: int = 90
+    refused_inbound_days: int = 30
+    pending_reference_days: int = 30
+    interval_minutes: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +218,64 @@ class Settings:
     announce: AnnounceSettings = field(default_factory=AnnounceSettings)
     tokens: TokensSettings = field(default_factory=TokensSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    subscriptions: SubscriptionsSettings = field(default_factory=SubscriptionsSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
+    def __post_init__(self) -> None:
+        # Defaults that follow other settings: the database and outbox live in data_dir, links go to the listener.
+        data_dir = Path(self.site.data_dir)
+        if not self.database.url:
+            object.__setattr__(self, "database", dataclasses.replace(
+                self.database, url=f"sqlite+aiosqlite:///{data_dir / 'qaflow.db'}"))
+        if not self.outbound.outbox_dir:
+            object.__setattr__(self, "outbound", dataclasses.replace(
+                self.outbound, outbox_dir=str(data_dir / "outbox")))
+        if not self.site.base_url:
+            object.__setattr__(self, "site", dataclasses.replace(self.site, base_url=listener_url(self.http)))
+
+
+# What people write → the async driver this program needs (the URL every other tool takes works here too).
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+pg8000": "postgresql+asyncpg",
+}
+_SUPPORTED_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg"})
+
+
+def async_database_url(url: str) -> str:
+    """`url` with the async driver for its database: sqlite:/// → sqlite+aiosqlite:///, postgresql:// → asyncpg."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"[database] url: not a database URL: {url.split('@')[-1]!r} "
+                          "(expected sqlite:///path or postgresql://user@host/dbname)")
+    driver = _ASYNC_DRIVERS.get(scheme.lower(), scheme.lower())
+    if driver not in _SUPPORTED_DRIVERS:
+        raise ConfigError(f"[database] url: unsupported database {scheme!r} (use sqlite:/// or postgresql://)")
+    return f"{driver}://{rest}"
+
+
+def listener_url(http: HttpSettings) -> str:
+    """The base URL of the HTTP listener as configured: what links point to when [site] base_url is empty."""
+    host = http.host
+    if host in {"", "0.0.0.0"}:
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{http.port}"
+
+
+# Fields of the settings that come from the database, never from the config file or the environment.
+INTERNAL_KEYS: dict[str, frozenset[str]] = {"site": frozenset({"message_id_salt"})}
 
 SECRET_KEYS = frozenset({("tokens", "secret"), ("tokens", "previous_secret"), ("imap", "password"),
                          ("outbound", "smtp_password")})
@@ -200,7 +319,7 @@ def _build(raw: Mapping[str, Mapping[str, Any]]) -> Settings:
     for section_name, section_type in _section_types().items():
         values = dict(raw.get(section_name, {}))
         hints = typing.get_type_hints(section_type)
-        known = {f.name for f in dataclasses.fields(section_type)}
+        known = {f.name for f in dataclasses.fields(section_type)} - INTERNAL_KEYS.get(section_name, frozenset())
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"[{section_name}]: unknown key(s) {', '.join(sorted(unknown))}")
@@ -253,7 +372,38 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raw.setdefault(section, {}).update(values)
     settings = _build(raw)
     validate(settings)
-    return settings
+    return resolve_paths(settings, path.resolve().parent if path is not None else Path.cwd())
+
+
+def _absolute(value: str, base: Path) -> str:
+    return str(base / Path(value).expanduser()) if value else value
+
+
+def resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths (data_dir, outbox, SQLite file, CA files) made absolute against `base`: the directory of
+    the config file, so a command means the same files wherever it is run from."""
+    site = dataclasses.replace(settings.site, data_dir=_absolute(settings.site.data_dir, base))
+    outbound = dataclasses.replace(settings.outbound, outbox_dir=_absolute(settings.outbound.outbox_dir, base),
+                                   smtp_ca_file=_absolute(settings.outbound.smtp_ca_file, base))
+    imap = dataclasses.replace(settings.imap, ca_file=_absolute(settings.imap.ca_file, base))
+    dkim = dataclasses.replace(settings.dkim, private_key_file=_absolute(settings.dkim.private_key_file, base))
+    database = settings.database
+    prefix = "sqlite+aiosqlite:///"
+    if database.url.startswith(prefix):
+        path = database.url[len(prefix):].partition("?")
+        if path[0] and path[0] != ":memory:":
+            database = dataclasses.replace(database, url=prefix + _absolute(path[0], base) + path[1] + path[2])
+    return dataclasses.replace(settings, site=site, outbound=outbound, imap=imap, database=database, dkim=dkim)
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite database file, or None for another database (or an in-memory one)."""
+    prefix = "sqlite+aiosqlite:///"
+    url = settings.database.url
+    if not url.startswith(prefix):
+        return None
+    path = url[len(prefix):].partition("?")[0]
+    return None if not path or path == ":memory:" else Path(path)
 
 
 def validate(settings: Settings) -> None:
@@ -265,6 +415,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("[smtp] max_message_size must be positive")
     if settings.announce.require not in {"dkim_or_confirm", "dkim", "confirm"}:
         raise ConfigError('[announce] require must be "dkim_or_confirm", "dkim" or "confirm"')
+    if settings.subscriptions.default_mode not in {"each", "daily", "weekly"}:
+        raise ConfigError('[subscriptions] default_mode must be "each", "daily" or "weekly"')
+    if settings.subscriptions.confirm_ttl_days <= 0:
+        raise ConfigError("[subscriptions] confirm_ttl_days must be positive")
+    if settings.http.follow_per_client_per_hour <= 0:
+        raise ConfigError("[http] follow_per_client_per_hour must be positive")
 
 
 def ensure_token_secret(settings: Settings) -> Settings:

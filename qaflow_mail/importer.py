@@ -3,6 +3,8 @@
 Every message goes through the same `pipeline.ingest` as live mail, addressed to the category, with source
 "import": the same loop and automatic-mail guards, de-duplication, threading (a reply imported before its
 parent is re-attached when the parent arrives) and content extraction. Unknown authors become staged users.
+Pipermail's obfuscated senders ("goran at example.com") are read as addresses, and a subject tag naming the list
+("[users@httpd]": one a List-Id names, else the archive's most common tag) is stripped unless asked to keep it.
 Messages are ingested oldest first (by their Date header; undated ones last, in the order found), so posts are
 numbered as they were written. A message seen before (same Message-ID and bytes, whatever became of it) is
 counted as a duplicate without being ingested again, so importing twice changes nothing. Notifications are not
@@ -11,6 +13,7 @@ sent for imported posts (enqueue_notifications skips source "import"), nor rejec
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import email.utils
@@ -34,9 +37,10 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.models import Disposition, InboundMessage, Source, User, UserStatus
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.charsets import recover_8bit
-from qaflow_mail.mail.parse import normalize_message_id, unfold
+from qaflow_mail.mail.list_archive import deobfuscated_sender, list_tags, strip_subject_tags, subject_tag
+from qaflow_mail.mail.parse import ParsedMail, normalize_message_id, unfold
 from qaflow_mail.pipeline import Outcome
-from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.pipeline.ingest import ingest, parse
 from qaflow_mail.replies import ATTACHMENT_REFUSED, EMPTY_REPLY, NO_FROM, ONLY_SIGNATURE
 
 log = logging.getLogger(__name__)
@@ -65,15 +69,21 @@ class ImportReport:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     unreadable: tuple[str, ...] = ()  # "path: why" for paths that could not be read
     staged_users: int = 0  # users created for unknown authors
+    category: str = ""  # the category slug imported into
+    skipped_messages: tuple[tuple[str, str], ...] = ()  # (where the message was found, why it was skipped)
+    stripped_tags: tuple[str, ...] = ()  # subject tags taken off as naming the list
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "category": self.category,
             "messages": self.messages,
             "imported": self.imported,
             "duplicates": self.duplicates,
             "skipped": dict(self.skipped),
             "unreadable": list(self.unreadable),
             "staged_users": self.staged_users,
+            "skipped_messages": [{"message": label, "reason": reason} for label, reason in self.skipped_messages],
+            "stripped_subject_tags": list(self.stripped_tags),
         }
 
 
@@ -90,6 +100,9 @@ class _Header:
     date: datetime | None
     envelope_from: str
     size: int
+    subject_tag: str | None = None
+    list_id: str | None = None
+    raw_from: str = ""  # the From header as written (pipermail's "goran at example.com (Goran)")
 
 
 # --- finding the messages ---------------------------------------------------------------------------------
@@ -215,7 +228,11 @@ def _envelope_sender(headers: Message, mbox_sender: str | None) -> str:
         return _bare_address(return_path)
     if mbox_sender and "@" in mbox_sender:
         return mbox_sender.strip("<>").lower()
-    return _bare_address(_header(headers, "From") or "")
+    from_value = _raw_header(headers, "From") or ""
+    address = _bare_address(from_value)
+    if "@" not in address and (obfuscated := deobfuscated_sender(from_value)) is not None:
+        return obfuscated[1]
+    return address
 
 
 def _date(headers: Message) -> datetime | None:
@@ -240,7 +257,23 @@ def read_header(raw: bytes, *, mbox_sender: str | None = None) -> _Header:
         date=_date(headers),
         envelope_from=_envelope_sender(headers, mbox_sender),
         size=len(raw),
+        subject_tag=subject_tag(_header(headers, "Subject") or ""),
+        list_id=_header(headers, "List-Id"),
+        raw_from=_raw_header(headers, "From") or "",
     )
+
+
+def archive_adjusted(parsed: ParsedMail, *, raw_from: str, strip_tags: frozenset[str]) -> ParsedMail:
+    """The parsed message as the archive meant it: an obfuscated sender read as an address, the list tag off."""
+    if not parsed.from_address:
+        sender = deobfuscated_sender(raw_from)
+        if sender is not None:
+            parsed = dataclasses.replace(parsed, from_name=sender[0], from_address=sender[1])
+    if strip_tags:
+        subject = strip_subject_tags(parsed.subject, strip_tags)
+        if subject != parsed.subject:
+            parsed = dataclasses.replace(parsed, subject=subject)
+    return parsed
 
 
 # --- what became of each message -----------------------------------------------------------------------------
@@ -292,7 +325,8 @@ def _sort_key(item: tuple[int, _Header]) -> tuple[int, float, int]:
 
 
 async def import_paths(
-    deps: Deps, paths: Sequence[Path | str], *, category_slug: str, progress: Progress | None = None
+    deps: Deps, paths: Sequence[Path | str], *, category_slug: str, progress: Progress | None = None,
+    strip_subject_tag: bool = True,
 ) -> ImportReport:
     """Import every message found under `paths` into the category `category_slug`; see the module docstring."""
     slug = category_slug.lower()
@@ -305,6 +339,7 @@ async def import_paths(
     unreadable: list[str] = []
     not_mail: list[str] = []
     skipped: Counter[str] = Counter()
+    skipped_messages: list[tuple[str, str]] = []
     imported = duplicates = 0
     staged_before = await _staged_users(deps)
     with ExitStack() as stack:
@@ -318,26 +353,31 @@ async def import_paths(
                 unreadable.append(f"{source.label}: {exc}")
         order = sorted(headers, key=_sort_key)
         total = len(order)
+        tags = (list_tags((h.subject_tag for _, h in headers), (h.list_id for _, h in headers))
+                if strip_subject_tag else frozenset())
         for done, (index, header) in enumerate(order, start=1):
             source = sources[index]
             if progress is not None:
                 progress(done, total)
             if header.size > max_size:
                 skipped["too large"] += 1
+                skipped_messages.append((source.label, "too large"))
                 continue
             if await _already_imported(deps, header):
                 duplicates += 1
                 continue
             try:
                 raw, _ = source.load()
+                parsed = archive_adjusted(await parse(raw, deps), raw_from=header.raw_from, strip_tags=tags)
                 result = await ingest(raw, envelope_from=header.envelope_from, recipients=[recipient],
-                                      source=SOURCE, deps=deps)
+                                      source=SOURCE, deps=deps, parsed=parsed)
             except (OSError, mailbox.Error) as exc:
                 unreadable.append(f"{source.label}: {exc}")
                 continue
             except Exception as exc:  # one bad message must not stop an archive import; it is reported
                 log.exception("import.failed label=%s", source.label)
                 skipped[f"error ({type(exc).__name__})"] += 1
+                skipped_messages.append((source.label, f"error ({type(exc).__name__})"))
                 continue
             reason = skip_reason(result.outcomes[recipient])
             if reason is None:
@@ -346,8 +386,10 @@ async def import_paths(
                 duplicates += 1
             else:
                 skipped[reason] += 1
+                skipped_messages.append((source.label, reason))
     if not_mail:
         skipped["not a message"] += len(not_mail)
+        skipped_messages += [(path, "not a message") for path in not_mail]
     report = ImportReport(
         messages=total + len(not_mail),
         imported=imported,
@@ -355,6 +397,9 @@ async def import_paths(
         skipped=dict(skipped.most_common()),
         unreadable=tuple(unreadable),
         staged_users=await _staged_users(deps) - staged_before,
+        category=slug,
+        skipped_messages=tuple(skipped_messages),
+        stripped_tags=tuple(sorted(tags)),
     )
     log.info("import.done category=%s messages=%d imported=%d duplicates=%d skipped=%d", slug, report.messages,
              imported, duplicates, sum(skipped.values()))

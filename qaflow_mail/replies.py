@@ -48,6 +48,11 @@ SHUNTED = SmtpReply(250, "2.0.0", "Message accepted and kept for the forum's adm
 TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Too many recipients", notice=None)
 RATE_LIMITED = SmtpReply(450, "4.7.1", "Too many messages from this sender; try again later", notice=None)
 TEMPORARY_FAILURE = SmtpReply(451, "4.3.0", "Temporary failure, please try again later", notice=None)
+# Connection limits (RFC 5321 §3.8: 421 and close). Too many connections from one client, or in all; too many
+# commands that move no mail; no command or DATA bytes for [smtp] idle_timeout.
+TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections; try again later", notice=None)
+TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands that send no mail; closing", notice=None)
+IDLE_TIMEOUT = SmtpReply(421, "4.4.2", "Idle for too long; closing", notice=None)
 
 # --- addresses (5.1.1) ------------------------------------------------------------------------------------------
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such address here; check the category address on the forum",
@@ -84,11 +89,17 @@ EMPTY_REPLY = SmtpReply(
     550, "5.6.0", "Your reply is empty once quoted text is removed; write your answer above the quote"
 )
 ONLY_SIGNATURE = SmtpReply(550, "5.6.0", "Your reply holds only a signature; write your answer above it")
+# The message itself is beyond what the gateway processes ([limits]); it would fail the same way on every retry.
+MESSAGE_TOO_COMPLEX = SmtpReply(554, "5.6.0", "Message too complex for this forum", notice=None)
+MESSAGE_UNREADABLE = SmtpReply(554, "5.6.0", "Message could not be read; send it again as plain text", notice=None)
 
 # --- policy (5.7.1) ---------------------------------------------------------------------------------------------
 SENDER_NOT_ALLOWED = SmtpReply(
-    550, "5.7.1", "Your address is not allowed to post here; register on the forum with this address"
+    550, "5.7.1",
+    "Only members may post in this category; to join, send an empty email to the category's -join address "
+    "(general-join@ for general@) and reply to the confirmation, or use \"Follow by email\" on its page",
 )
+
 NO_FROM = SmtpReply(550, "5.7.1", "The message has no usable From address", notice=None)
 NOT_TOKEN_OWNER = SmtpReply(
     550, "5.7.1", "This reply address was sent to another subscriber; reply from the address that received it"
@@ -127,12 +138,43 @@ ANNOUNCEMENT_CHANGED = SmtpReply(
     550, "5.7.1", "The announcement is no longer what the confirmation email showed; send it again", notice=None
 )
 
+# --- joining, leaving, moderating: only the holder of the token can act, so nothing here is answered by mail ------
+BAD_MEMBERSHIP_CONFIRMATION = SmtpReply(
+    550, "5.1.1",
+    "This confirmation address is not valid; reply to the confirmation email itself, without changing its address",
+    notice=None,
+)
+MEMBERSHIP_CONFIRMATION_EXPIRED = SmtpReply(
+    550, "5.1.1", "This confirmation has expired; write to the category's -join or -leave address again",
+    notice=None,
+)
+MEMBERSHIP_CONFIRMATION_USED = SmtpReply(
+    550, "5.7.1", "This confirmation was already used: a confirmation works once", notice=None
+)
+NOT_THE_REQUESTER = SmtpReply(
+    550, "5.7.1", "Only the address the confirmation was sent to can confirm it; reply from that address",
+    notice=None,
+)
+BAD_MODERATION_TOKEN = SmtpReply(
+    550, "5.1.1", "This moderation address is not valid or has expired; use the CLI or a newer moderation email",
+    notice=None,
+)
+NOT_A_MODERATOR = SmtpReply(
+    550, "5.7.1", "Only a moderator of this category can decide on its held posts, from their registered address",
+    notice=None,
+)
+NO_MODERATION_DECISION = SmtpReply(
+    550, "5.7.1",
+    "No decision found: reply with APPROVE, or REJECT followed by a reason, as the first word of your reply",
+    notice=None,
+)
+ALREADY_DECIDED = SmtpReply(550, "5.7.1", "This post was already decided on by a moderator", notice=None)
 # What to do, by enhanced status code, when a reply's text does not say it after a ';' (rejection notices).
 ADVICE = {
     "5.1.1": "Check the address on the forum (each category has its own) and send your message again.",
     "5.3.4": "Send it again with fewer or smaller attachments, or put large files online and link to them.",
     "5.6.0": "Write your message above any quoted text and send it again.",
-    "5.7.1": "Write from the address you registered on the forum, or register this address first.",
+    "5.7.1": "Write from the address that follows this category, or join it first by writing to its -join address.",
 }
 
 

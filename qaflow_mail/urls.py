@@ -38,3 +38,27 @@ def bounce_address(settings: Settings, token: str) -> str:
 
 def confirm_address(settings: Settings, token: str) -> str:
     return token_address(TokenKind.CONFIRM, token, domain=settings.site.domain)
+
+
+def moderate_address(settings: Settings, token: str) -> str:
+    return token_address(TokenKind.MODERATE, token, domain=settings.site.domain)
+
+
+def membership_confirm_address(settings: Settings, token: str) -> str:
+    """confirm+<token>@: the same address shape as an announcement's confirmation, with a JOIN token."""
+    return token_address(TokenKind.JOIN, token, domain=settings.site.domain)
+
+
+def membership_confirm_url(settings: Settings, token: str) -> str:
+    """The confirmation link: its GET shows what it would do, its POST does it (server.web.confirm)."""
+    return f"{_base(settings)}/confirm/{token}"
+
+
+def category_follow_path(slug: str) -> str:
+    """Where a page's "Follow by email" form posts (server.web.follow)."""
+    return f"/c/{slug}/follow"
+
+
+def membership_address(settings: Settings, slug: str, action: str) -> str:
+    """<slug>-join@, <slug>-leave@ or <slug>-request@."""
+    return f"{slug}-{action}@{settings.site.domain}"

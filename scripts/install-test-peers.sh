@@ -3,12 +3,14 @@
 #   dovecot-imapd  the IMAP server the IMAP poller tests read from (started per test, never as a system service)
 #   openssl        self-signed certificates for IMAPS
 #   swaks          a real SMTP client for end-to-end checks
+#   chromium       a real headless browser for the web pages' XSS test and screenshots (tests/browser)
+#   fonts-dejavu-core  a font for that browser to render text with
 # Idempotent: installs only what is missing. As root it installs; as another user it only reports, and the tests
 # that need a missing peer skip with a message naming this script. Always exits 0 unless an install fails.
 # On a systemd host the package also enables the system Dovecot on ports 143/993; the tests never use it.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd openssl swaks)
+PACKAGES=(dovecot-imapd openssl swaks chromium fonts-dejavu-core)
 
 installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]

@@ -34,7 +34,8 @@ def cmd_digest_run(settings: Settings, args: argparse.Namespace) -> int:
         engine = create_engine(settings.database.url)
         try:
             sessions = session_factory(engine)
-            return [await run_digests(sessions, settings=settings, renderer=renderer, now=now, period=period)
+            return [await run_digests(sessions, settings=settings, renderer=renderer, now=now, period=period,
+                                      not_after=datetime.now(UTC))
                     for period in periods]
         finally:
             await engine.dispose()

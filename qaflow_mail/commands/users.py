@@ -5,6 +5,8 @@
     qaflow-mail user list [--json]
     qaflow-mail user show EMAIL [--json]
     qaflow-mail user set EMAIL --timezone ZONE      ("" or "default" clears it)
+    qaflow-mail user set EMAIL --notify-replies all|direct|off
+    qaflow-mail user rotate-tokens EMAIL            (every earlier unsubscribe link stops working)
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from qaflow_mail.commands.common import (
     run_in_session,
 )
 from qaflow_mail.config import Settings
+from qaflow_mail.db.models import NotifyReplies
 from qaflow_mail.outbound.digest_schedule import parse_timezone
 from qaflow_mail.services import users
 from qaflow_mail.services.bulk_import import BulkReport, bulk_add_users
+from qaflow_mail.services.subscriptions import rotate_tokens
 from qaflow_mail.services.users import InvalidEmail, UnknownUser, UserExists
 
 CLEAR_TIMEZONE = ("", "default")
@@ -113,6 +117,14 @@ def cmd_user_show(settings: Settings, args: argparse.Namespace) -> int:
                 {"category": slug, "mode": sub.mode, "last_digest_at": iso(sub.last_digest_at)}
                 for sub, slug in details.subscriptions
             ],
+            "bounces": [
+                {"kind": b.kind, "address": b.address, "received_at": iso(b.received_at), "diagnostic": b.diagnostic}
+                for b in details.bounces
+            ],
+            "pending_confirmations": [
+                {"kind": c.kind, "email": c.email, "created_at": iso(c.created_at)}
+                for c in details.pending_confirmations
+            ],
         }
 
     data = run_in_session(settings, work)
@@ -130,11 +142,19 @@ def cmd_user_show(settings: Settings, args: argparse.Namespace) -> int:
     for sub in data["subscriptions"]:
         digest = f", last digest {sub['last_digest_at']}" if sub["last_digest_at"] else ""
         print(f"  {sub['category']:<24} {sub['mode']}{digest}")
+    for bounce in data["bounces"]:
+        print(f"  bounce {bounce['received_at']} {bounce['kind']} {bounce['address']}: {bounce['diagnostic'][:80]}")
+    for pending in data["pending_confirmations"]:
+        print(f"  waiting for confirmation: {pending['kind']} ({pending['email']}) since {pending['created_at']}")
     return 0
 
 
 def cmd_user_set(settings: Settings, args: argparse.Namespace) -> int:
     """`user set EMAIL --timezone ZONE`: the zone digests are timed in for this user."""
+    if getattr(args, "notify_replies", None) is not None:
+        return _set_notify_replies(settings, args)
+    if any(getattr(args, key, None) is not None for key in ("disabled", "admin", "name")):
+        return _set_account(settings, args)
     if args.timezone is None:
         raise CommandError("nothing to set: give --timezone ZONE (an IANA name such as Europe/Berlin)")
     name = args.timezone.strip()
@@ -158,9 +178,85 @@ def cmd_user_set(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_notify_replies(settings: Settings, args: argparse.Namespace) -> int:
+    """`user set EMAIL --notify-replies all|direct|off`: which replies reach the user besides subscriptions."""
+    if args.timezone is not None:
+        raise CommandError("give --timezone or --notify-replies, one at a time")
+
+    async def work(session: AsyncSession) -> str:
+        try:
+            user = await users.find_user(session, args.email)
+        except UnknownUser as exc:
+            raise unknown_user(exc) from None
+        user.notify_replies = NotifyReplies(args.notify_replies).value
+        return user.email
+
+    email = run_in_session(settings, work)
+    print(f"user {email}: replies by mail: {args.notify_replies}")
+    return 0
+
+
+def cmd_user_rotate_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    """`user rotate-tokens EMAIL`: every unsubscribe link mailed to the user so far stops working."""
+    async def work(session: AsyncSession) -> tuple[str, int]:
+        try:
+            user = await users.find_user(session, args.email)
+        except UnknownUser as exc:
+            raise unknown_user(exc) from None
+        return user.email, rotate_tokens(user)
+
+    email, generation = run_in_session(settings, work)
+    print(f"user {email}: earlier unsubscribe links no longer work (token generation {generation})")
+    return 0
+
+
+def _set_account(settings: Settings, args: argparse.Namespace) -> int:
+    """`user set EMAIL --disable|--enable --admin|--no-admin --name N`."""
+    if args.timezone is not None:
+        raise CommandError("give --timezone on its own")
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        try:
+            user = await users.set_flags(session, args.email, disabled=args.disabled, admin=args.admin,
+                                         name=args.name)
+        except UnknownUser as exc:
+            raise unknown_user(exc) from None
+        return {"email": user.email, "status": user.status, "admin": user.is_admin, "name": user.display_name}
+
+    data = run_in_session(settings, work)
+    print(f"user {data['email']}: {data['status']}{', admin' if data['admin'] else ''}"
+          f"{', named ' + repr(data['name']) if args.name is not None else ''}")
+    return 0
+
+
+def cmd_user_erase(settings: Settings, args: argparse.Namespace) -> int:
+    """`user erase EMAIL`: forget the person, keep their posts under "Removed user"."""
+    async def work(session: AsyncSession) -> users.ErasedUser:
+        try:
+            return await users.erase_user(session, args.email)
+        except UnknownUser as exc:
+            raise unknown_user(exc) from None
+
+    erased = run_in_session(settings, work)
+    print(f"user {erased.user_id} erased: {erased.addresses} address(es) and {erased.subscriptions} subscription(s) "
+          f"forgotten; their posts are kept, by {users.ERASED_NAME!r}")
+    return 0
+
+
 def add_user_set_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `user set`."""
     parser.add_argument("email")
+    enabled = parser.add_mutually_exclusive_group()
+    enabled.add_argument("--disable", dest="disabled", action="store_true", default=None,
+                         help="no more mail to or from this user")
+    enabled.add_argument("--enable", dest="disabled", action="store_false",
+                         help="active again (a bouncing user starts again with a clean score)")
+    admin = parser.add_mutually_exclusive_group()
+    admin.add_argument("--admin", dest="admin", action="store_true", default=None, help="make an admin")
+    admin.add_argument("--no-admin", dest="admin", action="store_false", help="no longer an admin")
+    parser.add_argument("--name", help="display name")
+    parser.add_argument("--notify-replies", choices=[choice.value for choice in NotifyReplies],
+                        help="replies by mail: all (in topics I posted in), direct (to me, and in my topics), off")
     parser.add_argument("--timezone", help='IANA time zone for digests, e.g. Europe/Berlin; "default" clears it')
     parser.set_defaults(func=cmd_user_set)
 
@@ -181,4 +277,10 @@ def register(subparsers: Subparsers) -> None:
     show.add_argument("email")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_user_show)
-    add_user_set_arguments(user.add_parser("set", help="change a user's settings (digest time zone)"))
+    add_user_set_arguments(user.add_parser("set", help="change a user's settings (digest time zone, replies)"))
+    erase = user.add_parser("erase", help="erase a user's personal data (GDPR); their posts stay, anonymous")
+    erase.add_argument("email")
+    erase.set_defaults(func=cmd_user_erase)
+    rotate = user.add_parser("rotate-tokens", help="make every earlier unsubscribe link of a user stop working")
+    rotate.add_argument("email")
+    rotate.set_defaults(func=cmd_user_rotate_tokens)

@@ -30,6 +30,7 @@ from qaflow_mail.mail.threads import (
     is_plausible_message_id,
     parent_candidates,
     resolve_parent,
+    shared_missing_ancestor,
 )
 
 # --------------------------------------------------------------------------------------------------- threader
@@ -50,12 +51,16 @@ class MemoryThreader:
     `reattach_orphans`: a message started a topic because none of its candidates was known yet; when one of them
     arrives, the message (and its topic) moves under it. `adopt_nearer_parents`: a message attached to a far
     ancestor moves under a nearer candidate of the same topic when that one arrives late (display only: the
-    topics do not change).
+    topics do not change). `join_missing_parents`: a message none of whose candidates is stored joins the topic of
+    a post that waits for one of the same missing ids (mail.threads.shared_missing_ancestor), as the gateway does.
     """
 
-    def __init__(self, *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False) -> None:
+    def __init__(
+        self, *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False, join_missing_parents: bool = True
+    ) -> None:
         self._reattach = reattach_orphans
         self._adopt_nearer = adopt_nearer_parents
+        self._join_missing = join_missing_parents
         self._post_ids: dict[str, int] = {}
         self._message_ids: list[str] = []
         self._candidates: list[tuple[str, ...]] = []
@@ -64,6 +69,8 @@ class MemoryThreader:
         self._members: dict[int, list[int]] = {}
         # an id not stored yet -> posts that would rather hang under it than where they are
         self._waiting: defaultdict[str, list[int]] = defaultdict(list)
+        # an id not stored yet -> the first post that names it (any ancestor: replies sharing it share a topic)
+        self._missing: dict[str, int] = {}
 
     def add(self, *, message_id: str, in_reply_to: Sequence[str], references: Sequence[str]) -> Stored:
         known = self._post_ids.get(message_id)
@@ -78,7 +85,14 @@ class MemoryThreader:
         self._message_ids.append(message_id)
         self._candidates.append(candidates)
         self._parents.append(choice.parent_post_id)
-        if choice.parent_post_id is None:
+        shared = None
+        if choice.parent_post_id is None and self._join_missing:
+            waiting_topics = {mid: self._topics[self._missing[mid]] for mid in candidates if mid in self._missing}
+            shared = shared_missing_ancestor(candidates, waiting_topics)
+        if shared is not None:
+            topic = shared[1]
+            self._members[topic].append(post)
+        elif choice.parent_post_id is None:
             topic = post
             self._members[post] = [post]
         else:
@@ -88,6 +102,10 @@ class MemoryThreader:
         nearer = candidates if choice.matched_id is None else candidates[: candidates.index(choice.matched_id)]
         for mid in nearer:
             self._waiting[mid].append(post)
+        for mid in candidates:
+            if mid not in self._post_ids:
+                self._missing.setdefault(mid, post)
+        self._missing.pop(message_id, None)
         for waiting in self._waiting.pop(message_id, []):
             self._consider_move(waiting, under=post)
         return Stored(message_id=message_id, duplicate=False, choice=choice)
@@ -95,10 +113,14 @@ class MemoryThreader:
     def _consider_move(self, post: int, *, under: int) -> None:
         parent = self._parents[post]
         if parent is None:
-            # An orphan whose topic already holds `under` is its ancestor: a References loop.
-            if self._reattach and self._topics[post] != self._topics[under]:
+            if not self._reattach:
+                return
+            if self._topics[post] != self._topics[under]:
                 self._parents[post] = under
                 self._merge_topic(self._topics[post], into=self._topics[under])
+            elif not self._descends(under, post):
+                # joined at the missing parent that has now arrived (an ancestor in the topic is a References loop)
+                self._parents[post] = under
             return
         if not self._adopt_nearer or self._topics[post] != self._topics[under] or self._descends(under, post):
             return
@@ -376,15 +398,19 @@ class Unit:
 
 def missed_pairs(units: Sequence[Unit]) -> dict[Cause, int]:
     """Pairs notmuch joins and we split, by cause. Every pair falls in exactly one cause, or the threader has a
-    bug: our topics always refine `delivered_only`, which refines `without_junk`, which refines notmuch."""
+    bug: `delivered_only` refines `without_junk`, which refines notmuch, and our topics refine `without_junk` (they
+    join through delivered ids, and through never-delivered ids that replies share)."""
     ref = [u.reference_thread for u in units]
     junk_free = [(u.reference_thread, u.without_junk) for u in units]
     delivered = [(*key, u.delivered_only) for key, u in zip(junk_free, units, strict=True)]
-    ours = [(*key, u.our_topic) for key, u in zip(delivered, units, strict=True)]
+    ours = [(*key, u.our_topic) for key, u in zip(junk_free, units, strict=True)]
+    delivered_and_ours = [(*key, u.our_topic) for key, u in zip(delivered, units, strict=True)]
+    both = _pairs(delivered_and_ours)
     return {
         Cause.JUNK_ID: _pairs(ref) - _pairs(junk_free),
-        Cause.UNSEEN_ANCESTOR: _pairs(junk_free) - _pairs(delivered),
-        Cause.FARTHER_REFERENCE: _pairs(delivered) - _pairs(ours),
+        # junk-free pairs joined neither through delivered ids nor by us
+        Cause.UNSEEN_ANCESTOR: _pairs(junk_free) - _pairs(delivered) - _pairs(ours) + both,
+        Cause.FARTHER_REFERENCE: _pairs(delivered) - both,
     }
 
 
@@ -494,9 +520,11 @@ def arrange(mails: Sequence[CorpusMail], order: str) -> list[CorpusMail]:
 
 
 def thread_mails(
-    mails: Iterable[CorpusMail], *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False
+    mails: Iterable[CorpusMail], *, reattach_orphans: bool = True, adopt_nearer_parents: bool = False,
+    join_missing_parents: bool = True,
 ) -> MemoryThreader:
-    threader = MemoryThreader(reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents)
+    threader = MemoryThreader(reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents,
+                              join_missing_parents=join_missing_parents)
     for mail in mails:
         threader.add(message_id=mail.message_id, in_reply_to=mail.in_reply_to, references=mail.references)
     return threader
@@ -570,6 +598,7 @@ def evaluate_corpus(
     order: str = "file",
     reattach_orphans: bool = True,
     adopt_nearer_parents: bool = False,
+    join_missing_parents: bool = True,
 ) -> CorpusResult:
     """Thread each notmuch database (label) of a corpus on its own and compare it with notmuch's threads."""
     entries = read_reference(corpus_dir)
@@ -585,6 +614,7 @@ def evaluate_corpus(
             arrange(label_mails, order),
             reattach_orphans=reattach_orphans,
             adopt_nearer_parents=adopt_nearer_parents,
+            join_missing_parents=join_missing_parents,
         )
         label_units = _label_units(label, label_mails, threader, parents)
         units.extend(label_units)
@@ -602,12 +632,14 @@ def evaluate_corpus(
 
 
 def evaluate_all(
-    root: Path, *, order: str = "file", reattach_orphans: bool = True, adopt_nearer_parents: bool = False
+    root: Path, *, order: str = "file", reattach_orphans: bool = True, adopt_nearer_parents: bool = False,
+    join_missing_parents: bool = True,
 ) -> list[CorpusResult]:
     """Every corpus under `root` that has an answer key."""
     return [
         evaluate_corpus(
-            corpus_dir, order=order, reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents
+            corpus_dir, order=order, reattach_orphans=reattach_orphans, adopt_nearer_parents=adopt_nearer_parents,
+            join_missing_parents=join_missing_parents,
         )
         for corpus_dir in reference_corpora(root)
     ]

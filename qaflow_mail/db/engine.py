@@ -1,4 +1,13 @@
-"""The async engine and session factory, and schema upgrades through Alembic."""
+"""The async engine and session factory, and schema upgrades through Alembic.
+
+Durability, per backend (what a `250` promises):
+- SQLite: WAL with `synchronous=FULL`: every commit is fsynced to the WAL before it returns, so a committed
+  message survives a power loss, not only a crash of the process (with NORMAL a commit could be lost).
+- PostgreSQL: the server's own `synchronous_commit` (on by default) fsyncs the WAL at commit.
+
+Bounded waits: a statement, a lock wait and the wait for a pooled connection each give up after
+[database] statement_timeout, opening a connection after connect_timeout; the error is a temporary one (→ 451).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from qaflow_mail.config import DatabaseSettings
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -20,21 +31,49 @@ def _prepare_sqlite_path(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# asyncpg's own timer fires a little after the server's statement_timeout, for a server that no longer answers.
+_CLIENT_TIMEOUT_MARGIN = 2.0
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cursor.close()
+
+    return apply
+
+
+def create_engine(
+    url: str, *, echo: bool = False, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> AsyncEngine:
     _prepare_sqlite_path(url)
-    engine = create_async_engine(url, echo=echo, pool_pre_ping=not url.startswith("sqlite"))
+    options: dict[str, Any] = {"pool_timeout": statement_timeout}
+    if make_url(url).get_backend_name() == "postgresql":
+        options["pool_pre_ping"] = True
+        options["connect_args"] = {
+            "timeout": connect_timeout,
+            "command_timeout": statement_timeout + _CLIENT_TIMEOUT_MARGIN,
+            "server_settings": {
+                "statement_timeout": str(int(statement_timeout * 1000)),
+            },
+        }
+    engine = create_async_engine(url, echo=echo, **options)
     if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(int(statement_timeout * 1000)))
     return engine
+
+
+def create_engine_for(database: DatabaseSettings) -> AsyncEngine:
+    """The engine for [database], with its timeouts."""
+    return create_engine(database.url, echo=database.echo, statement_timeout=database.statement_timeout,
+                         connect_timeout=database.connect_timeout)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -49,7 +88,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "heads") -> None:
+def upgrade(url: str, revision: str = "head") -> None:
     """Create or migrate the schema (blocking: call from a thread when a loop is running)."""
     _prepare_sqlite_path(url)
     command.upgrade(alembic_config(url), revision)

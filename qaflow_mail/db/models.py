@@ -122,6 +122,16 @@ class User(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     announcements_muted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Which replies reach this user by mail besides their "each" subscriptions (NotifyReplies).
+    notify_replies: Mapped[str] = mapped_column(String(16), default="direct", server_default="direct")
+    # Signed into every unsubscribe token; raising it (a new join, rotate-tokens) voids all earlier links.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class NotifyReplies(StrEnum):
+    ALL = "all"  # replies anywhere in topics I started or posted in
+    DIRECT = "direct"  # replies to my posts, and anything in topics I started
+    OFF = "off"
 
 
 class UserAddress(Base):
@@ -163,7 +173,10 @@ class Category(Base):
 
 class Topic(Base):
     __tablename__ = "topics"
-    __table_args__ = (Index("ix_topics_category_last_post", "category_id", "last_post_at"),)
+    __table_args__ = (
+        Index("ix_topics_category_last_post", "category_id", "last_post_at"),
+        Index("ix_topics_last_post", "last_post_at"),  # the web's latest topics, all categories
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
@@ -171,14 +184,21 @@ class Topic(Base):
     subject: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_post_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Web page views, added in batches (server/web/views.py), never one UPDATE per request.
+    views: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Post(Base):
     __tablename__ = "posts"
+    __table_args__ = (
+        # Few rows: the web's category list counts them to know when its topic counts changed (migration 0009).
+        Index("ix_posts_unpublished", "topic_id", sqlite_where=text("status <> 'published'"),
+              postgresql_where=text("status <> 'published'")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"), index=True)
-    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)  # the web's author cards count
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("posts.id"))
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
     in_reply_to: Mapped[str | None] = mapped_column(String(255))
@@ -341,3 +361,101 @@ class BounceRecord(Base):
     kind: Mapped[str] = mapped_column(String(8))
     diagnostic: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConfirmationKind(StrEnum):
+    JOIN = "join"
+    LEAVE = "leave"
+
+
+class ConfirmationRequest(Base):
+    """A join or leave asked for by mail, waiting for the address itself to confirm (double opt-in).
+
+    category_id None means the site's announcements. At most one is sent per address, category and day.
+    """
+
+    __tablename__ = "confirmation_requests"
+    __table_args__ = (Index("ix_confirmation_requests_email_created", "email", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mapped_column(String(16), default=SubscriptionMode.EACH)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CategoryModerator(Base):
+    """A user who decides on held posts of one category (admins decide on all of them)."""
+
+    __tablename__ = "category_moderators"
+    __table_args__ = (UniqueConstraint("category_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
+class ModerationDecision(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class HeldPost(Base):
+    """Why a post (status held) waits for a moderator, and what was decided."""
+
+    __tablename__ = "held_posts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decision: Mapped[str] = mapped_column(String(16), default=ModerationDecision.PENDING, index=True)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rejection_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Installation(Base):
+    """One row: what this installation (this database) is, beyond its data. ``message_id_salt`` goes into every
+    Message-ID we mint, so a recreated database never repeats an earlier one's ids."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1
+    message_id_salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FanoutKind(StrEnum):
+    POST = "post"  # a post's notifications (target: the post id)
+    ANNOUNCEMENT = "announcement"  # an announcement's broadcast (target: the announcement id)
+
+
+class FanoutJob(Base):
+    """One mail to many people, expanded into outbox rows later, in batches, by a fan-out worker.
+
+    ``cursor`` is the last user id done: a crash between batches resumes after it. A worker holds the job while
+    ``claimed_until`` lies ahead (services.fanout_jobs).
+    """
+
+    __tablename__ = "fanout_jobs"
+    __table_args__ = (
+        UniqueConstraint("kind", "target_id"),
+        Index("ix_fanout_jobs_finished_claimed", "finished_at", "claimed_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target_id: Mapped[int] = mapped_column(BigInteger)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    handed: Mapped[int] = mapped_column(Integer, default=0)  # outbox messages written so far
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far: a job that keeps crashing stops
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -22,6 +22,11 @@ from qaflow_mail.db.models import (
     UserAddress,
     UserStatus,
 )
+from qaflow_mail.mail.charsets import storable_line
+
+# users.email and users.display_name column lengths: values are cut to them before the database sees them.
+MAX_EMAIL_CHARS = 320
+MAX_DISPLAY_NAME_CHARS = 200
 
 # message_refs.kind of a digest's own Message-ID (it maps to no post).
 DIGEST_REF_KIND = "digest"
@@ -71,8 +76,8 @@ async def add_user(
     now: datetime,
 ) -> User:
     user = User(
-        email=normalize_email(email),
-        display_name=display_name,
+        email=storable_line(normalize_email(email))[:MAX_EMAIL_CHARS],
+        display_name=storable_line(display_name).strip()[:MAX_DISPLAY_NAME_CHARS],
         is_admin=is_admin,
         status=status,
         created_at=now,
@@ -142,6 +147,37 @@ async def _may_join(session: AsyncSession, post: Post, topic_id: int) -> bool:
     return author is not None and (author.status != UserStatus.STAGED or welcome)
 
 
+async def topics_waiting_for(session: AsyncSession, message_ids: Sequence[str], *, category_id: int) -> dict[str, int]:
+    """Missing Message-IDs among `message_ids` that posts of this category name, each with such a post's topic
+    (the earliest post's): replies that share a missing ancestor belong to one topic (mail.threads). A pending
+    reference with a negative position is such an ancestor beyond the post's parent: it joins, never re-parents."""
+    if not message_ids:
+        return {}
+    rows = await session.execute(
+        select(PendingReference.message_id, Post.topic_id)
+        .join(Post, Post.id == PendingReference.post_id)
+        .join(Topic, Topic.id == Post.topic_id)
+        .where(PendingReference.message_id.in_(list(message_ids)), Topic.category_id == category_id)
+        .order_by(Post.id)
+    )
+    found: dict[str, int] = {}
+    for mid, topic_id in rows:
+        found.setdefault(mid, topic_id)
+    return found
+
+
+async def _descends_from(session: AsyncSession, post: Post, ancestor_id: int) -> bool:
+    """Whether `ancestor_id` is `post` or one of its ancestors (a broken chain that loops ends the walk)."""
+    seen: set[int] = set()
+    current: Post | None = post
+    while current is not None and current.id not in seen:
+        if current.id == ancestor_id:
+            return True
+        seen.add(current.id)
+        current = None if current.parent_id is None else await session.get(Post, current.parent_id)
+    return False
+
+
 async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:
     """Posts that named `parent`'s Message-ID before it arrived are placed under it now.
 
@@ -152,14 +188,23 @@ async def reattach_orphans(session: AsyncSession, *, parent: Post) -> int:
     pending = (
         await session.execute(
             select(PendingReference.post_id, PendingReference.position).where(
-                PendingReference.message_id == parent.message_id
+                PendingReference.message_id == parent.message_id, PendingReference.position >= 0
             )
         )
     ).all()
+    # ids kept only so that later replies naming them join the topic (negative positions) have arrived: done
+    await session.execute(
+        delete(PendingReference).where(PendingReference.message_id == parent.message_id, PendingReference.position < 0)
+    )
     attached = 0
     for orphan_id, position in pending:
         orphan = await session.get(Post, orphan_id)
         if orphan is None or orphan.id == parent.id:
+            continue
+        if await _descends_from(session, parent, orphan.id):
+            # A names B and B names A: attaching would close a cycle and leave the topic without a first post.
+            await session.execute(delete(PendingReference).where(PendingReference.post_id == orphan.id,
+                                                                 PendingReference.position >= position))
             continue
         if orphan.topic_id != parent.topic_id:
             if orphan.parent_id is not None or not await _may_join(session, orphan, parent.topic_id):
@@ -186,7 +231,10 @@ async def reattach_waiting(session: AsyncSession) -> int:
     at the same moment, each invisible to the other's transaction."""
     parents = (
         await session.scalars(
-            select(Post).join(PendingReference, PendingReference.message_id == Post.message_id).distinct()
+            select(Post)
+            .join(PendingReference, PendingReference.message_id == Post.message_id)
+            .where(PendingReference.position >= 0)
+            .distinct()
         )
     ).all()
     return sum([await reattach_orphans(session, parent=parent) for parent in parents])

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from qaflow_mail.mail.tokens import TokenKind
+from qaflow_mail.mail.tokens import TokenKind, peek_kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,33 +54,68 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Join:
+    """<slug>-join@: asks to follow a category (announcements-join@: the site's announcements)."""
+
+    category_slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    category_slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmMembership:
+    """confirm+<token>@ where the token confirms a join or leave (an announcement's confirmation is Confirm)."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Moderate:
+    """moderate+<token>@: a moderator's approve or reject of one held post."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class NoReply:
     """Our own From address (digests, notices): mail to it is answered with how to reply instead."""
 
 
-Destination: TypeAlias = NewTopic | Reply | Announce | Unsubscribe | Bounce | Confirm | Postmaster | Request | NoReply
+Destination: TypeAlias = (
+    NewTopic | Reply | Announce | Unsubscribe | Bounce | Confirm | Postmaster | Request | NoReply | Join | Leave
+    | ConfirmMembership | Moderate
+)
 
 REPLY_PREFIX = "reply"
 UNSUBSCRIBE_PREFIX = "unsubscribe"
 BOUNCES_PREFIX = "bounces"
 CONFIRM_PREFIX = "confirm"
+MODERATE_PREFIX = "moderate"
 POSTMASTER = "postmaster"
 FROM_LOCAL_PART = "notifications"
 TOKEN_SEPARATOR = "+"
 REQUEST_SUFFIX = "-request"
 UNSUBSCRIBE_SUFFIX = "-unsubscribe"
+JOIN_SUFFIX = "-join"
+LEAVE_SUFFIX = "-leave"
 
-_TOKEN_ROUTES: dict[str, type[Reply | Unsubscribe | Bounce | Confirm]] = {
+_TOKEN_ROUTES: dict[str, type[Reply | Unsubscribe | Bounce | Confirm | Moderate]] = {
     REPLY_PREFIX: Reply,
     UNSUBSCRIBE_PREFIX: Unsubscribe,
     BOUNCES_PREFIX: Bounce,
     CONFIRM_PREFIX: Confirm,
+    MODERATE_PREFIX: Moderate,
 }
 _TOKEN_PREFIXES: dict[TokenKind, str] = {
     TokenKind.REPLY: REPLY_PREFIX,
     TokenKind.UNSUBSCRIBE: UNSUBSCRIBE_PREFIX,
     TokenKind.BOUNCE: BOUNCES_PREFIX,
     TokenKind.CONFIRM: CONFIRM_PREFIX,
+    TokenKind.JOIN: CONFIRM_PREFIX,
+    TokenKind.MODERATE: MODERATE_PREFIX,
 }
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 # RFC 5322 3.2.3: the characters of an atom, and a dot-atom (a local part that needs no quoting).
@@ -93,6 +128,7 @@ _RESERVED = frozenset(
         REPLY_PREFIX,
         UNSUBSCRIBE_PREFIX,
         CONFIRM_PREFIX,
+        MODERATE_PREFIX,
         POSTMASTER,
         FROM_LOCAL_PART,
         "abuse",
@@ -114,12 +150,13 @@ def is_valid_slug(slug: str, *, announce_local: str = "announce") -> bool:
     return (
         _SLUG_RE.fullmatch(slug) is not None
         and slug not in reserved_local_parts(announce_local=announce_local)
-        and not slug.endswith((REQUEST_SUFFIX, UNSUBSCRIBE_SUFFIX))
+        and not slug.endswith((REQUEST_SUFFIX, UNSUBSCRIBE_SUFFIX, JOIN_SUFFIX, LEAVE_SUFFIX))
     )
 
 
 def token_address(kind: TokenKind, token: str, *, domain: str) -> str:
-    """The address carrying ``token``: reply+, unsubscribe+, bounces+ (VERP envelope sender) or confirm+."""
+    """The address carrying ``token``: reply+, unsubscribe+, bounces+ (VERP envelope sender), confirm+ or
+    moderate+."""
     local = f"{_TOKEN_PREFIXES[kind]}{TOKEN_SEPARATOR}{token}"
     if not token or len(local) > MAX_LOCAL_PART:
         raise ValueError(f"local part must be 1..{MAX_LOCAL_PART} octets: {local!r}")
@@ -156,15 +193,17 @@ def classify(
     prefix, separator, token = local.partition(TOKEN_SEPARATOR)
     if separator:
         route = _TOKEN_ROUTES.get(prefix)
+        if route is Confirm and peek_kind(token) is TokenKind.JOIN:
+            return ConfirmMembership(token)
         return route(token) if route is not None and token else None
     if local in _RESERVED:
         return None
     if local in category_slugs:
         return NewTopic(local)
-    if local.endswith(REQUEST_SUFFIX):
-        slug = local.removesuffix(REQUEST_SUFFIX)
-        if slug in category_slugs:
-            return Request(slug)
+    for suffix, kind in ((REQUEST_SUFFIX, Request), (JOIN_SUFFIX, Join), (LEAVE_SUFFIX, Leave)):
+        if local.endswith(suffix):
+            slug = local.removesuffix(suffix)
+            return kind(slug) if slug in category_slugs else None
     return None
 
 

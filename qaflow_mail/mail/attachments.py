@@ -8,7 +8,9 @@ from collections.abc import Collection, Iterable, Mapping
 
 from qaflow_mail.mail.parse import Attachment
 
-__all__ = ["DEFAULT_ALLOWED_TYPES", "check_attachment", "inline_cid_map", "safe_filename", "sniff_type"]
+__all__ = [
+    "DEFAULT_ALLOWED_TYPES", "check_attachment", "executable_reason", "inline_cid_map", "safe_filename", "sniff_type",
+]
 
 MAX_FILENAME_CHARS = 120
 _MAX_EXTENSION_CHARS = 16
@@ -218,6 +220,17 @@ def _type_allowed(ctype: str, allowed: Collection[str]) -> bool:
     return f"{major}/*" in allowed or "*/*" in allowed
 
 
+def executable_reason(att: Attachment) -> str | None:
+    """Why this attachment is a program (by its bytes, its declared type or its file extension), or None."""
+    declared = att.content_type.lower().strip()
+    extensions = _extensions(att.filename)
+    if sniff_type(att.content) in _EXECUTABLE_SNIFFED or declared in _EXECUTABLE_TYPES:
+        return f"{att.filename!r} is an executable program"
+    if extensions and extensions[-1] in _EXECUTABLE_EXTENSIONS:
+        return f"{att.filename!r} has an executable file extension (.{extensions[-1]})"
+    return None
+
+
 def check_attachment(att: Attachment, *, allowed_types: Collection[str] | None = None) -> str | None:
     """Why this attachment is refused, or None when it may be kept.
 
@@ -228,11 +241,9 @@ def check_attachment(att: Attachment, *, allowed_types: Collection[str] | None =
     allowed = DEFAULT_ALLOWED_TYPES if allowed_types is None else allowed_types
     declared = att.content_type.lower().strip()
     sniffed = sniff_type(att.content)
-    extensions = _extensions(att.filename)
-    if sniffed in _EXECUTABLE_SNIFFED or declared in _EXECUTABLE_TYPES:
-        return f"{att.filename!r} is an executable program"
-    if extensions and extensions[-1] in _EXECUTABLE_EXTENSIONS:
-        return f"{att.filename!r} has an executable file extension (.{extensions[-1]})"
+    executable = executable_reason(att)
+    if executable is not None:
+        return executable
     expected = _MUST_MATCH.get(declared)
     if expected is not None and att.content and sniffed != expected:
         return f"{att.filename!r} is declared {declared} but its content is not"

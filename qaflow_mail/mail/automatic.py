@@ -14,6 +14,7 @@ from email.utils import getaddresses
 from enum import StrEnum
 
 from qaflow_mail.mail.bounces import BounceReport, find_bounce, is_bounce_subject, is_daemon_sender
+from qaflow_mail.mail.compose import is_our_message_id
 from qaflow_mail.mail.parse import ParsedMail
 
 
@@ -33,6 +34,13 @@ class Verdict:
 _POST = Verdict(MailKind.POST, "no sign of automatic mail")
 
 _AUTO_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"})
+# Precedence values a mailing list stamps on the human mail it relays: automatic only without a sign of a list.
+_LIST_PRECEDENCE = frozenset({"bulk", "list"})
+# Headers a mailing list (RFC 2369, RFC 2919, Mailman, Google Groups, ezmlm, Sympa) adds to what it relays.
+_LIST_HEADERS = (
+    "List-Id", "List-Post", "List-Unsubscribe", "List-Archive", "Mailing-List", "X-Mailing-List", "X-Original-From",
+    "X-Google-Group-Id", "X-BeenThere", "X-Mailman-Version", "X-Loop-List",
+)
 _NEGATIVE_VALUES = frozenset({"no", "false", "0", "off", "none"})
 
 # Headers whose presence marks an auto-responder (unless their value is a plain "no").
@@ -133,6 +141,7 @@ def classify_automatic(
     max_received: int,
     is_bounce_address: bool,
     list_markers_are_automatic: bool = True,
+    our_message_id_salt: str = "",
 ) -> Verdict:
     """POST for mail a person wrote; otherwise BOUNCE, LOOP or AUTO_REPLY with the sign that decided.
 
@@ -140,12 +149,15 @@ def classify_automatic(
     envelope (IMAP), in which case the Return-Path header stands in for it. An archive import passes
     `list_markers_are_automatic=False`: every message of a list archive carries `Precedence: list`/`bulk`,
     yet people wrote them; the other signs (Auto-Submitted, autoresponder headers, vacation subjects) still count.
+    Live mail relayed by a list (Precedence: list/bulk next to List-Id, List-Post, X-Original-From…) is judged the
+    same way: by its real sender, never by the list's marks.
     """
     null_sender = _is_null_sender(parsed, envelope_from)
     bounce = find_bounce(raw, null_sender=null_sender, to_bounce_address=is_bounce_address)
     if bounce is not None:
         return Verdict(MailKind.BOUNCE, bounce.evidence)
-    loop = _loop_reason(parsed, our_domain=our_domain, our_list_id_suffix=our_list_id_suffix, max_received=max_received)
+    loop = _loop_reason(parsed, our_domain=our_domain, our_list_id_suffix=our_list_id_suffix, max_received=max_received,
+                        salt=our_message_id_salt)
     if loop is not None:
         return Verdict(MailKind.LOOP, loop)
     auto = auto_reply_reason(parsed, list_markers_are_automatic=list_markers_are_automatic)
@@ -165,10 +177,11 @@ def auto_reply_reason(parsed: ParsedMail, *, list_markers_are_automatic: bool = 
         token = _first_token(value)
         if token and token != "no":
             return f"Auto-Submitted: {token}"
-    for name in ("Precedence", "X-Precedence") if list_markers_are_automatic else ():
+    relayed_by_list = not list_markers_are_automatic or is_list_relayed(parsed)
+    for name in ("Precedence", "X-Precedence"):
         for value in parsed.header_all(name):
             token = _first_token(value)
-            if token in _AUTO_PRECEDENCE:
+            if token in _AUTO_PRECEDENCE and not (relayed_by_list and token in _LIST_PRECEDENCE):
                 return f"{name}: {token}"
     for name, value in parsed.headers:
         lname = name.lower()
@@ -196,6 +209,11 @@ def auto_reply_reason(parsed: ParsedMail, *, list_markers_are_automatic: bool = 
     return None
 
 
+def is_list_relayed(parsed: ParsedMail) -> bool:
+    """Whether a mailing list relayed this message (it carries a list's headers, or the list rewrote its From)."""
+    return bool(parsed.list_from) or any(parsed.header(name) is not None for name in _LIST_HEADERS)
+
+
 def _first_token(value: str) -> str:
     """The keyword of a header value, without parameters or comments ("auto-replied; x=1 (vacation)")."""
     return re.split(r"[\s;(]", value.strip(), maxsplit=1)[0].lower()
@@ -210,7 +228,9 @@ def _is_null_sender(parsed: ParsedMail, envelope_from: str | None) -> bool:
     return return_path.strip().lower() in {"<>", "", "<mailer-daemon>", "mailer-daemon"}
 
 
-def _loop_reason(parsed: ParsedMail, *, our_domain: str, our_list_id_suffix: str, max_received: int) -> str | None:
+def _loop_reason(
+    parsed: ParsedMail, *, our_domain: str, our_list_id_suffix: str, max_received: int, salt: str
+) -> str | None:
     domain = our_domain.strip().lower().rstrip(".")
     if domain:
         loop_value = f"qaflow@{domain}"
@@ -223,10 +243,9 @@ def _loop_reason(parsed: ParsedMail, *, our_domain: str, our_list_id_suffix: str
             list_id = _list_id(value)
             if list_id == suffix or list_id.endswith("." + suffix):
                 return f"our List-Id <{list_id}>"
-    if domain and not parsed.message_id_synthesized:
-        id_domain = parsed.message_id.rpartition("@")[2].strip().strip(">").lower().rstrip(".")
-        if id_domain == domain:
-            return f"our Message-ID domain ({domain})"
+    # Only the exact ids we mint: people whose own mail domain is the forum's write Message-IDs on it too.
+    if domain and not parsed.message_id_synthesized and is_our_message_id(parsed.message_id, domain=domain, salt=salt):
+        return f"our own Message-ID <{parsed.message_id}>"
     received = len(parsed.header_all("Received"))
     if received > max_received:
         return f"{received} Received headers (more than {max_received})"

@@ -271,3 +271,20 @@ def decode_header(value: str, *, fallback: str | None = None) -> str:
     flush()
     out.append(value[position:])
     return "".join(out)
+
+
+# NUL cannot be stored in a PostgreSQL text column (SQLite would keep it, invisibly), and a lone surrogate (an
+# undecodable byte carried through surrogateescape) cannot be encoded as UTF-8 at all.
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+# In a one-line value (a subject, a name, a file name) no control character means anything.
+_LINE_CONTROLS_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` without the characters a database text column cannot hold (NUL, lone surrogates)."""
+    return _UNSTORABLE_RE.sub("", text)
+
+
+def storable_line(text: str) -> str:
+    """A one-line value without NUL, other control characters or lone surrogates (a tab becomes a space)."""
+    return _LINE_CONTROLS_RE.sub("", text.replace("\t", " "))

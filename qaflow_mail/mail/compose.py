@@ -165,10 +165,12 @@ def loop_marker(domain: str) -> str:
     return f"{LOOP_LOCAL_PART}@{domain.lower()}"
 
 
-def make_message_id(kind: str, ident: str, *, domain: str) -> str:
+def make_message_id(kind: str, ident: str, *, domain: str, salt: str) -> str:
     """A stable Message-ID (without <>) such as 'post-123.1a2b3c4d5e@forum.example'.
 
-    The same inputs always give the same id, so one post has one Message-ID for every recipient.
+    The same inputs always give the same id, so one post has one Message-ID for every recipient. ``salt`` is the
+    installation's ([site] message_id_salt, kept in the database): a recreated database mints other ids for its
+    post 1, which clients that drop duplicate Message-IDs would otherwise lose. "" gives the unsalted ids.
     """
     for label, value in (("kind", kind), ("ident", ident)):
         if not _ATOM_CHARS_RE.fullmatch(value) or ".." in value or value.startswith("."):
@@ -176,8 +178,26 @@ def make_message_id(kind: str, ident: str, *, domain: str) -> str:
     host = domain.lower().rstrip(".")
     if not _ATOM_CHARS_RE.fullmatch(host):
         raise ValueError(f"not a domain: {domain!r}")
-    digest = hashlib.sha256(f"{kind}\x00{ident}\x00{host}".encode()).hexdigest()[:10]
+    salted = f"\x00{salt}" if salt else ""  # unsalted ids stay what they were before salts existed
+    digest = hashlib.sha256(f"{kind}\x00{ident}\x00{host}{salted}".encode()).hexdigest()[:10]
     return f"{kind}-{ident}.{digest}@{host}"
+
+
+def is_our_message_id(message_id: str, *, domain: str, salt: str) -> bool:
+    """Whether `message_id` (without <>) is one make_message_id minted for `domain`: its digest is checked, so
+    another program's id on the same domain (a person's own mail client) never passes."""
+    left, _, host = message_id.rpartition("@")
+    head, dot, digest = left.rpartition(".")
+    if host.lower().rstrip(".") != domain.lower().rstrip(".") or not dot or len(digest) != 10:
+        return False
+    for index, char in enumerate(head):
+        if char == "-" and 0 < index < len(head) - 1:
+            try:
+                if make_message_id(head[:index], head[index + 1 :], domain=domain, salt=salt) == message_id:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 def compose(

@@ -6,9 +6,23 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from qaflow_mail.mail.forwards import (
+    attached_forwards,
+    forwarded_block_html,
+    forwarded_block_text,
+    public_forwarded_text,
+    public_html_headers,
+    split_forward,
+)
 from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.mail.quotes import is_signature_only, split_reply
-from qaflow_mail.mail.sanitize import escape_text_to_html, html_to_text, sanitize_html, strip_quoted_html
+from qaflow_mail.mail.sanitize import (
+    escape_text_to_html,
+    html_to_text,
+    sanitize_html,
+    split_quoted_html,
+    strip_quoted_html,
+)
 
 __all__ = ["BodySource", "Content", "enriched_to_text", "extract_content", "html_reply_text"]
 
@@ -29,6 +43,7 @@ class Content:
     is_empty: bool  # nothing left once trimmed
     only_signature: bool  # the writer's own lines were only a signature
     source: BodySource = BodySource.NONE
+    forwarded: bool = False  # a forward: text and html end with the forwarded part as a collapsed quote
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -134,9 +149,65 @@ def _only_quotes(text: str) -> bool:
     return all(not line.strip() or line.lstrip().startswith(">") for line in text.splitlines())
 
 
+def _joined(*parts: str) -> str:
+    return "\n\n".join(part for part in parts if part.strip())
+
+
+def _forward_html(raw_html: str | None, own_visible: str, forwarded_texts: list[str], *, inline: bool) -> str:
+    """The post's HTML for a forward: the forwarder's words, then each forwarded part collapsed.
+
+    An inline forward's part is taken from the mail's own HTML when a client put it in a quote container (so
+    its formatting survives); otherwise, and for attached messages, it is built from the text.
+    """
+    own_html = escape_text_to_html(own_visible) if own_visible.strip() else ""
+    blocks: list[str] = []
+    if inline and raw_html is not None and raw_html.strip():
+        mine, quoted = split_quoted_html(raw_html)
+        quoted_html = sanitize_html(quoted) if quoted.strip() else ""
+        if quoted_html and _WORD_RE.search(html_to_text(quoted_html)):
+            mine_html = sanitize_html(mine)
+            if _WORD_RE.search(html_to_text(mine_html)) and own_visible.strip():
+                own_html = _visible_html(raw_html, own_visible)
+            blocks.append(forwarded_block_html(public_html_headers(quoted_html)))
+            forwarded_texts = forwarded_texts[1:]
+    blocks += [forwarded_block_html(escape_text_to_html(public_forwarded_text(text))) for text in forwarded_texts]
+    return "".join((own_html, *blocks))
+
+
+def _forward_content(parsed: ParsedMail, source: BodySource, full_text: str) -> Content | None:
+    """The content of a forward (inline, or message/rfc822 attachments), or None when the mail is no forward."""
+    head, _rest = _split_at_cap(full_text)
+    inline = split_forward(head, parsed.subject)
+    attached = attached_forwards(parsed.attachments)
+    if inline is None and not attached:
+        return None
+    own = inline.own if inline is not None else head
+    own_visible, elided = _split_capped(own)
+    if source is BodySource.HTML and parsed.html is not None and inline is None:
+        own_visible = html_reply_text(parsed.html)
+    forwarded_texts = ([inline.forwarded] if inline is not None else []) + attached
+    text = _joined(own_visible, *(forwarded_block_text(f) for f in forwarded_texts))
+    html = None
+    if parsed.html is not None and parsed.html.strip():
+        html = _forward_html(parsed.html, own_visible, forwarded_texts, inline=inline is not None)
+    return Content(
+        text=text,
+        full_text=full_text,
+        html=html,
+        elided=elided,
+        is_empty=False,
+        only_signature=False,
+        source=source,
+        forwarded=True,
+    )
+
+
 def extract_content(parsed: ParsedMail) -> Content:
     source, body = _choose_body(parsed)
     full_text = _normalize(body).strip()
+    forward = _forward_content(parsed, source, full_text)
+    if forward is not None:
+        return forward
     visible, elided = _split_capped(full_text)
     if source is BodySource.HTML and parsed.html is not None:
         visible = html_reply_text(parsed.html)

@@ -16,7 +16,8 @@ from email.headerregistry import BaseHeader
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
-from qaflow_mail.mail.charsets import decode_base64, decode_bytes, decode_header, recover_8bit
+from qaflow_mail.mail.author import original_author
+from qaflow_mail.mail.charsets import decode_base64, decode_bytes, decode_header, recover_8bit, storable, storable_line
 
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _MAX_DEPTH = 40  # MIME nesting deeper than this is not walked (a parser bomb, not a mail)
@@ -118,6 +119,7 @@ class ParsedMail:
     enriched: str | None = None  # a text/enriched or text/richtext body, decoded, markup kept
     undecodable_parts: int = 0  # body parts whose bytes no charset could read without loss
     guessed_charset_parts: int = 0  # body parts whose declared charset was missing or wrong
+    list_from: str = ""  # the list address a mailing list put in From when from_address was recovered (mail.author)
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -207,7 +209,7 @@ def _display_headers(msg: Message, fallback: str | None) -> tuple[tuple[str, str
             except Exception:  # malformed header the policy cannot parse
                 pass
         shown.append((key, unfold(decode_header(unfold(value), fallback=fallback))))
-    return tuple(shown)
+    return tuple((key, storable(value)) for key, value in shown)
 
 
 # --- bodies -----------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def _decode_text(part: Message, bodies: _Bodies) -> str:
         bodies.undecodable += 1
     elif decoded.guessed:
         bodies.guessed += 1
-    text = decoded.text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    text = storable(decoded.text.replace("\r\n", "\n").replace("\r", "\n"))
     if _param(part, "format") == "flowed":
         text = unflow(text, delsp=_param(part, "delsp") == "yes")
     return text
@@ -302,14 +304,15 @@ def _filename(part: Message) -> str | None:
         name = None
     if not name:
         return None
-    return decode_header(unfold(str(name)))
+    return storable_line(decode_header(unfold(str(name)))).strip() or None
 
 
 def _content_id(part: Message) -> str | None:
     raw = _raw_header(part, "Content-ID")
     if not raw:
         return None
-    return normalize_message_id(raw) or (raw.strip().strip("<>").strip() or None)
+    found = storable_line(normalize_message_id(raw) or raw.strip().strip("<>").strip())
+    return found[:MAX_STORED_ID] or None
 
 
 def _default_name(ctype: str, base: str) -> str:
@@ -422,7 +425,8 @@ def _addresses(msg: Message, name: str, fallback: str | None) -> tuple[str, ...]
         pairs = getaddresses(values)
     except RecursionError:  # comments nested deeper than the parser can recurse
         return ()
-    return tuple(addr.lower() for _, addr in pairs if "@" in addr)
+    found = (storable_line(addr).lower() for _, addr in pairs if "@" in addr)
+    return tuple(addr for addr in found if len(addr) <= MAX_ADDRESS)
 
 
 def _parse_address(value: str) -> tuple[str, str]:
@@ -432,16 +436,43 @@ def _parse_address(value: str) -> tuple[str, str]:
         return "", ""
 
 
+_NAME_ADDR_RE = re.compile(r"^(.*)<([^<>@\s]+@[^<>\s]+)>\s*$")
+
+
 def _sender(msg: Message, fallback: str | None) -> tuple[str, str]:
     raw = _raw_header(msg, "From", fallback) or ""
     name, addr = _parse_address(raw)
     if not addr and raw:
         name, addr = _parse_address(decode_header(raw, fallback=fallback))
-    name = unfold(decode_header(name, fallback=fallback)) if name else ""
-    return name, (addr.lower() if "@" in addr else "")
+    if "@" not in addr and (bracketed := _NAME_ADDR_RE.match(raw)):
+        # A display name with an unquoted comma ('Marston, John' via List <list@…>) reads as two addresses.
+        name, addr = bracketed.group(1).strip(), bracketed.group(2)
+    name = storable_line(unfold(decode_header(name, fallback=fallback))).strip() if name else ""
+    addr = storable_line(addr).lower()
+    return name, (addr if "@" in addr and len(addr) <= MAX_ADDRESS else "")
 
 
 _LEADING_BLANK_LINES_RE = re.compile(rb"\A(?:[ \t]*\r?\n)+")
+
+# Column lengths of what a message's ids and addresses are stored in (posts.message_id, users.email).
+MAX_STORED_ID = 255
+MAX_ADDRESS = 320
+
+
+def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    lname = name.lower()
+    return next((value for key, value in headers if key.lower() == lname), None)
+
+
+def _storable_message_id(mid: str | None) -> str | None:
+    """The id as stored: an id too long for its column, or with characters no column holds, becomes a stable
+    stand-in made from its hash (so a second delivery is still recognised)."""
+    if mid is None:
+        return None
+    clean = storable_line(mid)
+    if clean == mid and len(mid) <= MAX_STORED_ID:
+        return mid
+    return f"{hashlib.sha256(mid.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}@long-id.invalid"
 
 
 def parse_message(raw: bytes) -> ParsedMail:
@@ -450,11 +481,15 @@ def parse_message(raw: bytes) -> ParsedMail:
     msg = email.message_from_bytes(_LEADING_BLANK_LINES_RE.sub(b"", raw), policy=_POLICY)
     fallback = _fallback_charset(msg)
     headers = _display_headers(msg, fallback)
-    mid = normalize_message_id(_raw_header(msg, "Message-ID"))
+    mid = _storable_message_id(normalize_message_id(_raw_header(msg, "Message-ID")))
     synthesized = mid is None
     if mid is None:
         mid = f"{digest[:32]}@sha256.invalid"
     from_name, from_addr = _sender(msg, fallback)
+    list_from = ""
+    author = original_author(from_name, from_addr, lambda name: _first(headers, name))
+    if author is not None and len(author.address) <= MAX_ADDRESS:
+        list_from, from_name, from_addr = from_addr, storable_line(author.name), storable_line(author.address)
     bodies = _Bodies()
     _walk(msg, bodies, 0, False)
     subject = _raw_header(msg, "Subject", fallback)
@@ -465,7 +500,7 @@ def parse_message(raw: bytes) -> ParsedMail:
         references=message_ids(_raw_header(msg, "References")),
         from_address=from_addr,
         from_name=from_name,
-        subject=unfold(decode_header(subject, fallback=fallback)) if subject else "",
+        subject=storable_line(unfold(decode_header(subject, fallback=fallback))) if subject else "",
         date=_header_text(msg, "Date"),
         to=_addresses(msg, "To", fallback),
         cc=_addresses(msg, "Cc", fallback),
@@ -479,4 +514,5 @@ def parse_message(raw: bytes) -> ParsedMail:
         enriched=bodies.enriched,
         undecodable_parts=bodies.undecodable,
         guessed_charset_parts=bodies.guessed,
+        list_from=list_from,
     )

@@ -13,7 +13,16 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 
-__all__ = ["classify_line", "is_signature_only", "split_reply", "trim_reply"]
+__all__ = [
+    "EMBEDDED",
+    "FORWARD_INTRODUCTIONS",
+    "FORWARD_SEPARATORS",
+    "ORIGINAL_SEPARATORS",
+    "classify_line",
+    "is_signature_only",
+    "split_reply",
+    "trim_reply",
+]
 
 EMPTY = "e"
 DELIMITER = "d"
@@ -145,6 +154,74 @@ class _Marker:
         return all(n in lowered for n in self.needles)
 
 
+# Lines that open a forwarded message, as mail clients write them in their languages (Gmail and Thunderbird
+# between dashes, Apple Mail as "Begin forwarded message:"), and Outlook's "-----Original Message-----" that
+# opens a replied-to or a forwarded message alike. mail.forwards uses them to find a forwarded part.
+FORWARD_SEPARATORS = (
+    "Forwarded message", "Forwarded Message", "Weitergeleitete Nachricht", "Message transféré", "Mensaje reenviado",
+    "Messaggio inoltrato", "Mensagem encaminhada", "Mensagem reencaminhada", "Doorgestuurd bericht",
+    "Vidarebefordrat meddelande", "Videresendt meddelelse", "Videresendt besked", "Videresendt melding",
+    "Välitetty viesti", "Wiadomość przekazana dalej", "Przekazana wiadomość", "Přeposlaná zpráva",
+    "Пересылаемое сообщение", "Пересланное сообщение", "İletilen ileti", "İletilmiş ileti", "転送されたメッセージ",
+    "转发的邮件", "轉寄的郵件", "전달된 메시지", "Thư đã chuyển tiếp", "Tin nhắn đã chuyển tiếp",
+)
+ORIGINAL_SEPARATORS = (
+    "Original Message", "Reply Message", "Ursprüngliche Nachricht", "Antwort Nachricht", "Message d'origine",
+    "Message original", "Mensaje original", "Messaggio originale", "Mensagem original", "Oorspronkelijk bericht",
+    "Origineel bericht", "Ursprungligt meddelande", "Originalmeddelande", "Oprindelig meddelelse",
+    "Opprinnelig melding", "Alkuperäinen viesti", "Oryginalna wiadomość", "Wiadomość oryginalna", "Původní zpráva",
+    "Исходное сообщение", "Оригинальное сообщение", "Özgün ileti", "Orijinal mesaj", "元のメッセージ",
+    "原始邮件", "原始郵件", "邮件原件", "원본 메시지", "Thư gốc", "Tin nhắn gốc",
+)
+FORWARD_INTRODUCTIONS = (
+    "Begin forwarded message",
+    "Début du message transféré",
+    "Anfang der weitergeleiteten (?:Nachricht|E-Mail)",
+    "Inicio del mensaje reenviado", "Inizio messaggio inoltrato", "Início da mensagem reencaminhada",
+    "Começo da mensagem encaminhada",
+    "Begin doorgestuurd bericht",
+    "Vidarebefordrat brev",
+    "Start på videresendt (?:besked|e-post|melding)",
+    "Välitetty viesti alkaa", "Początek przekazywanej wiadomości", "Začátek přeposlané zprávy",
+    "Начало переадресованного (?:сообщения|письма)", "İletilen ileti başlangıcı", "転送されたメッセージ",
+    "以下是转发的邮件", "轉寄的郵件開始", "전달된 메시지 시작",
+)
+_ANDROID_WROTE = (
+    "wrote|schrieb|a écrit|escribió|ha scritto|escreveu|schreef|skrev|kirjoitti|napisał|napsal|написал|yazdı"
+)
+
+# "On <date>, <someone> wrote:" as more clients and languages write it. Each is tried only on a line holding its
+# needle; each has at most one unbounded-free lazy run before a fixed word, so a hostile line stays linear.
+_HAS_DIGIT = r"(?=[^\n]{0,300}[0-9])"
+_MORE_ATTRIBUTIONS = (
+    # en: "On 11-Apr-2011, at 6:54 PM, Roman <r@example.com> sent:"
+    _Marker(r"^[{B}<>-]*On [^\n]{1,400}? sent[{B}]*:[{B}]*$", ("sent",)),
+    # sv / da / no: "Den 14 september, 2015 02:23:18, Valentino (v@rudy.be) skrev:", "På … skrev:",
+    # Gmail without "Den": "mån 1 jan. 2024 kl 10:00 skrev John Doe <john@example.com>:"
+    _Marker(rf"^[{{B}}>]*{_HAS_DIGIT}[^\n]{{1,300}}? skrev(?: [^\n:]{{1,200}})?[{{B}}]*:[{{B}}]*$", ("skrev",)),
+    # fi: "ma 1.1.2024 klo 10.00 John Doe <john@example.com> kirjoitti:", "John Doe kirjoitti 1.1.2024 klo 10.00:"
+    _Marker(
+        rf"^[{{B}}>]*{_HAS_DIGIT}[^\n]{{1,300}}?\bkirjoitti(?: [^\n:]{{1,100}})?[{{B}}]*:[{{B}}]*$", ("kirjoitti",)
+    ),
+    # pl (Thunderbird): "W dniu 1.01.2024 o 10:00, John Doe pisze:"
+    _Marker(r"^[{B}>]*W dniu [^\n]{1,300}? (?:pisze|napisał(?:\(a\))?)[{B}]*:[{B}]*$", ("w dniu",), _I),
+    # cs (Gmail): "po 1. 1. 2024 v 10:00 odesílatel John Doe <john@example.com> napsal:"
+    _Marker(r"^[{B}>]*[^\n]{1,200}? odesílatel [^\n]{1,200}? napsal(?:\(a\))?[{B}]*:[{B}]*$", ("odesílatel",)),
+    # ru (Thunderbird): "01.01.2024 10:00, John Doe пишет:"
+    _Marker(rf"^[{{B}}>]*{_HAS_DIGIT}[^\n]{{1,300}}? пишет[{{B}}]*:[{{B}}]*$", ("пишет",)),
+    # tr: "John Doe <john@example.com>, 1 Oca 2024 Pzt, 10:00 tarihinde şunu yazdı:"
+    _Marker(r"^[{B}>]*[^\n]{1,300}? (?:şunu )?yazdı[{B}]*:[{B}]*$", ("yazdı",)),
+    # ko: "2024년 1월 1일 (월) 오전 10:00, John Doe <john@example.com>님이 작성:"
+    _Marker(r"^[{B}>]*[^\n]{1,300}?님이 작성(?:하였습니다|했습니다)?[{B}]*:[{B}]*$", ("님이 작성",)),
+    # vi: "Vào Th 2, 1 thg 1, 2024 vào lúc 10:00 John Doe <john@example.com> đã viết:"
+    _Marker(r"^[{B}>]*[^\n]{1,300}? đã viết[{B}]*:[{B}]*$", ("đã viết",)),
+    # pt-PT (Gmail): "Às 10:00 de 01/01/2024, John Doe <john@example.com> escreveu:"
+    _Marker(rf"^[{{B}}>]*{_HAS_DIGIT}[^\n]{{1,300}}? escreveu[{{B}}]*:[{{B}}]*$", ("escreveu",)),
+    # ja (Gmail): "2024年1月1日(月) 10:00 John Doe <john@example.com>:"
+    _Marker(r"^[{B}>]*[0-9]{4}年[0-9]{1,2}月[0-9]{1,2}日[^\n]{1,200}?[:：][{B}]*$", ("年", "月", "日")),
+)
+
+
 # "суббота, 14 марта 2015 г. пользователь X написал:", "23 mar 2017 21:25 X napisał(a):",
 # "2015-10-18 0:17 GMT+03:00 Matt <x@example.com>:", "вт, 5 янв. 2016 г. в 23:39, X <x@y.org>:"
 _DATE_SOMEONE_MARKERS = (
@@ -173,17 +250,13 @@ _OTHER_MARKERS = (
     # zh (Gmail): "John Doe <john@example.com> 于2024年1月1日周一 10:00写道："
     _Marker(r"^[{B}>]*.{1,200}?(?:写道|寫道)[{B}]*[:：][{B}]*$", ("道",)),
     # forwarded / original message separators
-    _Marker(r"^[{B}>]*Begin forwarded message:", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Forwarded|Original|Reply) Message[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>]*Début du message transféré :", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*Message transféré[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprüngliche Nachricht|Weitergeleitete Nachricht)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Mensaje original|Mensaje reenviado)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Oorspronkelijk bericht|Doorgestuurd bericht)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Messaggio originale|Messaggio inoltrato)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Ursprungligt meddelande|Vidarebefordrat meddelande)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*(?:Исходное сообщение|Пересылаемое сообщение)[{B}]*-{2,}", (), _I),
-    _Marker(r"^[{B}>*]*-{2,}[{B}]*原始邮件[{B}]*-{2,}", ()),
+    _Marker(rf"^[{{B}}>]*(?:{'|'.join(FORWARD_INTRODUCTIONS)})[{{B}}]*[:：]", (), _I),
+    _Marker(
+        rf"^[{{B}}>*]*-{{2,}}[{{B}}]*(?:{'|'.join((*FORWARD_SEPARATORS, *ORIGINAL_SEPARATORS))})[{{B}}]*-{{2,}}", (), _I
+    ),
+    # Android: "---- John Smith wrote ----", "---- Am 1. Jan. schrieb John ----"
+    _Marker(rf"^[{{B}}>]*-{{2,}}[{{B}}]*[^\n]{{1,300}}?\b(?:{_ANDROID_WROTE})[{{B}}]*-{{2,}}[{{B}}]*$", ("--",), _I),
+    *_MORE_ATTRIBUTIONS,
 )
 
 _EMBEDDED_RES = (*_ON_DATE_SOMEONE_WROTE_RES, *_ON_DATE_WROTE_SOMEONE_RES, *_SOMEONE_WROTE_ON_DATE_RES)
@@ -205,6 +278,22 @@ _HEADERS_WITH_DATE = (
     "发送时间",
     "送信日時",
     "Отправлено",
+    # more of Outlook's languages: fr, nl, it, pl, cs, fi, tr, ru, zh-TW, ko, ja, zh, vi, da
+    "Envoyé",
+    "Verzonden",
+    "Inviato",
+    "Wysłano",
+    "Odesláno",
+    "Lähetetty",
+    "Gönderildi",
+    "Tarih",
+    "Дата",
+    "寄件日期",
+    "보낸 날짜",
+    "日付",
+    "日期",
+    "Ngày",
+    "Dato",
 )
 _HEADERS_WITH_TEXT = (
     "Fra",
@@ -247,6 +336,35 @@ _HEADERS_WITH_TEXT = (
     "От",
     "Кому",
     "Тема",
+    # more of Outlook's languages: pl, cs, fi, tr, zh-TW, ko, vi, da/no/sv
+    "Od",
+    "Do",
+    "Temat",
+    "DW",
+    "Komu",
+    "Předmět",
+    "Kopie",
+    "Lähettäjä",
+    "Vastaanottaja",
+    "Aihe",
+    "Kimden",
+    "Kime",
+    "Konu",
+    "Bilgi",
+    "寄件者",
+    "收件者",
+    "主旨",
+    "副本",
+    "抄送",
+    "보낸 사람",
+    "받는 사람",
+    "제목",
+    "참조",
+    "Từ",
+    "Đến",
+    "Chủ đề",
+    "Kopi",
+    "Kopia",
 )
 _HEADER_RES = (
     _rx(rf"^[{{B}}*]*(?:{'|'.join(map(re.escape, _HEADERS_WITH_DATE))})[{{B}}*]*:.*[0-9]+"),
@@ -493,6 +611,36 @@ def _quote_enclosures(lines: list[str]) -> list[str]:
     return _replace_spans(lines, closer_for, _quoted_body)
 
 
+# "reply On Wed, Apr 4, 2012 at 3:59 PM, bob@example.com wrote:": a client that put the attribution on the
+# last line of the reply. Where such a marker starts inside a line, the line is split in two.
+_SHARED_LINE_START_RE = _rx(r"(?:-{2,}[{B}]*|[{B}]+)(?=(?:On|Am|Le|El|Em|Il|Op|Den|W dniu|Dne) )")
+_SHARED_LINE_NEEDLES = ("wrote", "schrieb", "écrit", "escribió", "escreveu", "scritto", "schreef", "skrev",
+                        "napisał", "napsal", "geschreven")
+_DIGIT_RE = re.compile(r"[0-9]")
+
+
+def _split_shared_marker_line(line: str) -> list[str]:
+    """[line], or [the reply's end, the marker] when an "On … wrote:" marker starts inside the line."""
+    if len(line) > _MAX_MARKER_LINE or line.lstrip().startswith(">") or not line.rstrip().endswith((":", "-")):
+        return [line]
+    lowered = line.lower()
+    if not any(n in lowered for n in _SHARED_LINE_NEEDLES):
+        return [line]
+    for tried, start in enumerate(_SHARED_LINE_START_RE.finditer(line)):
+        if tried == 3:
+            break
+        head, marker = line[: start.start()], line[start.start() :].strip()
+        if not head.strip(" \t\u00a0>-") or not _DIGIT_RE.search(marker):
+            continue
+        if any(r.match(marker) for r in _ON_DATE_SOMEONE_WROTE_RES):
+            return [head.rstrip(), marker]
+    return [line]
+
+
+def _split_shared_marker_lines(text: str) -> str:
+    return "\n".join(part for line in text.split("\n") for part in _split_shared_marker_line(line))
+
+
 def _preprocess(text: str) -> str:
     text = text.replace("\r\n", "\n")
     if "-----BEGIN PGP" in text:
@@ -514,7 +662,7 @@ def _preprocess(text: str) -> str:
     for marker in _DATE_SOMEONE_MARKERS:
         if marker.may_match(text.lower()):
             text = _unwrap_line_pairs(text, marker)
-    return text.strip()
+    return _split_shared_marker_lines(text).strip()
 
 
 def _hoist_code_blocks(text: str) -> tuple[str, dict[str, str]]:
@@ -658,20 +806,51 @@ def _spread_multiline_headers(pattern: str) -> str:
     return pattern
 
 
+def _header_runs(pattern: str) -> list[int]:
+    """For each header line, how many header lines its block holds from there on.
+
+    One text line between two headers is a wrapped header value ("From: x [mailto:" / "x]") and
+    continues the block. Computed right to left, so the whole pattern is read once.
+    """
+    runs = [0] * (len(pattern) + 2)
+    for k in range(len(pattern) - 1, -1, -1):
+        if pattern[k] != EMAIL_HEADER:
+            continue
+        if pattern[k + 1 : k + 2] == EMAIL_HEADER:
+            runs[k] = 1 + runs[k + 1]
+        elif pattern[k + 1 : k + 3] == TEXT + EMAIL_HEADER:
+            runs[k] = 1 + runs[k + 2]
+        else:
+            runs[k] = 1
+    return runs
+
+
 def _text_before_header_block(pattern: str) -> int | None:
     """Leftmost text line of `t [eq]* h{3,}`: a quoted message's header block after the reply."""
+    runs = _header_runs(pattern) if EMAIL_HEADER in pattern else []
     for i, kind in enumerate(pattern):
         if kind != TEXT:
             continue
         j = i + 1
         while j < len(pattern) and pattern[j] in "eq":
             j += 1
-        k = j
-        while k < len(pattern) and pattern[k] == EMAIL_HEADER:
-            k += 1
-        if k - j >= 3:
+        if runs and j < len(pattern) and runs[j] >= 3:
             return i
     return None
+
+
+def _closing_words(state: _Lines, kept_through: int) -> list[str]:
+    """A short sign-off the writer put under the quote ("Regards, Roman"): one or two short text lines ending
+    the mail after a quote, with nothing but the quote between them and the reply."""
+    pattern = state.pattern
+    start = _last_run_start(pattern, "te")
+    before = pattern[kept_through + 1 : start]
+    closing = [line for line in state.lines[start:] if line.strip()]
+    if not before or QUOTE not in before or not before.rstrip(EMPTY).endswith(QUOTE):
+        return []
+    if not 0 < len(closing) <= 2 or any(len(line) > 40 for line in closing):
+        return []
+    return ["", *closing]
 
 
 def _select_reply(state: _Lines) -> None:
@@ -691,7 +870,9 @@ def _select_reply(state: _Lines) -> None:
 
     index = _marker_followed_by_quote(state.pattern)
     if index is not None and index >= 0:
+        closing = _closing_words(state, index)
         state.keep_through(index)
+        state.lines += closing
 
     index = _trailing_quote_start(state.pattern)
     if index is not None:

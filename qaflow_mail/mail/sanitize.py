@@ -16,7 +16,14 @@ import html2text
 from bleach.linkifier import LinkifyFilter
 from bleach.sanitizer import Cleaner
 
-__all__ = ["MAX_HTML_CHARS", "escape_text_to_html", "html_to_text", "sanitize_html", "strip_quoted_html"]
+__all__ = [
+    "MAX_HTML_CHARS",
+    "escape_text_to_html",
+    "html_to_text",
+    "sanitize_html",
+    "split_quoted_html",
+    "strip_quoted_html",
+]
 
 MAX_HTML_CHARS = 1_000_000
 
@@ -53,6 +60,8 @@ ALLOWED_TAGS = frozenset(
         "td",
         "caption",
         "img",
+        "details",  # a forwarded message is shown collapsed (mail.forwards)
+        "summary",
     }
 )
 LINK_REL = "nofollow noopener"
@@ -127,27 +136,39 @@ _KEPT_BLOCKS = frozenset(
         "h6",
         "hr",
         "br",
+        "details",
+        "summary",
     }
 )
 
-# Quoted-history containers written by common mail clients (Gmail, Apple Mail, Thunderbird, Yahoo,
-# Proton, Zoho): removed with their content when trimming.
+# Quoted-history containers written by mail clients: Gmail (gmail_quote, gmail_attr, and gmail_extra of old),
+# Yahoo, Thunderbird (moz-cite-prefix, then a blockquote type=cite), ProtonMail, Zoho, Outlook, Front, Spark,
+# Zimbra. Set aside with their content when trimming (split_quoted_html).
 _QUOTE_CLASSES = frozenset(
     {
         "gmail_quote",
+        "gmail_quote_container",
+        "gmail_attr",
         "gmail_extra",
-        "gmail_signature",
         "yahoo_quoted",
         "moz-cite-prefix",
-        "moz-signature",
+        "moz-forward-container",
         "protonmail_quote",
         "zmail_extra",
         "outlookmessageheader",
         "ms-outlook-mobile-reference-message",
         "x_gmail_quote",
+        "front-blockquote",
+        "freshdesk_quote",
+        "missive_quote",
     }
 )
-# Markers after which the rest of an Outlook / Windows Mail body is the quoted message.
+# A sender's own signature: dropped, never part of the quoted history either.
+_SIGNATURE_CLASSES = frozenset({"gmail_signature", "moz-signature"})
+# Spark's <div name="messageReplySection">; Zimbra's <div data-marker="__HEADERS__"> and "__QUOTED_TEXT__".
+_QUOTE_NAMES = frozenset({"messagereplysection"})
+_QUOTE_DATA_MARKERS = frozenset({"__headers__", "__quoted_text__"})
+# Markers after which the rest of an Outlook / Windows Mail / Zimbra body is the quoted message.
 _CUT_IDS = frozenset(
     {
         "divrplyfwdmsg",
@@ -156,8 +177,11 @@ _CUT_IDS = frozenset(
         "appendonsend",
         "stopspelling",
         "mail-editor-reference-message-container",
+        "messagereplysection",
+        "zwchr",
     }
 )
+_CUT_DATA_MARKERS = frozenset({"__divider__"})
 _OUTLOOK_SEPARATOR_RE = re.compile(r"border-top:\s*solid\s+#(?:b5c4df|e1e1e1)", re.IGNORECASE)
 
 
@@ -166,20 +190,29 @@ def _bounded(text: str) -> str:
 
 
 class _Prepass(HTMLParser):
-    """Re-emits HTML without dangerous or hidden elements; optionally without quoted history.
+    """Re-emits HTML without dangerous or hidden elements; optionally with quoted history set aside.
 
     Runs before bleach so that script/style bodies vanish (bleach would keep their text) and
     so that the block structure of divs survives as <br> once bleach strips the div tags.
+    With trim_quotes, the content of quote containers, and everything after a cut marker, is
+    written to `quoted` instead of `out` (a forward keeps it, a reply drops it).
     """
 
     def __init__(self, *, trim_quotes: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.trim_quotes = trim_quotes
         self.out: list[str] = []
-        self.skipping: str | None = None
+        self.quoted: list[str] = []
+        self.skipping: str | None = None  # an element dropped with its content
         self.skip_depth = 0
-        self.stopped = False
+        self.quoting: str | None = None  # a quote container whose content goes to `quoted`
+        self.quote_depth = 0
+        self.stopped = False  # past a cut marker: the rest goes to `quoted`
         self.line_open = False
+
+    @property
+    def _target(self) -> list[str]:
+        return self.quoted if self.stopped or self.quoting is not None else self.out
 
     def _skip(self, tag: str) -> None:
         self.skipping, self.skip_depth = tag, 1
@@ -190,18 +223,23 @@ class _Prepass(HTMLParser):
         classes = set(attrs.get("class", "").lower().split())
         if classes & _QUOTE_CLASSES:
             return True
+        if attrs.get("name", "").lower() in _QUOTE_NAMES or attrs.get("data-marker", "").lower() in _QUOTE_DATA_MARKERS:
+            return True
         return tag == "blockquote" and attrs.get("type", "").lower() == "cite"
+
+    def _is_signature(self, attrs: dict[str, str]) -> bool:
+        return self.trim_quotes and bool(set(attrs.get("class", "").lower().split()) & _SIGNATURE_CLASSES)
 
     def _is_cut_marker(self, tag: str, attrs: dict[str, str]) -> bool:
         if not self.trim_quotes:
             return False
-        if attrs.get("id", "").lower() in _CUT_IDS:
+        if attrs.get("id", "").lower() in _CUT_IDS or attrs.get("data-marker", "").lower() in _CUT_DATA_MARKERS:
             return True
         return tag == "div" and bool(_OUTLOOK_SEPARATOR_RE.search(attrs.get("style", "")))
 
     def _break_line(self) -> None:
         if self.line_open:
-            self.out.append("<br>")
+            self._target.append("<br>")
             self.line_open = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -211,20 +249,31 @@ class _Prepass(HTMLParser):
         self._start(tag, attrs, closed=True)
 
     def _start(self, tag: str, raw_attrs: list[tuple[str, str | None]], *, closed: bool) -> None:
-        if self.stopped:
-            return
+        opens = not closed and tag not in _VOID
         if self.skipping is not None:
-            if tag == self.skipping and not closed and tag not in _VOID:
+            if tag == self.skipping and opens:
                 self.skip_depth += 1
             return
         attrs = {k.lower(): (v or "") for k, v in raw_attrs}
-        if self._is_cut_marker(tag, attrs):
-            self.stopped = True
-            return
-        if tag in _DROP_WITH_CONTENT or self._is_quote_container(tag, attrs):
-            if not closed and tag not in _VOID:
+        if tag in _DROP_WITH_CONTENT or self._is_signature(attrs):
+            if opens:
                 self._skip(tag)
             return
+        if self.quoting is not None:
+            if tag == self.quoting and opens:
+                self.quote_depth += 1
+        elif not self.stopped:
+            if self._is_cut_marker(tag, attrs):
+                self._break_line()
+                self.stopped = True
+            elif self._is_quote_container(tag, attrs):
+                self._break_line()
+                if opens:
+                    self.quoting, self.quote_depth = tag, 1
+                return
+        self._emit_start(tag, attrs, raw_attrs)
+
+    def _emit_start(self, tag: str, attrs: dict[str, str], raw_attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
             src = attrs.get("src", "").strip()
             if not src.lower().startswith("cid:"):
@@ -242,42 +291,56 @@ class _Prepass(HTMLParser):
         if tag in _KEPT_BLOCKS:
             self.line_open = False
         rendered = "".join(f' {k}="{html_lib.escape(v or "", quote=True)}"' for k, v in raw_attrs)
-        self.out.append(f"<{tag}{rendered}>")
+        self._target.append(f"<{tag}{rendered}>")
 
     def handle_endtag(self, tag: str) -> None:
-        if self.stopped:
-            return
         if self.skipping is not None:
             if tag == self.skipping:
                 self.skip_depth -= 1
                 if self.skip_depth == 0:
                     self.skipping = None
             return
+        if self.quoting is not None and tag == self.quoting:
+            self.quote_depth -= 1
+            if self.quote_depth == 0:
+                self._break_line()
+                self.quoting = None
+                return
         if tag in _BLOCKISH:
             self._break_line()
             return
         if tag in _KEPT_BLOCKS:
             self.line_open = False
-        self.out.append(f"</{tag}>")
+        self._target.append(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
-        if self.stopped or self.skipping is not None:
+        if self.skipping is not None:
             return
         if data.strip():
             self.line_open = True
-        self.out.append(html_lib.escape(data, quote=False))
+        self._target.append(html_lib.escape(data, quote=False))
 
 
-def _prepass(html: str, *, trim_quotes: bool) -> str:
+def _prepass_parts(html: str, *, trim_quotes: bool) -> tuple[str, str]:
     parser = _Prepass(trim_quotes=trim_quotes)
     parser.feed(_bounded(html))
     parser.close()
-    return "".join(parser.out)
+    return "".join(parser.out), "".join(parser.quoted)
+
+
+def _prepass(html: str, *, trim_quotes: bool) -> str:
+    return _prepass_parts(html, trim_quotes=trim_quotes)[0]
 
 
 def strip_quoted_html(html: str) -> str:
     """HTML without the quoted history containers of common mail clients (not yet sanitised)."""
     return _prepass(html, trim_quotes=True)
+
+
+def split_quoted_html(html: str) -> tuple[str, str]:
+    """(the writer's own HTML, the quoted or forwarded part): what strip_quoted_html drops is the second (neither
+    is sanitised yet)."""
+    return _prepass_parts(html, trim_quotes=True)
 
 
 def _allow_attribute(tag: str, name: str, value: str) -> bool:

@@ -80,6 +80,21 @@ def resolve_parent(
     return NEW_TOPIC
 
 
+def shared_missing_ancestor(candidates: Sequence[str], waiting_topics: Mapping[str, int]) -> tuple[str, int] | None:
+    """(id, topic) of the nearest missing ancestor that posts already stored also wait for, or None.
+
+    JWZ threading's empty containers, as notmuch does it: replies whose parent never arrived (a GitHub
+    notification answering a root that was never mailed, two answers to a patch not in the archive) belong together
+    when they name the same missing id. `waiting_topics` maps the ids stored posts still wait for to their topic;
+    `candidates` are `parent_candidates`, so junk ids (`<yes>`) never join anything, and a subject never does.
+    """
+    for mid in candidates:
+        topic = waiting_topics.get(mid)
+        if topic is not None:
+            return mid, topic
+    return None
+
+
 # One reply/forward marker: "Re:", "RE[2]:", "Re(3):", "Re^2:", "AW:", "Fwd:", "回复：", … then spaces.
 _MARKERS = (
     "re|aw|sv|vs|antw|antwort|odp|odg|ynt|vá|rif|r|res|rv|atb|vl|"

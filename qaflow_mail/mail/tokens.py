@@ -37,6 +37,8 @@ class TokenKind(StrEnum):
     BOUNCE = "bounce"  # ids: (user id, outbox id), VERP envelope sender
     CONFIRM = "confirm"  # ids: (announcement id, user id); the caller enforces single use
     DIGEST = "digest"  # ids: (user id, 1 daily | 2 weekly): a digest's own unsubscribe stops that whole digest
+    JOIN = "join"  # ids: (confirmation request id, 0): confirms a join or leave asked for by mail; single use
+    MODERATE = "moderate"  # ids: (held post id, moderator user id)
 
 
 # The ids tokens carry, where a number stands for something that is not a row:
@@ -59,9 +61,15 @@ _KIND_CODES: dict[TokenKind, int] = {
     TokenKind.BOUNCE: 3,
     TokenKind.CONFIRM: 4,
     TokenKind.DIGEST: 5,
+    TokenKind.JOIN: 6,
+    TokenKind.MODERATE: 7,
 }
 _KINDS_BY_CODE = {code: kind for kind, code in _KIND_CODES.items()}
 _ID_COUNT: dict[TokenKind, int] = dict.fromkeys(TokenKind, 2)
+# An UNSUBSCRIBE token with a third id, the user's token generation: raising users.token_generation voids every
+# earlier link. A two-id UNSUBSCRIBE token (code 2) reads as generation 0.
+_GENERATION_CODE = 8
+_KINDS_BY_CODE[_GENERATION_CODE] = TokenKind.UNSUBSCRIBE
 
 
 class InvalidToken(ValueError):
@@ -84,7 +92,8 @@ def sign(kind: TokenKind, ids: tuple[int, ...], *, secret: str, issued: date) ->
     """The token for ``ids`` of ``kind``, issued on ``issued``."""
     if not secret:
         raise ValueError("token secret must not be empty")
-    if len(ids) != _ID_COUNT[kind]:
+    with_generation = kind is TokenKind.UNSUBSCRIBE and len(ids) == _ID_COUNT[kind] + 1
+    if len(ids) != _ID_COUNT[kind] and not with_generation:
         raise ValueError(f"{kind} tokens carry {_ID_COUNT[kind]} ids, got {len(ids)}")
     for value in ids:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
@@ -92,7 +101,8 @@ def sign(kind: TokenKind, ids: tuple[int, ...], *, secret: str, issued: date) ->
     day = (issued - EPOCH).days
     if day < 0:
         raise ValueError(f"issue date {issued} is before {EPOCH}")
-    body = bytes([_VERSION << 4 | _KIND_CODES[kind]]) + b"".join(_varint(v) for v in (*ids, day))
+    code = _GENERATION_CODE if with_generation else _KIND_CODES[kind]
+    body = bytes([_VERSION << 4 | code]) + b"".join(_varint(v) for v in (*ids, day))
     raw = body + _mac(secret, body)
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
@@ -172,7 +182,7 @@ def _parse_body(body: bytes) -> tuple[TokenKind, tuple[int, ...], int]:
         raise InvalidToken(TokenError.MALFORMED, f"unknown token kind {code}")
     values: list[int] = []
     pos = 1
-    for _ in range(_ID_COUNT[kind] + 1):
+    for _ in range(_ID_COUNT[kind] + (2 if code == _GENERATION_CODE else 1)):
         value, pos = _read_varint(body, pos)
         values.append(value)
     if pos != len(body):
@@ -215,3 +225,38 @@ def verified_ids(token: str, kind: TokenKind, *, secrets: Sequence[str], today: 
     except InvalidToken:
         return None
     return tuple(payload.ids)
+
+
+def peek_kind(token: str) -> TokenKind | None:
+    """The kind a token says it is, without checking its signature: only to choose which verification to run."""
+    try:
+        raw = _decode(token)
+        if len(raw) <= MAC_BYTES + 1:
+            return None
+        return _parse_body(raw[:-MAC_BYTES])[0]
+    except InvalidToken:
+        return None
+
+
+def unsubscribe_generation(ids: Sequence[int]) -> int:
+    """The token generation an UNSUBSCRIBE token's ids carry (0 for a token minted before generations)."""
+    return ids[2] if len(ids) > 2 else 0
+
+
+def signed_by_us(token: str, *, secrets: Sequence[str]) -> bool:
+    """Whether ``token`` is a well-formed token of any kind, signed with one of ``secrets`` (age not checked)."""
+    try:
+        raw = _decode(token)
+        if len(raw) <= MAC_BYTES + 1:
+            return False
+        body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        _parse_body(body)
+    except InvalidToken:
+        return False
+    return _matching_key(body, mac, secrets) is not None
+
+
+def unsubscribe_ids(user_id: int, category_id: int, generation: int) -> tuple[int, ...]:
+    """The ids an UNSUBSCRIBE token carries: generation 0 is left out, so tokens minted before generations
+    existed and new ones for never-rotated users are the same."""
+    return (user_id, category_id) if generation == 0 else (user_id, category_id, generation)

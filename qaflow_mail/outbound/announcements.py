@@ -72,8 +72,8 @@ class VerifiedBy(StrEnum):
     COMMAND_LINE = "cli"
 
 
-def broadcast_message_id(announcement_id: int, *, domain: str) -> str:
-    return make_message_id(MESSAGE_ID_KIND, str(announcement_id), domain=domain)
+def broadcast_message_id(announcement_id: int, *, domain: str, salt: str) -> str:
+    return make_message_id(MESSAGE_ID_KIND, str(announcement_id), domain=domain, salt=salt)
 
 
 async def audience_count(session: AsyncSession) -> int:
@@ -107,7 +107,8 @@ class BroadcastBuilder:
         self.post = post
         self.now = now
         self.issued: date = now.date()
-        self.message_id = broadcast_message_id(announcement.id, domain=settings.site.domain)
+        self.message_id = broadcast_message_id(announcement.id, domain=settings.site.domain,
+                                               salt=settings.site.message_id_salt)
         self.placeholders = Placeholders.new()
         rendered = renderer.render(BROADCAST_TEMPLATE, self._context(author))
         self._subject = rendered.subject

@@ -29,7 +29,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes
-from qaflow_mail.mail.tokens import DIGEST_CODES, TokenKind, sign
+from qaflow_mail.mail.tokens import DIGEST_CODES, TokenKind, sign, unsubscribe_ids
 from qaflow_mail.outbound.digest_schedule import Period
 from qaflow_mail.outbound.outbox import OutgoingMessage
 from qaflow_mail.outbound.render import Rendered, Renderer
@@ -77,6 +77,7 @@ class DigestRecipient:
     name: str
     timezone: ZoneInfo
     show_announcements: bool
+    token_generation: int = 0  # users.token_generation, signed into the category unsubscribe tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +260,9 @@ def build_digest(
         DigestUnsubscribe(category=w.category_name, url=unsubscribe_url(settings, token),
                           mailto=unsubscribe_address(settings, token))
         for w in ordered
-        for token in (sign(TokenKind.UNSUBSCRIBE, (recipient.user_id, w.category_id), secret=secret,
-                           issued=issued),)
+        for token in (sign(TokenKind.UNSUBSCRIBE, unsubscribe_ids(recipient.user_id, w.category_id,
+                                                                 recipient.token_generation),
+                           secret=secret, issued=issued),)
     )
     return DigestContext(
         period=period, user_id=recipient.user_id, email=recipient.email, name=recipient.name,
@@ -271,10 +273,10 @@ def build_digest(
     )
 
 
-def digest_message_id(user_id: int, period: Period, end: datetime, *, domain: str) -> str:
+def digest_message_id(user_id: int, period: Period, end: datetime, *, domain: str, salt: str) -> str:
     """Stable for (user, period, window end): a re-run mints the same id, so message_refs stays one row."""
     return make_message_id(MESSAGE_ID_KIND, f"{user_id}.{period.value}.{end.astimezone(UTC):%Y%m%dT%H%M%SZ}",
-                           domain=domain)
+                           domain=domain, salt=salt)
 
 
 def dedupe_key(user_id: int, period: Period, end: datetime) -> str:
@@ -294,7 +296,8 @@ def digest_message(
 ) -> OutgoingMessage:
     """The composed digest as an outbox row; ValueError for an address compose cannot carry."""
     domain = settings.site.domain
-    message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain)
+    message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain,
+                                   salt=settings.site.message_id_salt)
     stop_token = sign(TokenKind.DIGEST, (digest.user_id, DIGEST_CODES[digest.period.value]),
                       secret=settings.tokens.secret, issued=now.date())
     stop = DigestUnsubscribe(category=f"{digest.period.value} digest", url=unsubscribe_url(settings, stop_token),

@@ -241,6 +241,7 @@ async def _plan_batch(
     settings: Settings,
     renderer: Renderer,
     now: datetime,
+    not_after: datetime | None = None,
 ) -> list[_Plan]:
     """Read what is due and new (a few queries, no locks), then build, render and compose each digest, yielding
     to the event loop between users: this is the CPU-heavy part, and it holds no lock."""
@@ -251,6 +252,8 @@ async def _plan_batch(
         for sub, user in subscriptions:
             tz = schedule.timezone_for(user.timezone)
             end = window_end(now, period, schedule, tz)
+            if not_after is not None and end > not_after:
+                end = not_after  # a pass run for a future time never moves the digest clock past real time
             if not _due(sub.last_digest_at, end):
                 continue  # another run got here first
             start = sub.last_digest_at
@@ -282,7 +285,8 @@ async def _plan_batch(
         if not windows:
             continue
         recipient = DigestRecipient(user_id=user.id, email=user.email, name=author_name(user), timezone=tz,
-                                    show_announcements=not user.announcements_muted)
+                                    show_announcements=not user.announcements_muted,
+                                    token_generation=user.token_generation)
         digest = build_digest(period=period, recipient=recipient, windows=windows, topics=topics, posts=posts,
                               settings=settings, issued=now.date())
         if digest.is_empty:
@@ -342,10 +346,12 @@ async def run_digests(
     now: datetime,
     period: Period | str,
     batch_size: int = USER_BATCH,
+    not_after: datetime | None = None,
 ) -> DigestStats:
     """One pass: every user due for a `period` digest at `now` gets it enqueued (or, with nothing new, is
     advanced without one). Each batch of users is one transaction. Safe to run at any time, in any number of
-    processes at once: the database decides who is due."""
+    processes at once: the database decides who is due. `not_after` (the real time, for a pass run by hand for
+    another `now`) caps the windows and the send time, so a future `now` cannot hide posts made meanwhile."""
     started = clock.perf_counter()
     which = Period(period)
     schedule = DigestSchedule.from_settings(settings.digest)
@@ -357,10 +363,11 @@ async def run_digests(
     for first in range(0, len(user_ids), max(1, batch_size)):
         chunk = user_ids[first : first + max(1, batch_size)]
         plans = await _plan_batch(session_factory, chunk, period=which, schedule=schedule, settings=settings,
-                                  renderer=renderer, now=now)
+                                  renderer=renderer, now=now, not_after=not_after)
         if not plans:
             continue
-        batch = await _commit_batch(session_factory, plans, mode=mode, now=now)
+        send_at = now if not_after is None else min(now, not_after)  # what is queued goes out now, not at `now`
+        batch = await _commit_batch(session_factory, plans, mode=mode, now=send_at)
         batches += 1
         totals.digests += batch.digests
         totals.nothing_new += batch.nothing_new

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
+import os
 import ssl
 import threading
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Protocol
 
@@ -27,10 +29,15 @@ from aiosmtplib.errors import (
 )
 
 from qaflow_mail.config import OutboundSettings, Settings
+from qaflow_mail.outbound.dkim_sign import with_signing
 
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT_SECONDS = 60.0
+
+# The identity of the message being sent (the outbox sets "outbox-<row id>" in the sending task's context, which
+# reaches through any wrapping mailer): the Maildir names the file after it, so a row sent twice is written once.
+DELIVERY_KEY: ContextVar[str | None] = ContextVar("qaflow_delivery_key", default=None)
 
 
 class DeliveryError(Exception):
@@ -60,8 +67,10 @@ class MaildirMailer:
         # mailbox.Maildir names its temporary files with a process-wide counter that is not thread-safe.
         self._lock = threading.Lock()
 
-    def _write(self, envelope_from: str, recipient: str, raw: bytes) -> str:
+    def _write(self, envelope_from: str, recipient: str, raw: bytes, key: str | None = None) -> str:
         trace = f"Return-Path: <{envelope_from}>\nX-Envelope-To: <{recipient}>\n".encode()
+        if key is not None:
+            return self._write_once(key, trace + raw)
         with self._lock:
             if self._maildir is None:
                 for part in ("tmp", "new", "cur"):  # also when outbox_dir exists already, empty
@@ -69,11 +78,28 @@ class MaildirMailer:
                 self._maildir = mailbox.Maildir(self.directory, factory=None, create=False)
             return self._maildir.add(trace + raw)
 
+    def _write_once(self, key: str, data: bytes) -> str:
+        """Write new/<key> unless a file of that name was delivered already (in new/, or read: cur/<key>:2,...).
+        Written to tmp/ and fsynced first, then renamed: a reader never sees half a message."""
+        for part in ("tmp", "new", "cur"):
+            (self.directory / part).mkdir(parents=True, exist_ok=True)
+        name = key.replace("/", "_").replace(":", "_")
+        delivered = self.directory / "new" / name
+        if delivered.exists() or any((self.directory / "cur").glob(f"{name}:*")):
+            return name
+        staging = self.directory / "tmp" / f"{name}.{os.getpid()}.{threading.get_ident()}"
+        with open(staging, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, delivered)
+        return name
+
     async def send(self, envelope_from: str, recipient: str, raw: bytes) -> None:
         if "\n" in envelope_from or "\r" in envelope_from or "\n" in recipient or "\r" in recipient:
             raise DeliveryError(True, None, "line break in an envelope address")
         try:
-            key = await asyncio.to_thread(self._write, envelope_from, recipient, raw)
+            key = await asyncio.to_thread(self._write, envelope_from, recipient, raw, DELIVERY_KEY.get())
         except OSError as exc:
             raise DeliveryError(False, None, f"cannot write to the outbox directory: {exc}") from exc
         log.debug("outbox.maildir_written key=%s recipient=%s", key, recipient)
@@ -217,7 +243,11 @@ def _refusal(code: int, message: str) -> DeliveryError:
 
 
 def build_mailer(settings: Settings) -> Mailer:
+    """The configured transport, DKIM-signing each message when [dkim] has a key (else the MTA signs)."""
     outbound = settings.outbound
+    mailer: Mailer
     if outbound.transport == "smtp":
-        return SmtpMailer(outbound, local_hostname=settings.smtp.hostname or settings.site.domain)
-    return MaildirMailer(outbound.outbox_dir)
+        mailer = SmtpMailer(outbound, local_hostname=settings.smtp.hostname or settings.site.domain)
+    else:
+        mailer = MaildirMailer(outbound.outbox_dir)
+    return with_signing(mailer, settings)

@@ -11,12 +11,14 @@ Delivery guarantees, stated honestly:
 - Two workers never send the same row at once: a row moves to "sending" in one conditional UPDATE, and only the
   worker whose name is in `claimed_by` may record its result. On PostgreSQL the candidate rows are also locked
   with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint batches instead of waiting for each other.
-- A row is marked sent only after the relay answered 250 to its DATA (or the Maildir file was written).
-- At least once, not exactly once: if the process dies, or the database cannot be reached, between the relay's
-  250 and the commit that marks the batch, the rows of that batch stay "sending"; once their claim expires
-  (`lease_seconds`) another drain claims and sends them again. The window is one batch, at most
-  [outbound] batch_size messages; the same holds for a send cut short by the batch deadline after the relay had
-  in fact accepted it. Recipients see a duplicate at worst, never a loss.
+- A row is marked sent only after the relay answered 250 to its DATA (or the Maildir file was written), and as
+  soon as it did: each 250 is committed as it comes back (those that arrive during one commit share the next).
+- At least once, not exactly once, over SMTP: if the process dies, or the database cannot be reached, between the
+  relay's 250 and that commit, the row stays "sending"; once its claim expires (`lease_seconds`) another drain
+  sends it again. The window is the messages on the wire (at most [outbound] concurrency) plus those waiting
+  for the commit in flight; the same holds for a send cut short by the batch deadline after the relay had in
+  fact accepted it. Recipients see a duplicate at worst, never a loss.
+- Exactly once to a Maildir: the row id names the file (see `DELIVERY_KEY`), so sending a row again finds it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.dialect import insert as dialect_insert
 from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus, UTCDateTime
 from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
-from qaflow_mail.outbound.mailer import DeliveryError, Mailer
+from qaflow_mail.outbound.mailer import DELIVERY_KEY, DeliveryError, Mailer
 
 if TYPE_CHECKING:
     from qaflow_mail.deps import Deps
@@ -263,7 +265,45 @@ async def requeue(session: AsyncSession, outbox_id: int, now: datetime) -> None:
     raise RequeueError(f"outbox row {outbox_id} is being sent right now")
 
 
-async def _attempt(mailer: Mailer, row: Outbox, slots: asyncio.Semaphore, deadline: float) -> DeliveryError | None:
+class _SentRecorder:
+    """Commits each row as sent as soon as its 250 is back; the ids that arrive during one commit share the next."""
+
+    def __init__(self, deps: Deps, worker: str) -> None:
+        self.deps = deps
+        self.worker = worker
+        self.recorded: set[int] = set()
+        self._waiting: list[int] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def add(self, row_id: int) -> None:
+        self._waiting.append(row_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                ids, self._waiting = self._waiting, []
+                async with self.deps.sessions() as session, session.begin():
+                    self.recorded |= await mark_sent(session, ids, now=self.deps.clock(), worker=self.worker)
+            if self._closing:
+                return
+
+    async def close(self) -> set[int]:
+        """Wait for the last commit; raises when one failed (those rows stay claimed and are sent again)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        return self.recorded
+
+
+async def _attempt(
+    mailer: Mailer, row: Outbox, slots: asyncio.Semaphore, deadline: float, recorder: _SentRecorder
+) -> DeliveryError | None:
+    DELIVERY_KEY.set(f"outbox-{row.id}")  # this task's own context: the Maildir names the file after the row
     try:
         async with asyncio.timeout_at(deadline), slots:
             await mailer.send(row.envelope_from, row.recipient, row.raw)
@@ -274,6 +314,7 @@ async def _attempt(mailer: Mailer, row: Outbox, slots: asyncio.Semaphore, deadli
     except Exception as exc:  # a bug in a mailer must not stall the queue: retry later, keep the trace
         log.exception("outbox.send_crashed id=%s", row.id)
         return DeliveryError(False, None, f"{type(exc).__name__}: {exc}")
+    recorder.add(row.id)
     return None
 
 
@@ -293,25 +334,26 @@ async def drain_once(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lease_seconds * _SEND_SHARE_OF_LEASE
     slots = asyncio.Semaphore(max(1, outbound.concurrency))
-    results = await asyncio.gather(*(_attempt(mailer, row, slots, deadline) for row in rows))
+    recorder = _SentRecorder(deps, worker)
+    try:
+        results = await asyncio.gather(*(_attempt(mailer, row, slots, deadline, recorder) for row in rows))
+    finally:
+        sent = await recorder.close()
 
-    sent_ids: list[int] = []
     temporary: list[tuple[Outbox, str]] = []
     permanent: list[tuple[Outbox, str]] = []
     for row, error in zip(rows, results, strict=True):
         if error is None:
-            sent_ids.append(row.id)
-        elif error.permanent:
+            continue  # recorded as its 250 came back
+        if error.permanent:
             permanent.append((row, str(error)))
             log.warning("outbox.refused id=%s recipient=%s error=%s", row.id, row.recipient, error)
         else:
             temporary.append((row, str(error)))
             log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
 
-    # The window between the relay's 250 and this commit is the at-least-once window described above.
     now = deps.clock()
     async with deps.sessions() as session, session.begin():
-        sent = await mark_sent(session, sent_ids, now=now, worker=worker)
         retried, given_up = await mark_retry(session, temporary, now=now, settings=settings, worker=worker)
         failed = await mark_failed(session, permanent, now=now, settings=settings, worker=worker)
 

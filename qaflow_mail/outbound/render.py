@@ -20,7 +20,14 @@ from markupsafe import Markup, escape
 if TYPE_CHECKING:
     from qaflow_mail.db.models import User
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+def _templates_dir() -> Path:
+    """The templates shipped inside the package (a wheel install), else the checkout's top-level folder."""
+    here = Path(__file__).resolve().parent
+    packaged = here.parent / "templates"
+    return packaged if packaged.is_dir() else here.parents[1] / "templates"
+
+
+TEMPLATES_DIR = _templates_dir()
 
 SUBJECT_SUFFIX = ".subject.j2"
 TEXT_SUFFIX = ".txt.j2"
@@ -32,12 +39,23 @@ class MailTemplate(StrEnum):
     NOTICE_REJECTED = "notice/rejected"
     NOTICE_UNSUBSCRIBED = "notice/unsubscribed"
     NOTICE_SHUNTED = "notice/shunted"
+    NOTICE_ATTACHMENTS_DROPPED = "notice/attachments_dropped"
+    NOTICE_CONFIRM_MEMBERSHIP = "notice/confirm_membership"
+    NOTICE_MEMBERSHIP_DONE = "notice/membership_done"
+    NOTICE_MODERATE = "notice/moderate"
+    NOTICE_MODERATED = "notice/moderated"
+    COMMAND_ANSWER = "command/answer"
 
 
 class PageTemplate(StrEnum):
     UNSUBSCRIBE_CONFIRM = "web/unsubscribe_confirm"
     UNSUBSCRIBE_DONE = "web/unsubscribe_done"
     UNSUBSCRIBE_ERROR = "web/unsubscribe_error"
+    MEMBERSHIP_CONFIRM = "web/membership_confirm"
+    MEMBERSHIP_DONE = "web/membership_done"
+    MEMBERSHIP_ERROR = "web/membership_error"
+    FOLLOW_SENT = "web/follow_sent"
+    FOLLOW_FORM = "web/follow_form"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ commits before the caller may answer 250.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -15,14 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.config import LimitsSettings
 from qaflow_mail.db.models import Disposition, InboundMessage, Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, classify
-from qaflow_mail.mail.parse import ParsedMail, parse_message
+from qaflow_mail.mail.content import Content
+from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.pipeline import Context, Outcome, rejected, run, shunted
+from qaflow_mail.pipeline.cpu import InputRefused, extract_untrusted, header_block_size, parse_untrusted
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
 from qaflow_mail.replies import OK, UNKNOWN_RECIPIENT, SmtpReply
 from qaflow_mail.services import shunt as shunting
@@ -30,6 +32,11 @@ from qaflow_mail.services.notices import answers_by_mail, queue_rejection_notice
 
 log = logging.getLogger(__name__)
 
+# What of a refused message's raw bytes is kept: its header block and this much of the body.
+REFUSED_RAW_BODY_BYTES = 64 * 1024
+# PostgreSQL errors that pass on retry: statement or lock timeout, server shutting down or starting, too many
+# connections, disk full, out of memory.
+_TEMPORARY_SQLSTATES = frozenset({"57014", "55P03", "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +55,25 @@ def combine(outcomes: Sequence[Outcome]) -> SmtpReply:
     return OK
 
 
-async def parse(raw: bytes) -> ParsedMail:
-    """Parsing is CPU work on untrusted input: off the event loop, so one message never stalls the others."""
-    return await asyncio.to_thread(parse_message, raw)
+async def parse(raw: bytes, deps: Deps | None = None) -> ParsedMail:
+    """Parsing is CPU work on untrusted input: in a worker process with a deadline, within [limits] (raises
+    InputRefused otherwise), so one message never stalls the others."""
+    limits = deps.settings.limits if deps is not None else LimitsSettings()
+    return await parse_untrusted(raw, limits)
+
+
+def is_temporary(error: BaseException) -> bool:
+    """A failure that may pass on retry (→ 451): the database or the network, including a statement that ran
+    past [database] statement_timeout; never the message itself."""
+    if shunting.is_temporary(error):
+        return True
+    return isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) in _TEMPORARY_SQLSTATES
+
+
+def bounded_raw(raw: bytes) -> bytes:
+    """The header block and the first REFUSED_RAW_BODY_BYTES of the body: enough to see what a refused message
+    was, without keeping megabytes of it."""
+    return raw[: header_block_size(raw) + REFUSED_RAW_BODY_BYTES]
 
 
 async def classify_recipient(deps: Deps, address: str) -> Destination | None:
@@ -71,11 +94,17 @@ def _post_order(destination: Destination | None) -> int | None:
 
 async def _process(
     deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, routed: Sequence[tuple[str, Destination | None]],
-    source: Source,
+    source: Source, content: Content | None = None,
 ) -> dict[str, Outcome]:
     now = deps.clock()
     outcomes: dict[str, Outcome] = {}
     async with deps.sessions() as session, session.begin():
+        connection = await session.connection()
+        if connection.dialect.name == "sqlite":
+            # SQLite's driver begins no transaction before a SAVEPOINT (whose RELEASE would then commit), and a read
+            # that later turns into a write fails at once when another writer came between: take the write lock
+            # first (waiting up to busy_timeout), so each message's transaction is one and serialised.
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
         # One message makes at most one post: a reply token is tried first, then an announcement, then the
         # categories in the order given; the first that takes the message makes the post, and every later post
         # address shares its outcome. A refusal (e.g. a stranger in a members-only category) moves on to the next.
@@ -86,8 +115,12 @@ async def _process(
 
         async def route(rcpt: str, destination: Destination) -> Outcome:
             ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
-                          recipient=rcpt, destination=destination, source=source, now=now)
-            return await run(steps_for(destination, source), ctx)
+                          recipient=rcpt, destination=destination, source=source, now=now, content=content)
+            # A refusal stores nothing (no staged user, no notice): its writes roll back to this savepoint.
+            savepoint = await session.begin_nested()
+            outcome = await run(steps_for(destination, source), ctx)
+            await (savepoint.commit() if outcome.accepted else savepoint.rollback())
+            return outcome
 
         taken: Outcome | None = None
         for rcpt, destination, _order in post_targets:
@@ -140,7 +173,8 @@ def _record(
     return InboundMessage(
         message_id=parsed.message_id, sha256=parsed.sha256, envelope_from=envelope_from,
         recipients=json.dumps(list(recipients)), from_address=parsed.from_address, source=source,
-        received_at=now, disposition=disposition, reason=reason[:4000], post_id=post_id, raw=raw,
+        received_at=now, disposition=disposition, reason=reason[:4000], post_id=post_id,
+        raw=bounded_raw(raw) if disposition == Disposition.REJECTED else raw,
     )
 
 
@@ -158,10 +192,12 @@ async def ingest(
     source = Source(source)
     try:
         if parsed is None:
-            parsed = await parse(raw)
+            parsed = await parse(raw, deps)
         outcomes = await _ingest(deps, raw, parsed, envelope_from, recipients, source, destinations or {})
+    except InputRefused as refusal:
+        return await _refuse_input(deps, raw, parsed, envelope_from, recipients, source, refusal)
     except Exception as error:
-        if shunting.is_temporary(error):
+        if is_temporary(error):
             raise
         return await _count_failure(deps, raw, parsed, envelope_from, recipients, source, error)
     deps.outbox_wakeup()
@@ -179,12 +215,38 @@ async def _ingest(
     known: Mapping[str, Destination | None],
 ) -> dict[str, Outcome]:
     routed = [(rcpt, known[rcpt] if rcpt in known else await classify_recipient(deps, rcpt)) for rcpt in recipients]
+    content = None
+    if parsed.size >= deps.settings.limits.cpu_inline_size and any(_post_order(d) is not None for _, d in routed):
+        # A large body is read (trimmed, sanitised) before the transaction, never while it holds the write lock.
+        content = await extract_untrusted(parsed, deps.settings.limits)
     try:
-        return await _process(deps, raw, parsed, envelope_from, routed, source)
+        return await _process(deps, raw, parsed, envelope_from, routed, source, content)
     except IntegrityError:
         # A concurrent delivery of the same message won the race; running again finds it a duplicate.
         log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
-        return await _process(deps, raw, parsed, envelope_from, routed, source)
+        return await _process(deps, raw, parsed, envelope_from, routed, source, content)
+
+
+async def _refuse_input(
+    deps: Deps, raw: bytes, parsed: ParsedMail | None, envelope_from: str, recipients: Sequence[str],
+    source: Source, refusal: InputRefused,
+) -> IngestResult:
+    """A message beyond [limits], or one no reader can read: refused for good, and recorded (bounded) with why."""
+    message_id = parsed.message_id if parsed is not None else _unparsed_id(deps, raw)
+    outcome = rejected(refusal.reply, refusal.reason)
+    async with deps.sessions() as session, session.begin():
+        session.add(InboundMessage(
+            message_id=message_id[:255], sha256=hashlib.sha256(raw).hexdigest(), envelope_from=envelope_from[:320],
+            recipients=json.dumps(list(recipients)), from_address=parsed.from_address[:320] if parsed else "",
+            source=source, received_at=deps.clock(), disposition=Disposition.REJECTED,
+            reason=f"refused: {refusal.reason}"[:4000], raw=bounded_raw(raw),
+        ))
+    log.warning("inbound.refused message_id=%s size=%d reason=%s", message_id, len(raw), refusal.reason)
+    return IngestResult(outcomes=dict.fromkeys(recipients, outcome), reply=outcome.reply, message_id=message_id)
+
+
+def _unparsed_id(deps: Deps, raw: bytes) -> str:
+    return f"unparsed.{hashlib.sha256(raw).hexdigest()[:40]}@{deps.settings.site.domain}"
 
 
 async def _count_failure(
@@ -194,8 +256,7 @@ async def _count_failure(
     """Count a failure of the message itself; shunt it once it has failed often enough, else raise (→ 4xx)."""
     message = shunting.FailedMessage(
         raw=raw, envelope_from=envelope_from, recipients=recipients, source=source,
-        message_id=parsed.message_id if parsed is not None else f"unparsed.{hashlib.sha256(raw).hexdigest()[:40]}"
-        f"@{deps.settings.site.domain}",
+        message_id=parsed.message_id if parsed is not None else _unparsed_id(deps, raw),
         from_address=parsed.from_address if parsed is not None else "",
         subject=parsed.subject if parsed is not None else "",
     )

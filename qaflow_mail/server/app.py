@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,9 +14,12 @@ from datetime import datetime
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.defaults import ensure_default_categories
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.db.engine import create_engine_for, session_factory, upgrade
+from qaflow_mail.db.installation import with_installation
 from qaflow_mail.deps import Deps, utc_now
 from qaflow_mail.outbound.sender import sending
+from qaflow_mail.pipeline.cpu import close_shared_pool
+from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
 from qaflow_mail.server.lmtp import start_lmtp
@@ -35,7 +39,7 @@ class Running:
 
 async def prepare_database(settings: Settings) -> None:
     await asyncio.to_thread(upgrade, settings.database.url)
-    engine = create_engine(settings.database.url)
+    engine = create_engine_for(settings.database)
     try:
         async with session_factory(engine)() as session, session.begin():
             await ensure_default_categories(session)
@@ -58,16 +62,21 @@ def _bound_port(stack: AsyncExitStack, server: asyncio.Server) -> int:
 @asynccontextmanager
 async def running(
     settings: Settings, *, background: bool = False, clock: Callable[[], datetime] = utc_now,
-    dkim_dnsfunc: Callable[..., bytes | None] | None = None,
+    dkim_dnsfunc: Callable[..., bytes | None] | None = None, fanout: bool = True,
 ) -> AsyncIterator[Running]:
-    """Start the SMTP listener (and LMTP when enabled) and, with `background`, everything else `serve` runs
-    (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
+    """Start the SMTP listener (and LMTP when enabled), the fan-out worker that turns posts into outbox rows
+    (unless `fanout` is False) and, with `background`, everything else `serve` runs (outbox sender, HTTP
+    endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
     `clock` and `dkim_dnsfunc` stand in for the real time and DNS (tests)."""
     async with AsyncExitStack() as stack:
-        engine = create_engine(settings.database.url, echo=settings.database.echo)
+        engine = create_engine_for(settings.database)
         stack.push_async_callback(engine.dispose)
-        deps = Deps.build(settings, session_factory(engine), clock=clock, dkim_dnsfunc=dkim_dnsfunc)
+        sessions = session_factory(engine)
+        settings = await with_installation(settings, sessions)  # the Message-ID salt of this database
+        deps = Deps.build(settings, sessions, clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
+        if fanout:
+            await stack.enter_async_context(fanning_out(deps))
         if background:
             sender = await stack.enter_async_context(sending(deps))
             deps.outbox_wakeup.listen(sender.wake)
@@ -84,7 +93,20 @@ async def running(
         yield run
 
 
+def _raise_file_limit(settings: Settings) -> None:
+    """Open files up to the hard limit: every connection is one, and [smtp] max_connections must stay below it so a
+    flood is refused with a 421 rather than left without a banner."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    wanted = settings.smtp.max_connections + 100  # database, workers, log files, the other listeners
+    if soft < wanted:
+        log.warning("serve.file_limit open_files=%d below max_connections+100=%d", soft, wanted)
+
+
 async def serve(settings: Settings) -> None:
+    _raise_file_limit(settings)
     await prepare_database(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,4 +120,5 @@ async def serve(settings: Settings) -> None:
         )
         await stop.wait()
         log.info("serve.stopping")
+    close_shared_pool()
     log.info("serve.stopped")

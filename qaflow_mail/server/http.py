@@ -1,10 +1,11 @@
-"""The small web side: one-click unsubscribe (RFC 8058) and a health check.
+"""The web side: the forum's pages (``server/web``), one-click unsubscribe (RFC 8058) and a health check.
 
 - ``GET /unsubscribe/{token}`` shows a confirm page and changes nothing (link scanners only GET).
 - ``POST /unsubscribe/{token}`` turns the subscription off: no login, no cookies, any body (mail providers send
   ``List-Unsubscribe=One-Click``; the confirm page's form sends the same). Repeating it is harmless.
 - A bad or tampered token gets 400 with a page that says what to do.
-- ``GET /healthz`` answers 200 "ok".
+- ``GET /healthz`` (the database answers) and ``GET /metrics`` (Prometheus): ``server.ops_routes``.
+- Everything else is the forum on the web, mounted by ``server.web.add_routes``.
 
 Pages come from ``templates/web/`` with autoescaping. Tokens never reach the logs.
 """
@@ -21,6 +22,9 @@ from aiohttp import web
 
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.render import PageTemplate
+from qaflow_mail.server.ops_routes import register_ops_routes
+from qaflow_mail.server.web import add_routes, friendly_errors
+from qaflow_mail.server.web.common import DEPS
 from qaflow_mail.services.subscriptions import (
     UnsubscribeResult,
     UnsubscribeStatus,
@@ -32,7 +36,6 @@ from qaflow_mail.urls import category_url
 
 log = logging.getLogger(__name__)
 
-DEPS = web.AppKey("deps", Deps)
 MAX_BODY = 64 * 1024  # a one-click body is one short form field
 
 _SECURITY_HEADERS = {
@@ -112,16 +115,13 @@ async def unsubscribe_one_click(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def healthz(request: web.Request) -> web.StreamResponse:
-    return web.Response(text="ok\n", content_type="text/plain")
-
-
 def build_app(deps: Deps) -> web.Application:
-    app = web.Application(middlewares=[security_headers], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[security_headers, friendly_errors], client_max_size=MAX_BODY)
     app[DEPS] = deps
     app.router.add_get("/unsubscribe/{token}", unsubscribe_page)
     app.router.add_post("/unsubscribe/{token}", unsubscribe_one_click)
-    app.router.add_get("/healthz", healthz)
+    register_ops_routes(app)  # /healthz, /metrics
+    add_routes(app)
     return app
 
 

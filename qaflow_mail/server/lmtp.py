@@ -11,10 +11,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.replies import TEMPORARY_FAILURE
-from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, start_listener
+from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, GuardedSession, start_listener
 
 
-class GatewayLMTP(EnhancedSizeReplies, LMTP):
+class GatewayLMTP(GuardedSession, EnhancedSizeReplies, LMTP):
     pass
 
 

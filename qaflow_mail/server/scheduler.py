@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from qaflow_mail.db.queries import reattach_waiting
 from qaflow_mail.outbound.digest_run import DigestStats, run_digests
 from qaflow_mail.outbound.digest_schedule import Period, parse_daily_at
+from qaflow_mail.services.retention import RetentionReport, prune
 
 if TYPE_CHECKING:
     from qaflow_mail.deps import Deps
@@ -88,6 +89,21 @@ class Scheduler:
             log.info("threads.reattached count=%d", moved)
         return moved
 
+    async def prune(self) -> RetentionReport | None:
+        """One retention pass ([retention]); errors are logged and the next pass tries again."""
+        try:
+            async with self.deps.sessions() as session, session.begin():
+                report = await prune(session, self.deps.settings.retention, now=self.deps.clock())
+        except Exception:
+            log.exception("retention.job_failed")
+            return None
+        log.info("retention.pruned %s", " ".join(f"{k}={v}" for k, v in report.as_dict().items() if k != "dry_run"))
+        return report
+
+    def add_retention(self) -> None:
+        self.aps.add_job(self.prune, IntervalTrigger(minutes=self.deps.settings.retention.interval_minutes),
+                         id="retention", name="retention", coalesce=True, max_instances=1, replace_existing=True)
+
     def add_sweep(self) -> None:
         self.aps.add_job(self.reattach_waiting, IntervalTrigger(seconds=SWEEP_SECONDS), id="reattach-orphans",
                          name="re-attach waiting replies", coalesce=True, max_instances=1, replace_existing=True)
@@ -131,6 +147,8 @@ async def scheduling(deps: Deps, *, catch_up: bool = True) -> AsyncIterator[Sche
     if deps.settings.digest.enabled:
         scheduler.add_jobs(start_now=catch_up)
     scheduler.add_sweep()
+    if deps.settings.retention.interval_minutes > 0:
+        scheduler.add_retention()
     scheduler.aps.start()
     log.info("scheduler.started jobs=%s", ",".join(job.id for job in scheduler.aps.get_jobs()) or "none")
     try:

@@ -1,10 +1,16 @@
-"""The aiosmtpd edge: RCPT classifies each address, DATA hands the message to the pipeline and maps the reply."""
+"""The aiosmtpd edge: RCPT classifies each address, DATA hands the message to the pipeline and maps the reply.
+
+Connections are bounded: in all and per client address, in commands that move no mail, and in idle time (which
+DATA bytes arriving reset, so a slow but progressing upload is never cut). A message gets its answer within a
+bounded time even when the database hangs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import weakref
+from collections import Counter
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -16,12 +22,17 @@ from qaflow_mail.pipeline.ingest import IngestResult, classify_recipient, ingest
 from qaflow_mail.pipeline.routes import has_route
 from qaflow_mail.replies import (
     BAD_TOKEN,
+    IDLE_TIMEOUT,
     RCPT_OK,
     TEMPORARY_FAILURE,
     TOO_BIG,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_JUNK_COMMANDS,
     TOO_MANY_RECIPIENTS,
     UNKNOWN_RECIPIENT,
+    SmtpReply,
 )
+from qaflow_mail.server.log_guard import guard_logs, redact_tokens
 from qaflow_mail.services.threads import reply_token_ids
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,15 @@ class EnhancedSizeReplies:
 
     data_size_limit: int | None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RFC 5321 caps a line at 1,000 bytes, yet real clients send longer ones (a long pasted line, an inline
+        # image placeholder): like Postfix, take them up to the message size limit (aiosmtpd's line_length_limit
+        # is also its read buffer; commands keep their own command_size_limit).
+        limit = kwargs.get("data_size_limit")
+        if limit:
+            self.line_length_limit = max(int(limit) + 2, SMTP.line_length_limit)
+        super().__init__(*args, **kwargs)
+
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         if text.startswith("552 Error"):
@@ -39,7 +59,91 @@ class EnhancedSizeReplies:
         await super().push(status)  # type: ignore[misc]
 
 
-class GatewaySMTP(EnhancedSizeReplies, SMTP):
+# Commands that move no mail; each may be sent [smtp] junk_command_limit times per connection. Every other command
+# gets a budget far above what any real sender needs on one connection (aiosmtpd counts per command).
+JUNK_COMMANDS = ("NOOP", "RSET", "VRFY", "EXPN", "HELP")
+_OTHER_COMMANDS_PER_CONNECTION = 100_000
+
+
+class ConnectionLimits:
+    """Open connections in all and per client address, shared by every connection of one listener."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open: Counter[str] = Counter()
+
+    def admit(self, client: str) -> SmtpReply | None:
+        """Count the connection in (None), or the refusal to send it."""
+        if sum(self.open.values()) >= self.total or self.open[client] >= self.per_client:
+            return TOO_MANY_CONNECTIONS
+        self.open[client] += 1
+        return None
+
+    def release(self, client: str) -> None:
+        self.open[client] -= 1
+        if self.open[client] <= 0:
+            del self.open[client]
+
+
+class GuardedSession:
+    """Connection caps, and an idle timeout that DATA bytes arriving reset (aiosmtpd resets it only on commands,
+    so an upload slower than the timeout was cut). Set `connection_limits` before the connection is made."""
+
+    connection_limits: ConnectionLimits | None = None
+    _client: str | None = None
+    _receiving_data = False
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.connection_limits is not None and self._client is None and not self._refused:
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            refusal = self.connection_limits.admit(client)
+            if refusal is not None:
+                self._refused = True
+                log.warning("smtp.connection_refused client=%s reason=%s", client, refusal.text)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(f"{refusal}\r\n".encode())
+                transport.close()
+                return
+            self._client = client
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self.connection_limits is not None and self._client is not None:
+            self.connection_limits.release(self._client)
+            self._client = None
+        super().connection_lost(error)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._receiving_data:
+            self._reset_timeout()  # type: ignore[attr-defined]
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._receiving_data = True
+        try:
+            await super().smtp_DATA(arg)  # type: ignore[misc]
+        finally:
+            self._receiving_data = False
+
+    def _timeout_cb(self) -> None:
+        transport = getattr(self, "transport", None)
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"{IDLE_TIMEOUT}\r\n".encode())
+        super()._timeout_cb()  # type: ignore[misc]
+
+    async def push(self, status: Any) -> None:
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        if text.startswith("421 4.7.0") and text.endswith("sent too many times"):
+            status = str(TOO_MANY_JUNK_COMMANDS)
+        await super().push(status)  # type: ignore[misc]
+
+
+class GatewaySMTP(GuardedSession, EnhancedSizeReplies, SMTP):
     pass
 
 
@@ -60,7 +164,7 @@ class GatewayHandler:
         try:
             destination = await classify_recipient(self.deps, address)
         except Exception:
-            log.exception("smtp.rcpt_failed address=%s", address)
+            log.exception("smtp.rcpt_failed address=%s", redact_tokens(address))
             return str(TEMPORARY_FAILURE)
         if destination is None or not has_route(destination):
             return str(UNKNOWN_RECIPIENT)
@@ -77,11 +181,16 @@ class GatewayHandler:
         raw = envelope.original_content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
+        database = self.deps.settings.database
+        limits = self.deps.settings.limits
+        # Each statement is bounded by the database's own timeouts; this bounds the message as a whole.
+        deadline = 2 * database.statement_timeout + 2 * limits.cpu_deadline
         try:
-            return await ingest(
-                raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
-                source=self.source, deps=self.deps, destinations=self._destinations.pop(envelope, None),
-            )
+            async with asyncio.timeout(deadline):
+                return await ingest(
+                    raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
+                    source=self.source, deps=self.deps, destinations=self._destinations.pop(envelope, None),
+                )
         except Exception:
             log.exception("%s.data_failed mail_from=%s", self.source, envelope.mail_from)
             return None
@@ -101,14 +210,21 @@ async def start_listener(
     """An SMTP (or LMTP) server on the running loop, handing every message to the pipeline."""
     loop = asyncio.get_running_loop()
     settings = deps.settings
-    hostname = settings.smtp.hostname or settings.site.domain
+    smtp = settings.smtp
+    hostname = smtp.hostname or settings.site.domain
     chosen = handler or GatewayHandler(deps)
+    limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_client)
+    call_limits = {"*": _OTHER_COMMANDS_PER_CONNECTION, **dict.fromkeys(JUNK_COMMANDS, smtp.junk_command_limit)}
+    guard_logs()
 
     def factory() -> SMTP:
-        return protocol(
-            chosen, data_size_limit=settings.smtp.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-            hostname=hostname, ident="QAFlow Mail",
+        session = protocol(
+            chosen, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+            hostname=hostname, ident="QAFlow Mail", timeout=smtp.idle_timeout, command_call_limit=call_limits,
         )
+        if isinstance(session, GuardedSession):
+            session.connection_limits = limits
+        return session
 
     server = await loop.create_server(factory, host=host, port=port)
     log.info("%s.listening host=%s port=%s", chosen.source, host, server.sockets[0].getsockname()[1])

@@ -6,16 +6,33 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import User, UserStatus
-from qaflow_mail.replies import NO_FROM, NOT_TOKEN_OWNER, SENDER_NOT_ALLOWED, Refusal
+from qaflow_mail.db.models import Category, User, UserStatus
+from qaflow_mail.deps import Deps
+from qaflow_mail.replies import NO_FROM, NOT_TOKEN_OWNER, SENDER_NOT_ALLOWED, Refusal, SmtpReply
+from qaflow_mail.urls import category_url, membership_address
+
+
+def members_only(settings: Settings, category: Category | None) -> SmtpReply:
+    """The refusal a stranger gets at ``category``: how to join it, by its own -join@ address and, when the
+    category is on the web, its page's "Follow by email". Built from the slug and the configured site only, so it
+    stays one ASCII line whatever the category is called."""
+    if category is None:
+        return SENDER_NOT_ALLOWED
+    domain = settings.site.domain
+    text = (f"Only members may post to {category.slug}@{domain}; to join, send an empty email to "
+            f"{membership_address(settings, category.slug, 'join')} and reply to the confirmation")
+    if not category.private:
+        text += f", or use \"Follow by email\" on {category_url(settings, category.slug)}"
+    return SENDER_NOT_ALLOWED.with_text(text)
 
 
 async def admit_sender(
-    session: AsyncSession, *, address: str, display_name: str, strangers_welcome: bool,
-    token_user_id: int | None, now: datetime,
+    session: AsyncSession, deps: Deps, *, address: str, display_name: str, category: Category | None,
+    strangers_welcome: bool, token_user_id: int | None, now: datetime,
 ) -> User | Refusal:
-    """The user a post is stored under, or why they may not post.
+    """The user a post to ``category`` is stored under, or why they may not post.
 
     `strangers_welcome`: the category takes posts from unknown senders (or an archive is imported);
     `token_user_id`: the user a verified reply token was sent to, who alone may use it.
@@ -27,11 +44,11 @@ async def admit_sender(
         return Refusal(NOT_TOKEN_OWNER, f"reply token of user {token_user_id} used by {address}")
     if user is None:
         if not strangers_welcome:
-            return Refusal(SENDER_NOT_ALLOWED, f"unknown sender {address}")
+            return Refusal(members_only(deps.settings, category), f"unknown sender {address}")
         user = await queries.add_user(session, email=address, display_name=display_name, status=UserStatus.STAGED,
                                       now=now)
     if user.status == UserStatus.DISABLED:
         return Refusal(SENDER_NOT_ALLOWED, f"disabled sender {address}")
     if user.status == UserStatus.STAGED and not (strangers_welcome or token_user_id is not None):
-        return Refusal(SENDER_NOT_ALLOWED, f"staged sender {address} outside an open category")
+        return Refusal(members_only(deps.settings, category), f"staged sender {address} outside an open category")
     return user

@@ -280,7 +280,8 @@ def confirmation_message(
         "confirm_address": reply_to,
         "expires": f"{expires:%Y-%m-%d %H:%M} UTC",
     })
-    message_id = make_message_id("confirm", str(announcement.id), domain=settings.site.domain)
+    message_id = make_message_id("confirm", str(announcement.id), domain=settings.site.domain,
+                                 salt=settings.site.message_id_salt)
     raw = site_notice(settings, to=admin.email, rendered=rendered, message_id=message_id, in_reply_to=in_reply_to,
                       now=now, reply_to=reply_to)
     return OutgoingMessage(

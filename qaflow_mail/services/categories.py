@@ -1,13 +1,15 @@
-"""Categories: the slugs they may have, adding them, finding and listing them."""
+"""Categories: the slugs they may have, adding, finding, listing, changing and removing them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Category
+from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Category, Post, Topic
 from qaflow_mail.mail.addresses import is_valid_slug
 
 
@@ -57,3 +59,54 @@ async def find_category(session: AsyncSession, slug: str) -> Category:
 
 async def list_categories(session: AsyncSession) -> Sequence[Category]:
     return await queries.list_categories(session)
+
+
+class CategoryInUse(ValueError):
+    """The category cannot be removed: it has topics (and no --force), or it is the announcements category."""
+
+
+async def update_category(session: AsyncSession, slug: str, *, name: str | None = None,
+                          allow_strangers: bool | None = None) -> Category:
+    """Change what is given (None leaves it); UnknownCategory when there is no such category."""
+    category = await find_category(session, slug)
+    if name is not None:
+        if not name.strip():
+            raise ValueError("a category name cannot be empty")
+        category.name = name.strip()
+    if allow_strangers is not None:
+        category.allow_strangers = allow_strangers
+    return category
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedCategory:
+    slug: str
+    topics: int
+    posts: int
+
+
+async def remove_category(session: AsyncSession, slug: str, *, force: bool = False) -> RemovedCategory:
+    """Delete a category with its subscriptions; with ``force`` also its topics and their posts (attachments,
+    held-post records and Message-ID records go with them). Never the announcements category."""
+    category = await find_category(session, slug)
+    if category.slug == ANNOUNCEMENTS_SLUG:
+        raise CategoryInUse(f"the {ANNOUNCEMENTS_SLUG} category cannot be removed: announcements are published there")
+    topic_ids = select(Topic.id).where(Topic.category_id == category.id)
+    topics = int(await session.scalar(select(func.count()).select_from(Topic).where(Topic.category_id == category.id))
+                 or 0)
+    post_ids = select(Post.id).where(Post.topic_id.in_(topic_ids))
+    posts = int(await session.scalar(select(func.count()).select_from(Post).where(Post.topic_id.in_(topic_ids))) or 0)
+    if topics and not force:
+        raise CategoryInUse(f"category {category.slug} has {topics} topic(s) and {posts} post(s); "
+                            "--force removes them too")
+    if topics:
+        # A reply elsewhere that names one of these posts as its parent keeps its place without it.
+        await session.execute(update(Post).where(Post.parent_id.in_(post_ids), Post.topic_id.not_in(topic_ids))
+                              .values(parent_id=None).execution_options(synchronize_session=False))
+        await session.execute(delete(Post).where(Post.topic_id.in_(topic_ids))
+                              .execution_options(synchronize_session=False))
+        await session.execute(delete(Topic).where(Topic.category_id == category.id)
+                              .execution_options(synchronize_session=False))
+    removed = RemovedCategory(slug=category.slug, topics=topics, posts=posts)
+    await session.delete(category)
+    return removed

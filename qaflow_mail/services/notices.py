@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import Outbox, OutboxKind, Source
+from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Outbox, OutboxKind, Source
 from qaflow_mail.mail.automatic import MailKind, classify_automatic
 from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.content import extract_content
@@ -42,7 +42,7 @@ from qaflow_mail.outbound.render import MailTemplate, Renderer
 from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
 from qaflow_mail.replies import ADVICE, SmtpReply
 from qaflow_mail.services.subscriptions import UnsubscribeResult
-from qaflow_mail.urls import category_url
+from qaflow_mail.urls import category_url, membership_address
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def withhold_reason(
     verdict = classify_automatic(
         parsed, raw, envelope_from=envelope_from, our_domain=settings.site.domain,
         our_list_id_suffix=f".{settings.site.domain}", max_received=settings.limits.max_received_headers,
-        is_bounce_address=False,
+        is_bounce_address=False, our_message_id_salt=settings.site.message_id_salt,
     )
     if verdict.kind is not MailKind.POST:
         return f"automatic mail ({verdict.kind}: {verdict.reason})"
@@ -166,7 +166,8 @@ async def queue_rejection_notice(
         log.info("notice.rate_limited message_id=%s to=%s limit=%d", parsed.message_id, recipient, limit)
         return False
     domain = settings.site.domain
-    message_id = make_message_id("notice", hashlib.sha256(dedupe_key.encode()).hexdigest()[:24], domain=domain)
+    message_id = make_message_id("notice", hashlib.sha256(dedupe_key.encode()).hexdigest()[:24], domain=domain,
+                                 salt=settings.site.message_id_salt)
     original = None if parsed.message_id_synthesized else parsed.message_id
     try:
         rendered = renderer.render(reply.notice or MailTemplate.NOTICE_REJECTED, _context(settings, parsed, reply))
@@ -193,6 +194,14 @@ def answers_by_mail(source: Source) -> bool:
     return source in NOTICE_SOURCES
 
 
+def _resubscribe_address(settings: Settings, result: UnsubscribeResult) -> str | None:
+    """The -request@ address whose "subscribe" undoes this unsubscribe: the category's, the announcements'; None
+    for a whole digest, which no one address restores."""
+    if result.digest_mode is not None:
+        return None
+    return membership_address(settings, result.category_slug or ANNOUNCEMENTS_SLUG, "request")
+
+
 def unsubscribed_notice(
     settings: Settings, renderer: Renderer, result: UnsubscribeResult, *, now: datetime, in_reply_to: str | None
 ) -> OutgoingMessage:
@@ -215,12 +224,12 @@ def unsubscribed_notice(
             "resubscribe_url": settings.site.base_url
             if result.category_slug is None or result.digest_mode is not None
             else category_url(settings, result.category_slug),
-            # <slug>-request@ commands are not handled yet; do not point people at them.
-            "request_address": None,
+            "request_address": _resubscribe_address(settings, result),
         },
     )
     day = now.strftime("%Y%m%d")
-    message_id = make_message_id("unsubscribed", f"{result.user_id}.{target}.{day}", domain=domain)
+    message_id = make_message_id("unsubscribed", f"{result.user_id}.{target}.{day}", domain=domain,
+                                 salt=settings.site.message_id_salt)
     raw = site_notice(settings, to=result.email, rendered=rendered, message_id=message_id, in_reply_to=in_reply_to,
                       now=now)
     return OutgoingMessage(

@@ -136,7 +136,8 @@ async def _mail_admins(
     })
     mails = []
     for admin in admins:
-        message_id = make_message_id("shunt", f"{shunt_id}.{admin.id}", domain=settings.site.domain)
+        message_id = make_message_id("shunt", f"{shunt_id}.{admin.id}", domain=settings.site.domain,
+                                     salt=settings.site.message_id_salt)
         raw = site_notice(settings, to=admin.email, rendered=rendered, message_id=message_id, in_reply_to=None,
                           now=now)
         mails.append(OutgoingMessage(

@@ -4,6 +4,8 @@
 - ``unsubscribe_by_token``: the signed token of a List-Unsubscribe link or address turns one subscription to
   ``mute`` (category id 0 means the site's announcements: ``users.announcements_muted``). Idempotent.
   ``check_unsubscribe_token`` says what a token would do, changing nothing.
+- ``rotate_tokens``: a category unsubscribe token carries the user's token generation; raising it (re-subscribing,
+  a confirmed join, ``user rotate-tokens``) voids every earlier link, e.g. one that leaked into a quote.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from qaflow_mail.mail.tokens import (
     TokenError,
     TokenKind,
     TokenPayload,
+    unsubscribe_generation,
     verify,
 )
 from qaflow_mail.services.categories import find_category
@@ -80,6 +83,8 @@ async def subscribe(
     user = await find_user(session, email)
     category = await find_category(session, category_slug)
     previous = await set_subscription(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
+    if mode is not SubscriptionMode.MUTE and previous in (None, SubscriptionMode.MUTE):
+        rotate_tokens(user)
     return SubscriptionChange(email=user.email, category_slug=category.slug, mode=mode, previous=previous)
 
 
@@ -152,7 +157,7 @@ async def check_unsubscribe_token(
     except InvalidToken as exc:
         status = UnsubscribeStatus.EXPIRED if exc.reason is TokenError.EXPIRED else UnsubscribeStatus.INVALID
         return UnsubscribeResult(status, detail=str(exc))
-    user_id, target_id = payload.ids
+    user_id, target_id = payload.ids[:2]
     user = await session.get(User, user_id)
     if user is None:
         return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"user {user_id} no longer exists")
@@ -169,6 +174,10 @@ async def check_unsubscribe_token(
     if category is None:
         return UnsubscribeResult(UnsubscribeStatus.INVALID, user_id=user.id, email=user.email,
                                  detail=f"category {category_id} no longer exists")
+    if unsubscribe_generation(payload.ids) != user.token_generation:
+        return UnsubscribeResult(UnsubscribeStatus.INVALID,
+                                 detail=f"user {user.id}: a superseded unsubscribe token "
+                                        f"(generation {unsubscribe_generation(payload.ids)})")
     return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, category_id=category.id,
                              category_name=category.name, category_slug=category.slug)
 
@@ -209,3 +218,9 @@ async def unsubscribe_by_token(
 def _rowcount(result: Any) -> int:
     count = getattr(result, "rowcount", 0)
     return int(count) if isinstance(count, int) else 0
+
+
+def rotate_tokens(user: User) -> int:
+    """Void every unsubscribe link of ``user`` minted so far; returns the new generation."""
+    user.token_generation = (user.token_generation or 0) + 1
+    return user.token_generation

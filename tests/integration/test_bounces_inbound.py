@@ -27,6 +27,7 @@ from qaflow_mail.db.models import (
 from qaflow_mail.mail.addresses import token_address
 from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.server.app import Running
+from tests.fanout import fanout_done
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -138,6 +139,7 @@ async def deliver(run: Running, raw: bytes, rcpt: str, *, mail_from: str = "") -
 async def test_hard_bounce_of_a_notification_is_recorded_against_its_outbox_row(forum: Running) -> None:
     post = make_mail(sender=BOB, to=GENERAL, subject="Hello", body="Hello everyone.")
     assert (await send(forum.smtp_port, post, mail_from=BOB, rcpt_tos=[GENERAL])).data_code == 250
+    await fanout_done(forum.deps)
     async with forum.deps.sessions() as session:
         row = (await session.scalars(select(Outbox).where(Outbox.kind == OutboxKind.NOTIFICATION))).one()
     assert row.recipient == ALICE

@@ -565,7 +565,7 @@ async def test_the_scheduler_catches_up_at_start_and_declares_its_jobs(
     deps = Deps.build(settings, world.sessions, clock=lambda: RUN_AT, renderer=renderer)
     async with scheduling(deps) as scheduler:
         jobs = {job.id: job for job in scheduler.aps.get_jobs()}
-        assert set(jobs) == {"digest-daily", "digest-weekly", "reattach-orphans"}
+        assert set(jobs) == {"digest-daily", "digest-weekly", "reattach-orphans", "retention"}
         for job in (jobs["digest-daily"], jobs["digest-weekly"]):
             assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 6 * 3600)
             assert str(job.trigger) == "cron[minute='5/15', second='30']"

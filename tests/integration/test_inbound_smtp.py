@@ -118,7 +118,9 @@ async def test_same_message_twice_is_stored_once(forum: Running) -> None:
 
 
 @pytest.mark.parametrize(
-    "rcpt", [f"nosuch@{DOMAIN}", "general@other.test", f"reply+garbage@{DOMAIN}", f"general-request@{DOMAIN}"]
+    "rcpt",
+    [f"nosuch@{DOMAIN}", "general@other.test", f"reply+garbage@{DOMAIN}", f"nosuch-request@{DOMAIN}",
+     f"nosuch-join@{DOMAIN}"],
 )
 async def test_unknown_recipient_refused_at_rcpt(forum: Running, rcpt: str) -> None:
     msg = make_mail(sender=ALICE, to=rcpt)

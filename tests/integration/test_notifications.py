@@ -34,6 +34,7 @@ from qaflow_mail.outbound.notify import NotificationBuilder, Threading, build_me
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
 from qaflow_mail.services.notifications import notify_followers
+from tests.fanout import fanout_done
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -92,6 +93,7 @@ async def forum(gateway: Running) -> Running:
 async def deliver(run: Running, sink: SmtpSink, expected: int) -> list[SinkMessage]:
     """Drain the outbox to the sink with the real sender; exactly ``expected`` new messages must arrive."""
     before = len(sink.messages)
+    await fanout_done(run.deps)
     async with sending(run.deps) as sender:
         await sender.flush()
     messages = await sink.wait_for(before + expected)
@@ -161,7 +163,7 @@ async def test_new_topic_reaches_each_subscriber_with_every_header(forum: Runnin
         rows = (await session.scalars(select(Outbox).order_by(Outbox.id))).all()
     assert general is not None
 
-    mid = notification_message_id(post.id, domain=DOMAIN)
+    mid = notification_message_id(post.id, domain=DOMAIN, salt=forum.deps.settings.site.message_id_salt)
     assert [(r.message_id, r.post_id) for r in refs] == [(mid, post.id)]
     carol_id = await user_id(forum, CAROL)
     assert {r.dedupe_key for r in rows} == {f"notify:{post.id}:{bob_id}", f"notify:{post.id}:{carol_id}"}
@@ -217,7 +219,7 @@ async def test_replies_by_reply_to_and_by_message_id_thread_into_the_topic(forum
     assert await post_mail(forum, first, sender=ALICE, rcpt=GENERAL) == 250
     notice = by_recipient(await deliver(forum, sink, 2))[BOB].parsed()
     root = await post_by_message_id(forum, "t1@client.test")
-    root_mid = notification_message_id(root.id, domain=DOMAIN)
+    root_mid = notification_message_id(root.id, domain=DOMAIN, salt=forum.deps.settings.site.message_id_salt)
 
     # Bob hits Reply: his client writes to the Reply-To address (this one keeps no threading headers at all).
     reply_to = notice["Reply-To"].addresses[0].addr_spec
@@ -231,10 +233,11 @@ async def test_replies_by_reply_to_and_by_message_id_thread_into_the_topic(forum
     delivered = by_recipient(await deliver(forum, sink, 2))
     assert set(delivered) == {ALICE, CAROL}
     to_carol = delivered[CAROL].parsed()
-    second_mid = notification_message_id(second.id, domain=DOMAIN)
+    second_mid = notification_message_id(second.id, domain=DOMAIN, salt=forum.deps.settings.site.message_id_salt)
     assert bare(to_carol["Message-ID"]) == second_mid
-    assert bare(to_carol["In-Reply-To"]) == root_mid
-    assert str(to_carol["References"]).split() == [f"<{root_mid}>"]
+    # In-Reply-To names the mail Alice sent (her client holds it); References names it and ours (Carol holds ours).
+    assert bare(to_carol["In-Reply-To"]) == "t1@client.test"
+    assert str(to_carol["References"]).split() == [f"<{root_mid}>", "<t1@client.test>"]
     assert to_carol["Subject"] == "Re: [General] Which editor?"
     assert "Bob replied" in to_carol.get_body(("plain",)).get_content()
 
@@ -249,8 +252,9 @@ async def test_replies_by_reply_to_and_by_message_id_thread_into_the_topic(forum
     delivered = by_recipient(await deliver(forum, sink, 2))
     assert set(delivered) == {ALICE, BOB}
     to_bob = delivered[BOB].parsed()
-    assert bare(to_bob["In-Reply-To"]) == second_mid
-    assert str(to_bob["References"]).split() == [f"<{root_mid}>", f"<{second_mid}>"]
+    assert bare(to_bob["In-Reply-To"]) == "b1@client.test"
+    assert str(to_bob["References"]).split() == [f"<{root_mid}>", "<t1@client.test>", f"<{second_mid}>",
+                                                 "<b1@client.test>"]
     async with forum.deps.sessions() as session:
         topics = await queries.list_topics(session)
     assert [(t.id, t.post_count) for t in topics] == [(root.topic_id, 3)]
@@ -374,6 +378,7 @@ async def test_fan_out_is_idempotent_and_skips_unusable_addresses(forum: Running
     first = make_mail(sender=ALICE, to=GENERAL, subject="Once", body="Only once.", message_id="<o1@client.test>")
     assert await post_mail(forum, first, sender=ALICE, rcpt=GENERAL) == 250
     post = await post_by_message_id(forum, "o1@client.test")
+    await fanout_done(forum.deps)
     async with forum.deps.sessions() as session, session.begin():
         again = await notify_followers(session, forum.deps, post, now=datetime.now(UTC))
     assert again == 2

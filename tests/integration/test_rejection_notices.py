@@ -91,8 +91,10 @@ async def test_refused_imap_mail_gets_one_notice(forum: Running) -> None:
     body = message.get_body(("plain",))
     assert body is not None
     text = body.get_content()
-    assert "not allowed to post here" in text
-    assert "Register on the forum with this address" in text
+    # The refusal names this category's own way in: its -join address and its page.
+    assert f"Only members may post to {GENERAL}" in text
+    assert f"To join, send an empty email to general-join@{DOMAIN}" in text
+    assert f"http://{DOMAIN}/c/general" in text and "register" not in text.lower()
     assert "> Line 1 of my question." in text
     assert "> Line 10 of my question." in text
     assert "Line 11" not in text

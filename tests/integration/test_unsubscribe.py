@@ -19,6 +19,7 @@ from qaflow_mail.db.models import Category, CategorySubscription, Outbox, Outbox
 from qaflow_mail.mail.tokens import TokenKind, sign
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.http import http_server
+from tests.fanout import fanout_done
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -157,6 +158,7 @@ async def test_one_click_from_a_delivered_notification_stops_the_next_ones(forum
     run = forum.run
     first = make_mail(sender=ALICE, to=f"general@{DOMAIN}", subject="One", body="First.", message_id="<u1@c.test>")
     assert (await send(run.smtp_port, first, mail_from=ALICE, rcpt_tos=[f"general@{DOMAIN}"])).data_code == 250
+    await fanout_done(run.deps)
     async with run.deps.sessions() as session:
         row = await session.scalar(select(Outbox).where(Outbox.recipient == BOB))
     assert row is not None
@@ -168,6 +170,7 @@ async def test_one_click_from_a_delivered_notification_stops_the_next_ones(forum
         assert response.status == 200
     second = make_mail(sender=ALICE, to=f"general@{DOMAIN}", subject="Two", body="Second.", message_id="<u2@c.test>")
     assert (await send(run.smtp_port, second, mail_from=ALICE, rcpt_tos=[f"general@{DOMAIN}"])).data_code == 250
+    await fanout_done(run.deps)
     async with run.deps.sessions() as session:
         to_bob = (await session.scalars(select(Outbox).where(Outbox.recipient == BOB))).all()
     assert len(to_bob) == 1

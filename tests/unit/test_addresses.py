@@ -122,6 +122,7 @@ def test_reserved_local_parts() -> None:
         "reply",
         "unsubscribe",
         "confirm",
+        "moderate",
         "postmaster",
         "notifications",
         "abuse",

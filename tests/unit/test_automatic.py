@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qaflow_mail.mail.automatic import MailKind, Verdict, classify_automatic
+from qaflow_mail.mail.compose import make_message_id
 from qaflow_mail.mail.parse import parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
@@ -353,10 +354,18 @@ def test_our_list_id(list_id: str, kind: MailKind) -> None:
     assert classify(make_mail(f"List-Id: {list_id}")).kind is kind
 
 
-def test_our_message_id_domain_is_a_loop() -> None:
-    verdict = classify(make_mail("Message-ID: <post-1843.9c2e@qaflow.localhost>"))
-    assert verdict == Verdict(MailKind.LOOP, "our Message-ID domain (qaflow.localhost)")
+def test_a_message_id_we_minted_is_a_loop() -> None:
+    ours = make_message_id("post", "1843", domain="qaflow.localhost", salt="")
+    verdict = classify(make_mail(f"Message-ID: <{ours}>"))
+    assert verdict == Verdict(MailKind.LOOP, f"our own Message-ID <{ours}>")
     assert classify(make_mail("Message-ID: <x@mail.qaflow.localhost>")).kind is MailKind.POST
+
+
+def test_staff_mail_on_the_forums_own_domain_is_a_post() -> None:
+    """Regression (defect 2): staff at the forum's domain write Message-IDs on it; only ids we mint are loops."""
+    for mid in ("<CAH4x9=Kq1w@qaflow.localhost>", "<post-1843.9c2e0a1b2c@qaflow.localhost>",
+                "<8f3e.5d1b@qaflow.localhost>"):
+        assert classify(make_mail(f"Message-ID: {mid}")).kind is MailKind.POST, mid
 
 
 def test_received_headers_beyond_the_limit_are_a_loop() -> None:

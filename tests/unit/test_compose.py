@@ -16,6 +16,7 @@ from qaflow_mail.mail.compose import (
     ListHeaders,
     clean_header_text,
     compose,
+    is_our_message_id,
     list_id_value,
     loop_marker,
     make_message_id,
@@ -409,12 +410,23 @@ def test_date_keeps_its_offset() -> None:
 
 
 def test_make_message_id_is_stable_and_well_formed() -> None:
-    first = make_message_id("post", "123", domain="Forum.Example.org")
-    assert first == make_message_id("post", "123", domain="forum.example.org")
+    first = make_message_id("post", "123", domain="Forum.Example.org", salt="")
+    assert first == make_message_id("post", "123", domain="forum.example.org", salt="")
     assert re.fullmatch(r"post-123\.[0-9a-f]{10}@forum\.example\.org", first)
-    assert first != make_message_id("post", "124", domain=DOMAIN)
-    assert first != make_message_id("digest", "123", domain=DOMAIN)
-    assert make_message_id("post", "123", domain="other.example") != first.replace(DOMAIN, "other.example")
+    assert first != make_message_id("post", "124", domain=DOMAIN, salt="")
+    assert first != make_message_id("digest", "123", domain=DOMAIN, salt="")
+    assert make_message_id("post", "123", domain="other.example", salt="") != first.replace(DOMAIN, "other.example")
     for kind, ident in (("post", "1 2"), ("po<st", "1"), ("post", ""), ("post", ".1")):
         with pytest.raises(ValueError):
-            make_message_id(kind, ident, domain=DOMAIN)
+            make_message_id(kind, ident, domain=DOMAIN, salt="")
+
+
+def test_the_installation_salt_changes_every_minted_id_and_is_recognised_only_with_it() -> None:
+    unsalted = make_message_id("post", "1", domain=DOMAIN, salt="")
+    salted = make_message_id("post", "1", domain=DOMAIN, salt="a1b2c3d4")
+    assert salted != unsalted and salted == make_message_id("post", "1", domain=DOMAIN, salt="a1b2c3d4")
+    assert salted != make_message_id("post", "1", domain=DOMAIN, salt="e5f6a7b8")
+    assert re.fullmatch(r"post-1\.[0-9a-f]{10}@" + re.escape(DOMAIN), salted)
+    assert is_our_message_id(salted, domain=DOMAIN, salt="a1b2c3d4")
+    assert not is_our_message_id(salted, domain=DOMAIN, salt="")
+    assert is_our_message_id(unsalted, domain=DOMAIN, salt="")

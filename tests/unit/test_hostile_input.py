@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
+from qaflow_mail.config import Settings
 from qaflow_mail.db.models import Source
 from qaflow_mail.mail.addresses import NewTopic
 from qaflow_mail.mail.charsets import decode_header
@@ -251,7 +253,7 @@ async def test_extract_body_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(extract_body_step, "extract_content", recording)
     parsed = parse_message(_mail("Subject: q\r\n", "The answer is 42.\n"))
     ctx = Context(
-        deps=cast(Any, None),
+        deps=cast(Any, SimpleNamespace(settings=Settings())),
         session=cast(Any, None),
         raw=b"",
         parsed=parsed,

@@ -112,3 +112,78 @@ def test_hostile_bodies_stay_fast(text: str) -> None:
     started = time.perf_counter()
     trim_reply(text)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "On 11-Apr-2011, at 6:54 PM, Roman Tkachenko <romant@example.com> sent:",
+        "ma 1.1.2024 klo 10.00 Matti Meikäläinen <matti@example.com> kirjoitti:",
+        "Matti Meikäläinen kirjoitti 1.1.2024 klo 10.00:",
+        "W dniu 1.01.2024 o 10:00, Jan Kowalski pisze:",
+        "po 1. 1. 2024 v 10:00 odesílatel Jan Novák <jan@example.com> napsal:",
+        "01.01.2024 10:00, Иван Петров пишет:",
+        "Ali Veli <ali@example.com>, 1 Oca 2024 Pzt, 10:00 tarihinde şunu yazdı:",
+        "2024년 1월 1일 (월) 오전 10:00, 홍길동 <hong@example.com>님이 작성:",
+        "Vào Th 2, 1 thg 1, 2024 vào lúc 10:00 Nguyễn Văn A <a@example.com> đã viết:",
+        "Às 10:00 de 01/01/2024, João Silva <joao@example.com> escreveu:",
+        "mån 1 jan. 2024 kl 10:00 skrev Anna Svensson <anna@example.com>:",
+        "På 14 september 2015 på 02:23:18, Ola Nordmann (ola@example.com) skrev:",
+        "2024年1月1日(月) 10:00 山田太郎 <taro@example.com>:",
+        "---- John Smith wrote ----",
+        "-----Message d'origine-----",
+        "-----Oprindelig meddelelse-----",
+        "-----Opprinnelig melding-----",
+        "-----Alkuperäinen viesti-----",
+        "-----Oryginalna wiadomość-----",
+        "-----Původní zpráva-----",
+        "-----Mensagem original-----",
+        "-----Özgün İleti-----",
+        "-----元のメッセージ-----",
+        "-----원본 메시지-----",
+        "-------- Forwarded Message --------",
+        "Anfang der weitergeleiteten Nachricht:",
+        "Inicio del mensaje reenviado:",
+    ],
+)
+def test_more_clients_and_languages_are_recognised(line: str) -> None:
+    assert classify_line(line) == "b"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "I skrev this down on Monday: see below",
+        "On Monday the report was sent.",
+        "Do you know who wrote this?",
+        "---- a horizontal rule ----",
+    ],
+)
+def test_ordinary_lines_are_not_markers(line: str) -> None:
+    assert classify_line(line) != "b"
+
+
+def test_a_marker_at_the_end_of_a_reply_line_is_split_off() -> None:
+    text = "reply--- On Wed, Apr 4, 2012 at 3:59 PM, me@example.com wrote:\n> Hi"
+    assert trim_reply(text) == "reply"
+    quoted_line = "> On Thu, Apr 30, 2020 at 10:07 AM, someone <someone@example.com> wrote:\n> > hi"
+    assert trim_reply("Answer.\n\n" + quoted_line) == "Answer."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ("x skrev " * 120 + "1:\n") * 100,
+        ("1 " * 400 + "kirjoitti\n") * 200,
+        ("On " + "a " * 450 + " sent\n") * 200,
+        ("---- " + "wrote " * 150 + "\n") * 200,
+        ("text On 1 " * 90 + "wrote:\n") * 200,
+        ("From: a\nx\n" * 20000),
+        ("님이 작성 " * 150 + "\n") * 200,
+    ],
+    ids=["skrev", "kirjoitti", "sent", "android", "shared-line", "wrapped-headers", "korean"],
+)
+def test_new_patterns_stay_fast_on_hostile_bodies(text: str) -> None:
+    started = time.perf_counter()
+    trim_reply(text)
+    assert time.perf_counter() - started < 2.0

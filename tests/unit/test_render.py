@@ -55,11 +55,60 @@ SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
         "original_subject": "Question about parsing",
         "quoted_lines": ["Hello,", "", "how do I parse mail?"],
     },
+    MailTemplate.NOTICE_ATTACHMENTS_DROPPED: {
+        "site": SITE,
+        "original_subject": "Scanned invoice",
+        "dropped": [{"filename": "invoice.pdf", "reason": "declared application/pdf but its content is not"}],
+    },
     MailTemplate.NOTICE_UNSUBSCRIBED: {
         "site": SITE,
         "category": CATEGORY,
         "resubscribe_url": "https://forum.example.org/c/python",
         "request_address": "python-request@forum.example.org",
+    },
+    MailTemplate.NOTICE_CONFIRM_MEMBERSHIP: {
+        "site": SITE,
+        "action": "join",
+        "target": "Python",
+        "mode": "daily",
+        "confirm_address": "confirm+abc234@forum.example.org",
+        "confirm_url": "https://forum.example.org/confirm/abc234",
+        "expires": "2026-03-08 12:00 UTC",
+        "page": "https://forum.example.org/c/python",
+    },
+    MailTemplate.NOTICE_MEMBERSHIP_DONE: {
+        "site": SITE,
+        "action": "join",
+        "target": "Python",
+        "mode": "each",
+        "post_address": "python@forum.example.org",
+        "join_address": "python-join@forum.example.org",
+        "leave_address": "python-leave@forum.example.org",
+        "request_address": "python-request@forum.example.org",
+    },
+    MailTemplate.NOTICE_MODERATE: {
+        "site": SITE,
+        "category": CATEGORY,
+        "post": {"id": 9, "subject": SCRIPT, "author_name": "Mallory", "author_email": "m@example.net"},
+        "reason": "a first post by a stranger",
+        "quoted_lines": [SCRIPT, "Buy now"],
+        "omitted_lines": 0,
+        "moderate_address": "moderate+abc234@forum.example.org",
+    },
+    MailTemplate.NOTICE_MODERATED: {
+        "site": SITE,
+        "category": CATEGORY,
+        "post": {"id": 9, "subject": "Question"},
+        "outcome": "rejected",
+        "reason": "off topic",
+    },
+    MailTemplate.COMMAND_ANSWER: {
+        "site": SITE,
+        "category": CATEGORY,
+        "results": [{"line": "mode daily", "outcome": "done"}, {"line": "status", "outcome": "you follow python"}],
+        "request_address": "python-request@forum.example.org",
+        "join_address": "python-join@forum.example.org",
+        "leave_address": "python-leave@forum.example.org",
     },
     MailTemplate.NOTICE_SHUNTED: {
         "site": SITE,
@@ -83,6 +132,22 @@ SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
         "resubscribe_url": "https://forum.example.org/my/preferences",
     },
     PageTemplate.UNSUBSCRIBE_ERROR: {"site": SITE, "reason": "tampered"},
+    PageTemplate.MEMBERSHIP_CONFIRM: {
+        "site": SITE, "action": "join", "target": "Python", "mode": "daily", "email": "ne***@example.net",
+        "action_url": "/confirm/abc234",
+    },
+    PageTemplate.MEMBERSHIP_DONE: {
+        "site": SITE, "action": "join", "target": "Python", "mode": "each", "email": "ne***@example.net",
+        "page": "https://forum.example.org/c/python",
+    },
+    PageTemplate.MEMBERSHIP_ERROR: {"site": SITE, "reason": "used"},
+    PageTemplate.FOLLOW_SENT: {
+        "site": SITE, "category": CATEGORY, "address": "newcomer@example.net", "back_url": "/c/python",
+    },
+    PageTemplate.FOLLOW_FORM: {
+        "site": SITE, "category": CATEGORY, "message": "That is not an email address", "follow_address": SCRIPT,
+        "follow_mode": "weekly", "back_url": "/c/python",
+    },
 }
 
 # A quoted "<folder>/<name>" literal in the package is a template name (folders as in templates/).

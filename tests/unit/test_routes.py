@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qaflow_mail.db.models import Source
-from qaflow_mail.mail.addresses import NewTopic, Request
+from qaflow_mail.mail.addresses import ConfirmMembership, Join, Leave, Moderate, NewTopic, Request
 from qaflow_mail.pipeline.routes import IMPORT_ROUTES, ROUTES, has_route, steps_for
 from qaflow_mail.pipeline.steps.notify_followers import notify_followers
 from qaflow_mail.pipeline.steps.rate_limit import rate_limit
@@ -25,7 +25,14 @@ def test_every_routed_step_is_a_coroutine_function(step: object) -> None:
 
 
 def test_unhandled_destinations_have_no_route() -> None:
-    assert not has_route(Request(category_slug="general"))
+    assert not has_route(None)
+
+
+def test_membership_and_moderation_addresses_have_routes_that_drop_automatic_mail_first() -> None:
+    for destination in (Request("general"), Join("general"), Leave("general"), ConfirmMembership("x"),
+                        Moderate("x")):
+        assert has_route(destination)
+        assert steps_for(destination, Source.SMTP)[0].__name__ == "guard_loops"
 
 
 def test_an_import_is_neither_rate_limited_nor_mailed_out() -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from qaflow_mail.db.engine import create_engine
 from qaflow_mail.db.models import Base
+from qaflow_mail.db.search_index import include_name
 
 config = context.config
 MIGRATION_LOCK_KEY = 0x51AF10  # any constant shared by every node
@@ -17,8 +18,9 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # include_name: the full-text search objects are made by migrations, not described by the models.
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
-                      compare_type=True)
+                      compare_type=True, include_name=include_name)
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Several gateway nodes may start together on one database: one migrates, the others wait and then
@@ -41,7 +43,7 @@ async def _run_async() -> None:
 
 def run_offline() -> None:
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+                      literal_binds=True, render_as_batch=True, include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()
 

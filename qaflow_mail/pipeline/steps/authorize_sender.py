@@ -11,8 +11,9 @@ from qaflow_mail.services.admission import admit_sender
 
 async def _admit(ctx: Context, *, strangers_welcome: bool) -> Context | Outcome:
     user = await admit_sender(
-        ctx.session, address=ctx.parsed.from_address, display_name=ctx.parsed.from_name,
-        strangers_welcome=strangers_welcome, token_user_id=ctx.token_ids[1] if ctx.token_ids else None, now=ctx.now,
+        ctx.session, ctx.deps, address=ctx.parsed.from_address, display_name=ctx.parsed.from_name,
+        category=ctx.category, strangers_welcome=strangers_welcome,
+        token_user_id=ctx.token_ids[1] if ctx.token_ids else None, now=ctx.now,
     )
     return rejected(user) if isinstance(user, Refusal) else dataclasses.replace(ctx, author=user)
 

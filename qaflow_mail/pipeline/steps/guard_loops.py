@@ -12,6 +12,7 @@ def _guard(ctx: Context, *, list_markers_are_automatic: bool) -> Context | Outco
         ctx.parsed, ctx.raw, envelope_from=ctx.envelope_from, our_domain=settings.site.domain,
         our_list_id_suffix=f".{settings.site.domain}", max_received=settings.limits.max_received_headers,
         is_bounce_address=False, list_markers_are_automatic=list_markers_are_automatic,
+        our_message_id_salt=settings.site.message_id_salt,
     )
     return ctx if verdict.kind is MailKind.POST else discarded(f"{verdict.kind}: {verdict.reason}")
 

@@ -1,6 +1,7 @@
 """authorize_sender / admit_imported_author: who is writing, and may they post here? Members post anywhere; an
-unknown sender becomes a staged user only in a category open to strangers; a reply token works only for the
-subscriber it was sent to. An archive import welcomes every author."""
+unknown sender becomes a staged user only in a category open to strangers, and is refused elsewhere with how to
+join that category; a reply token works only for the subscriber it was sent to. An archive import welcomes every
+author."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.models import Category, Disposition, Source, User, UserAddress, UserStatus
 from qaflow_mail.pipeline.steps.authorize_sender import admit_imported_author, authorize_sender
 from qaflow_mail.replies import NO_FROM, NOT_TOKEN_OWNER, SENDER_NOT_ALLOWED
-from tests.unit.steps.conftest import ALICE, NOW, STRANGER, MakeContext, assert_refused, passed
+from tests.unit.steps.conftest import ALICE, DOMAIN, NOW, STRANGER, MakeContext, assert_refused, passed
 
 FROM_STRANGER = {"From": f"Stan Ger <{STRANGER}>"}
+# What a stranger at General (members only, on the web) is told: General's own -join address and its page.
+JOIN_GENERAL = SENDER_NOT_ALLOWED.with_text(
+    f"Only members may post to general@{DOMAIN}; to join, send an empty email to general-join@{DOMAIN} and reply "
+    f"to the confirmation, or use \"Follow by email\" on http://{DOMAIN}/c/general"
+)
 
 
 async def test_a_member_may_post_in_a_closed_category(make_context: MakeContext, alice: User,
@@ -40,9 +46,10 @@ async def test_a_member_writing_from_a_further_address_is_that_member(
 async def test_an_unknown_sender_in_a_closed_category_is_refused(
     make_context: MakeContext, session: AsyncSession, general: Category
 ) -> None:
-    result = assert_refused(await authorize_sender(make_context(FROM_STRANGER, category=general)), SENDER_NOT_ALLOWED)
+    result = assert_refused(await authorize_sender(make_context(FROM_STRANGER, category=general)), JOIN_GENERAL)
 
     assert result.notify_sender
+    assert "register" not in result.reply.text
     assert await queries.user_by_email(session, STRANGER) is None  # nobody was created
 
 
@@ -64,7 +71,21 @@ async def test_a_staged_user_may_not_post_outside_an_open_category(
 ) -> None:
     await queries.add_user(session, email=STRANGER, status=UserStatus.STAGED, now=NOW)
 
-    assert_refused(await authorize_sender(make_context(FROM_STRANGER, category=general)), SENDER_NOT_ALLOWED)
+    assert_refused(await authorize_sender(make_context(FROM_STRANGER, category=general)), JOIN_GENERAL)
+
+
+async def test_a_stranger_at_a_private_category_is_told_its_join_address_but_no_page(
+    make_context: MakeContext, session: AsyncSession
+) -> None:
+    staff = await queries.add_category(session, slug="staff", name="Staff <b>", allow_strangers=False)
+    staff.private = True
+
+    result = assert_refused(await authorize_sender(make_context(FROM_STRANGER, category=staff)),
+                            SENDER_NOT_ALLOWED.with_text(
+                                f"Only members may post to staff@{DOMAIN}; to join, send an empty email to "
+                                f"staff-join@{DOMAIN} and reply to the confirmation"))
+
+    assert "/c/staff" not in result.reply.text and "<b>" not in result.reply.text
 
 
 async def test_a_staged_user_may_post_again_in_an_open_category(

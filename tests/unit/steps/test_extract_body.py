@@ -3,11 +3,14 @@ its own is refused."""
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+
 from qaflow_mail.db.models import Disposition
-from qaflow_mail.pipeline.steps.extract_body import extract_body
+from qaflow_mail.pipeline.steps.extract_body import NOTHING_WRITTEN, extract_body
 from qaflow_mail.replies import EMPTY_REPLY, ONLY_SIGNATURE
 from tests.unit.steps.conftest import MakeContext, assert_refused, passed
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
 QUOTE = "On Mon, 2 Jun 2025, Bob wrote:\n> Has anyone rotated these logs?\n> They fill the disk.\n"
 
 
@@ -44,8 +47,32 @@ async def test_a_reply_that_is_only_a_quote_is_refused(make_context: MakeContext
     assert result.notify_sender  # an IMAP sender is told by mail
 
 
-async def test_an_empty_body_is_refused(make_context: MakeContext) -> None:
-    assert_refused(await extract_body(make_context(body="\n\n")), EMPTY_REPLY)
+async def test_an_empty_body_is_refused_for_having_no_text(make_context: MakeContext) -> None:
+    """The refusal names the real reason: nothing was written (there is no quote to blame)."""
+    assert_refused(await extract_body(make_context(body="\n\n")), EMPTY_REPLY.with_text(NOTHING_WRITTEN))
+
+
+async def test_a_screenshot_without_words_is_a_post(make_context: MakeContext) -> None:
+    """Regression (defect 3): an image-only mail (an iPhone photo under "Sent from my iPhone") is posted."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Alice <alice@example.org>", "general@forum.test", "Screenshot"
+    msg["Message-ID"] = "<shot-1@example.org>"
+    msg.set_content("\n\nSent from my iPhone\n")
+    msg.add_attachment(PNG, maintype="image", subtype="png", filename="IMG_0042.PNG", disposition="inline")
+
+    out = passed(await extract_body(make_context(msg.as_bytes())))
+
+    assert out.content is not None and out.content.text == ""
+
+
+async def test_a_pdf_with_an_empty_body_is_a_post(make_context: MakeContext) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Alice <alice@example.org>", "general@forum.test", "Invoice"
+    msg["Message-ID"] = "<pdf-1@example.org>"
+    msg.add_attachment(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n", maintype="application", subtype="pdf",
+                       filename="invoice.pdf")
+
+    assert passed(await extract_body(make_context(msg.as_bytes()))).content is not None
 
 
 async def test_a_reply_that_is_only_a_signature_is_refused(make_context: MakeContext) -> None:

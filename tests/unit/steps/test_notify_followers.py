@@ -1,5 +1,6 @@
-"""notify_followers: one outbox row per "each" subscriber of the post's category, never the author, written in
-the same transaction as the post; the notification's Message-ID is recorded so replies to it thread."""
+"""notify_followers: the post's fan-out job, written in the same transaction as the post; expanded, it makes one
+outbox row per "each" subscriber of the post's category, never the author, and records the notification's
+Message-ID so replies to it thread."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.models import (
     Category,
     CategorySubscription,
+    FanoutJob,
+    FanoutKind,
     MessageRef,
     Outbox,
     OutboxKind,
@@ -19,14 +22,34 @@ from qaflow_mail.db.models import (
     User,
     UserStatus,
 )
+from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.notify import notification_message_id
-from qaflow_mail.pipeline.steps.notify_followers import notify_followers
+from qaflow_mail.pipeline import Context, Outcome
+from qaflow_mail.pipeline.steps.notify_followers import notify_followers as notify_step
+from qaflow_mail.services.fanout_jobs import claim, expand_batch
 from tests.unit.steps.conftest import DOMAIN, NOW, MakeContext, add_post, passed
 
 
 async def follow(session: AsyncSession, user: User, category: Category, mode: SubscriptionMode) -> None:
     session.add(CategorySubscription(user_id=user.id, category_id=category.id, mode=mode.value, created_at=NOW))
     await session.flush()
+
+
+async def expand_jobs(session: AsyncSession, deps: Deps, *, batch: int = 2) -> None:
+    """Run every waiting fan-out job to its end in this session, as the fan-out worker would (small batches)."""
+    while (job := await claim(session, worker="test", now=NOW)) is not None:
+        while True:
+            expanded = await expand_batch(session, deps, job_id=job.id, worker="test", now=NOW, limit=batch)
+            assert expanded is not None
+            if expanded.done:
+                break
+
+
+async def notify_followers(ctx: Context) -> Context | Outcome:
+    """The step, then its job expanded."""
+    result = await notify_step(ctx)
+    await expand_jobs(ctx.session, ctx.deps)
+    return result
 
 
 async def outbox(session: AsyncSession) -> list[Outbox]:
@@ -120,4 +143,46 @@ async def test_a_reply_notification_threads_under_its_parent(
 
     rows = await outbox(session)
     assert [(r.recipient, r.post_id) for r in rows] == [(alice.email, reply.id)]
-    assert f"In-Reply-To: <{notification_message_id(root.id, domain=DOMAIN)}>".encode() in rows[0].raw
+    # The parent arrived by mail: In-Reply-To names the mail its author sent; References also names ours.
+    assert b"In-Reply-To: <root-1@example.org>" in rows[0].raw
+    assert f"References: <{notification_message_id(root.id, domain=DOMAIN, salt='')}> <root-1@example.org>".encode() \
+        in rows[0].raw
+
+
+async def test_the_step_writes_one_job_and_no_mail(
+    make_context: MakeContext, session: AsyncSession, alice: User, bob: User, general: Category
+) -> None:
+    await follow(session, bob, general, SubscriptionMode.EACH)
+    post = await add_post(session, author=alice, category=general, message_id="msg-1@example.org")
+    ctx = make_context(author=alice, category=general, post=post)
+
+    assert passed(await notify_step(ctx)) is ctx
+    assert passed(await notify_step(ctx)) is ctx  # a retried transaction: still one job
+
+    jobs = (await session.scalars(select(FanoutJob))).all()
+    assert [(j.kind, j.target_id, j.cursor, j.finished_at) for j in jobs] == [(FanoutKind.POST.value, post.id, 0, None)]
+    assert await outbox(session) == []
+
+
+async def test_batches_tell_each_follower_once_and_askers_once(
+    make_context: MakeContext, session: AsyncSession, alice: User, bob: User, general: Category
+) -> None:
+    """Followers and askers interleaved by user id, in batches of 2: everyone once, a follower as a follower."""
+    people = [await queries.add_user(session, email=f"p{i}@example.com", now=NOW) for i in range(7)]
+    for person in people[::2]:
+        await follow(session, person, general, SubscriptionMode.EACH)
+    await follow(session, alice, general, SubscriptionMode.EACH)
+    root = await add_post(session, author=alice, category=general, message_id="root-1@example.org")
+    # p1 and p3 answered in the topic earlier; with notify_replies "all" they hear of the new reply as askers.
+    for person in (people[1], people[3]):
+        person.notify_replies = "all"
+        await add_post(session, author=person, category=general, message_id=f"{person.id}@example.org", parent=root)
+    reply = await add_post(session, author=bob, category=general, message_id="reply-1@example.org", parent=root)
+
+    passed(await notify_followers(make_context(author=bob, category=general, parent=root, post=reply)))
+
+    rows = [r for r in await outbox(session) if r.post_id == reply.id]
+    expected = {alice.id, people[0].id, people[1].id, people[2].id, people[3].id, people[4].id, people[6].id}
+    assert sorted(r.user_id for r in rows) == sorted(expected)
+    (job,) = (await session.scalars(select(FanoutJob))).all()
+    assert job.finished_at is not None and job.handed == len(expected)

@@ -1,0 +1,193 @@
+"""Inbound throughput and latency of the gateway against a bare aiosmtpd that discards, measured in the same run.
+
+    python bench/ingest.py [--messages 600] [--clients 4] [--url DATABASE_URL] [--heavy 0]
+
+A realistic mix (one in five a new topic, the rest replies by In-Reply-To; bodies of 2-20 KB) is sent by
+--clients SMTP clients over loopback, first to a bare aiosmtpd (the reference), then to the gateway on a fresh
+SQLite file (or --url, e.g. postgresql+asyncpg://postgres@127.0.0.1/bench, whose tables are truncated).
+Prints messages/s, the ratio to the reference, p50/p99 of end-of-DATA → reply, and the gateway's RSS.
+With --heavy N, N senders keep sending a worst-case HTML mail (1 MB of nested tags) during the gateway run:
+the small messages' latency shows whether hostile input starves the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosmtplib
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import text
+
+from qaflow_mail.config import (
+    DatabaseSettings,
+    HttpSettings,
+    LimitsSettings,
+    Settings,
+    SiteSettings,
+    SmtpSettings,
+    TokensSettings,
+)
+from qaflow_mail.db import queries
+from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.db.models import Base
+from qaflow_mail.pipeline.cpu import close_shared_pool
+from qaflow_mail.server.app import running
+
+DOMAIN = "bench.test"
+CATEGORY = f"general@{DOMAIN}"
+SENDERS = [f"user{i}@example.org" for i in range(200)]
+
+
+class Discard:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+def mixed_messages(count: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    topics: list[str] = []
+    out = []
+    for index in range(count):
+        sender = rng.choice(SENDERS)
+        mid = f"m{index}.{seed}@example.org"
+        size = rng.randint(2_000, 20_000)
+        vocabulary = ("mail", "forum", "answer", "question", "thread", "reply")
+        words = " ".join(rng.choice(vocabulary) for _ in range(size // 7))
+        body = "\r\n".join(words[i : i + 72] for i in range(0, len(words), 72))
+        headers = f"From: {sender}\r\nTo: {CATEGORY}\r\nSubject: Bench {index // 5}\r\nMessage-ID: <{mid}>\r\n"
+        if topics and index % 5:
+            headers += f"In-Reply-To: <{rng.choice(topics)}>\r\n"
+        else:
+            topics.append(mid)
+        headers += "Date: Mon, 07 Dec 2026 09:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        out.append((sender, (headers + "\r\n" + body + "\r\n").encode()))
+    return out
+
+
+def heavy_message(index: int) -> bytes:
+    body = ("<div>" * 150 + "\r\n") * 1_300
+    return (f"From: {SENDERS[0]}\r\nTo: {CATEGORY}\r\nSubject: heavy\r\nMessage-ID: <heavy{index}@example.org>\r\n"
+            f"Content-Type: text/html\r\n\r\n{body}\r\n").encode()
+
+
+async def blast(port: int, messages: list[tuple[str, bytes]], clients: int) -> tuple[float, list[float], int]:
+    """Send everything over `clients` reused connections; (seconds, latencies of DATA in ms, non-250 count)."""
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in messages:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+    refused = 0
+
+    async def client() -> None:
+        nonlocal refused
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=120)
+        await smtp.connect()
+        while not queue.empty():
+            sender, raw = queue.get_nowait()
+            await smtp.mail(sender)
+            await smtp.rcpt(CATEGORY)
+            started = time.perf_counter()
+            try:
+                await smtp.data(raw)
+            except aiosmtplib.SMTPResponseException as exc:
+                if not refused:
+                    print(f"first refusal: {exc.code} {exc.message}", file=sys.stderr)
+                refused += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started, latencies, refused
+
+
+async def keep_sending_heavy(port: int, stop: asyncio.Event, index: int) -> int:
+    sent = 0
+    while not stop.is_set():
+        with contextlib.suppress(aiosmtplib.SMTPException):
+            await aiosmtplib.send(heavy_message(index * 10_000 + sent), sender=SENDERS[0], recipients=[CATEGORY],
+                                  hostname="127.0.0.1", port=port, timeout=120)
+        sent += 1
+    return sent
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def prepare(url: str) -> None:
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    async with session_factory(engine)() as session, session.begin():
+        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
+        now = datetime.now(UTC)
+        for address in SENDERS:
+            await queries.add_user(session, email=address, now=now)
+    await engine.dispose()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=600)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--url", default="")
+    parser.add_argument("--heavy", type=int, default=0)
+    args = parser.parse_args()
+    messages = mixed_messages(args.messages)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Discard(), hostname="127.0.0.1", port=port)
+    await asyncio.to_thread(controller.start)
+    try:
+        bare_seconds, bare_lat, _ = await blast(port, messages, args.clients)
+    finally:
+        await asyncio.to_thread(controller.stop)
+    bare_rate = len(messages) / bare_seconds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        await prepare(url)
+        settings = Settings(
+            site=SiteSettings(name="Bench", domain=DOMAIN, base_url="http://bench.test", data_dir=tmp),
+            database=DatabaseSettings(url=url), smtp=SmtpSettings(host="127.0.0.1", port=0),
+            http=HttpSettings(enabled=False), tokens=TokensSettings(secret="bench-secret"),
+            limits=LimitsSettings(sender_rate_per_hour=100_000),
+        )
+        async with running(settings) as run:
+            stop = asyncio.Event()
+            heavy = [asyncio.create_task(keep_sending_heavy(run.smtp_port, stop, i)) for i in range(args.heavy)]
+            seconds, lat, refused = await blast(run.smtp_port, messages, args.clients)
+            stop.set()
+            heavy_sent = sum(await asyncio.gather(*heavy))
+        close_shared_pool()
+    rate = len(messages) / seconds
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    backend = "postgresql" if url.startswith("postgresql") else "sqlite"
+    print(f"bare aiosmtpd: {bare_rate:,.0f} msg/s  p50 {statistics.median(bare_lat):.1f} ms")
+    print(f"gateway ({backend}, {args.clients} clients): {rate:,.0f} msg/s = {rate / bare_rate:.3f} x bare; "
+          f"DATA->reply p50 {statistics.median(lat):.1f} ms p99 {percentile(lat, 0.99):.1f} ms; "
+          f"refused {refused}; peak RSS {rss_mb:.0f} MB" + (f"; heavy mails sent {heavy_sent}" if args.heavy else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,218 @@
+"""CPU work on untrusted mail (parsing; trimming and sanitising the body) in worker processes, never on the loop.
+
+A thread is no shield: the GIL lets one big HTML body starve every other connection. Each message but the small
+ones (below [limits] cpu_inline_size: the code is linear, so they cost a few milliseconds, less than the round
+trip to a worker) runs in a process of a small pool (pebble) with a deadline; a worker past its deadline is
+killed and replaced, and the message is refused for good (`554 5.6.0`), as is one that breaks the [limits] caps
+on its structure (MIME depth, parts, header and HTML size) or that the parser cannot read at all. Such a message
+fails the same way every time, so a temporary answer would only make the sender's MTA retry it for days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import email
+import email.policy
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from email.message import Message
+from typing import TypeVar
+
+from pebble import ProcessExpired, ProcessFuture, ProcessPool
+
+from qaflow_mail.config import LimitsSettings
+from qaflow_mail.mail.content import Content, extract_content
+from qaflow_mail.mail.parse import ParsedMail, parse_message
+from qaflow_mail.replies import MESSAGE_TOO_COMPLEX, MESSAGE_UNREADABLE, SmtpReply
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CpuPoolBroken(OSError):
+    """The worker processes could not be started or all died at once: temporary, the pool is made anew."""
+
+
+class InputRefused(Exception):
+    """The message itself is beyond what the gateway will process; `reply` names why (a 5xx)."""
+
+    def __init__(self, reply: SmtpReply, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply.with_text(f"{reply.text}: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """What a worker returns instead of raising: exceptions of the parser need not survive pickling."""
+
+    too_complex: bool
+    reason: str
+
+
+# --- in the worker process ------------------------------------------------------------------------------------
+
+def header_block_size(raw: bytes) -> int:
+    """Bytes before the blank line that ends the top-level header block (all of them when there is none)."""
+    ends = [found for found in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if found >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def mime_shape(message: Message) -> tuple[int, int]:
+    """(deepest nesting, number of parts) of a parsed tree, walked without recursion."""
+    deepest, parts = 0, 0
+    stack: list[tuple[Message, int]] = [(message, 0)]
+    while stack:
+        node, depth = stack.pop()
+        parts += 1
+        deepest = max(deepest, depth)
+        if node.is_multipart():
+            payload = node.get_payload()
+            if isinstance(payload, list):
+                stack.extend((child, depth + 1) for child in payload if isinstance(child, Message))
+    return deepest, parts
+
+
+def structure_refusal(raw: bytes, limits: LimitsSettings) -> str | None:
+    """Why the message's structure is beyond [limits] (None: within them). Linear in the input."""
+    header_size = header_block_size(raw)
+    if header_size > limits.max_header_size:
+        return f"a header block of {header_size} bytes (at most {limits.max_header_size})"
+    lowered = raw.lower()
+    # Cheap upper bounds first: nesting needs a container type per level, a part needs a delimiter line.
+    containers = lowered.count(b"multipart/") + lowered.count(b"message/")
+    delimiters = raw.count(b"\n--") + 1
+    if containers <= limits.max_mime_depth and delimiters <= limits.max_mime_parts:
+        return None
+    try:
+        tree = email.message_from_bytes(raw, policy=email.policy.compat32)
+        depth, parts = mime_shape(tree)
+    except RecursionError:
+        return f"MIME parts nested deeper than {limits.max_mime_depth} levels"
+    if depth > limits.max_mime_depth:
+        return f"MIME parts nested {depth} levels deep (at most {limits.max_mime_depth})"
+    if parts > limits.max_mime_parts:
+        return f"{parts} MIME parts (at most {limits.max_mime_parts})"
+    return None
+
+
+def parse_within_limits(raw: bytes, limits: LimitsSettings) -> ParsedMail | _Refused:
+    reason = structure_refusal(raw, limits)
+    if reason is not None:
+        return _Refused(True, reason)
+    try:
+        parsed = parse_message(raw)
+    except RecursionError:
+        return _Refused(True, f"MIME parts nested deeper than {limits.max_mime_depth} levels")
+    except Exception as error:  # the parser's own limits; the same bytes fail the same way every time
+        return _Refused(False, f"{type(error).__name__} in the MIME structure")
+    if parsed.html is not None and len(parsed.html) > limits.max_html_size:
+        return _Refused(True, f"an HTML body of {len(parsed.html)} characters (at most {limits.max_html_size})")
+    return parsed
+
+
+def extract_within_limits(parsed: ParsedMail) -> Content | _Refused:
+    try:
+        return extract_content(parsed)
+    except RecursionError:
+        return _Refused(True, "HTML nested too deeply")
+    except Exception as error:
+        return _Refused(False, f"{type(error).__name__} while reading the body")
+
+
+# --- in the serving process -----------------------------------------------------------------------------------
+
+class CpuPool:
+    """Worker processes (spawned: the serving process has threads a fork would copy mid-lock) and the deadline
+    each message gets there."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"))
+
+    async def run(self, function: Callable[..., object], *args: object, deadline: float) -> object:
+        future: ProcessFuture[object] = self._pool.schedule(function, args=args, timeout=deadline)
+        try:
+            return await asyncio.wrap_future(future)
+        except FutureTimeout:
+            return _Refused(True, f"more than {deadline:g} s of work")
+        except ProcessExpired as expired:  # killed by the system (memory) or crashed on this input
+            return _Refused(False, f"the reader stopped ({expired})")
+        except BrokenProcessPool as broken:
+            _forget(self)
+            raise CpuPoolBroken(f"worker processes unavailable: {broken}") from broken
+        except asyncio.CancelledError:
+            future.cancel()  # type: ignore[no-untyped-call]  # stops the worker running this message
+            raise
+
+    def close(self) -> None:
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join(timeout=10)
+
+
+_lock = threading.Lock()
+_shared: CpuPool | None = None
+
+
+def shared_pool(workers: int) -> CpuPool:
+    """The process's pool (made on first use; `workers` counts then): one per process, shared by listeners."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = CpuPool(workers)
+            atexit.register(close_shared_pool)
+        return _shared
+
+
+def _forget(pool: CpuPool) -> None:
+    """Drop a broken pool so the next message makes a new one."""
+    global _shared
+    with _lock:
+        if _shared is pool:
+            _shared = None
+    pool.close()
+
+
+def close_shared_pool() -> None:
+    global _shared
+    with _lock:
+        pool, _shared = _shared, None
+    if pool is not None:
+        pool.close()
+
+
+def _unwrap(result: object, kind: type[T]) -> T:
+    if isinstance(result, _Refused):
+        raise InputRefused(MESSAGE_TOO_COMPLEX if result.too_complex else MESSAGE_UNREADABLE, result.reason)
+    assert isinstance(result, kind)
+    return result
+
+
+async def parse_untrusted(raw: bytes, limits: LimitsSettings) -> ParsedMail:
+    """`parse_message` in a worker within [limits]; raises InputRefused for a message beyond them."""
+    if len(raw) < limits.cpu_inline_size:
+        return _unwrap(parse_within_limits(raw, limits), ParsedMail)
+    pool = shared_pool(limits.cpu_workers)
+    return _unwrap(await pool.run(parse_within_limits, raw, limits, deadline=limits.cpu_deadline), ParsedMail)
+
+
+async def extract_untrusted(
+    parsed: ParsedMail, limits: LimitsSettings, extract: Callable[[ParsedMail], Content] = extract_content
+) -> Content:
+    """`extract_content` (trimming, HTML sanitising) in a worker with the deadline; raises InputRefused.
+
+    Any other `extract` (a stand-in through which tests inject failures) runs in a thread of this process, as
+    it is: it may not survive pickling, and its exceptions are its caller's to see."""
+    if extract is not extract_content:
+        return await asyncio.to_thread(extract, parsed)
+    if parsed.size < limits.cpu_inline_size:
+        return _unwrap(extract_within_limits(parsed), Content)
+    pool = shared_pool(limits.cpu_workers)
+    return _unwrap(await pool.run(extract_within_limits, parsed, deadline=limits.cpu_deadline), Content)

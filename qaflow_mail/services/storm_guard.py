@@ -1,0 +1,118 @@
+"""The loop and storm guard: replies that come faster than people write are held for moderation, so one post
+never turns into more than a handful, even between two auto-responders that do not mark their mail automatic.
+
+Two signs of a storm (both in [limits]):
+- one sender replying in one topic more than ``topic_replies_per_10min`` times within ten minutes;
+- a ping-pong: the reply and its ancestors form ``ping_pong_replies`` replies in a row alternating between two
+  senders, each answering the other, all within ``ping_pong_seconds``.
+
+A held reply is never mailed, so the other side gets nothing to answer and the loop stops. It waits in the
+moderation queue (a held_posts row: approve or reject as any held post). The moderators are told once per topic
+and day (an outbox dedupe key), not once per reply, and the sender is told nothing: telling an auto-responder is
+what feeds the loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.config import LimitsSettings
+from qaflow_mail.db.models import Category, HeldPost, ModerationDecision, OutboxKind, Post, PostStatus, Topic, User
+from qaflow_mail.deps import Deps
+from qaflow_mail.mail.compose import make_message_id
+from qaflow_mail.mail.tokens import TokenKind, sign
+from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
+from qaflow_mail.outbound.render import MailTemplate, author_name
+from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
+from qaflow_mail.services.moderation import moderators
+from qaflow_mail.urls import moderate_address
+
+log = logging.getLogger(__name__)
+
+WINDOW = timedelta(minutes=10)
+QUOTED_LINES = 20
+
+
+async def storm_reason(session: AsyncSession, limits: LimitsSettings, *, post: Post, now: datetime) -> str | None:
+    """Why ``post`` (stored, not yet mailed) looks like part of a reply storm, or None."""
+    if post.parent_id is None:
+        return None
+    earlier = await session.scalar(
+        select(func.count(Post.id)).where(Post.topic_id == post.topic_id, Post.author_id == post.author_id,
+                                          Post.parent_id.is_not(None), Post.id != post.id,
+                                          Post.created_at >= now - WINDOW)
+    )
+    if int(earlier or 0) >= limits.topic_replies_per_10min:
+        return (f"reply storm: more than {limits.topic_replies_per_10min} replies from one sender in this topic "
+                f"within 10 minutes")
+    if limits.ping_pong_replies >= 2 and await _ping_pong(session, post, limits=limits, now=now):
+        return (f"reply loop: {limits.ping_pong_replies} replies in a row between two senders within "
+                f"{limits.ping_pong_seconds} s")
+    return None
+
+
+async def _ping_pong(session: AsyncSession, post: Post, *, limits: LimitsSettings, now: datetime) -> bool:
+    """Whether ``post`` and its nearest ancestors are ping_pong_replies replies alternating between two authors."""
+    since = now - timedelta(seconds=limits.ping_pong_seconds)
+    chain: list[Post] = [post]
+    while len(chain) < limits.ping_pong_replies:
+        parent_id = chain[-1].parent_id
+        parent = None if parent_id is None else await session.get(Post, parent_id)
+        if parent is None or parent.parent_id is None or parent.created_at < since:
+            return False  # reached the topic's first post, or something older: people writing
+        chain.append(parent)
+    authors = [p.author_id for p in chain]
+    return len(set(authors)) == 2 and all(a != b for a, b in itertools.pairwise(authors))
+
+
+async def hold_storm(session: AsyncSession, deps: Deps, *, post: Post, reason: str, now: datetime) -> None:
+    """Hold ``post`` for moderation and tell the moderators, once per topic and day."""
+    post.status = PostStatus.HELD.value
+    session.add(HeldPost(post_id=post.id, reason=reason[:2000], held_at=now,
+                         decision=ModerationDecision.PENDING.value))
+    await session.flush()
+    topic = await session.get(Topic, post.topic_id)
+    assert topic is not None
+    category = await session.get(Category, topic.category_id)
+    author = await session.get(User, post.author_id)
+    assert category is not None and author is not None
+    notices = [_notice(deps, post=post, topic=topic, category=category, author=author, moderator=moderator,
+                       reason=reason, now=now)
+               for moderator in await moderators(session, category.id)]
+    await enqueue(session, notices, now=now)
+    log.warning("storm.held post_id=%s topic_id=%s author_id=%s reason=%s", post.id, topic.id, author.id, reason)
+
+
+def _notice(
+    deps: Deps, *, post: Post, topic: Topic, category: Category, author: User, moderator: User, reason: str,
+    now: datetime,
+) -> OutgoingMessage:
+    """The moderation mail for the first held reply of the day; its key makes later ones in the topic add none."""
+    settings = deps.settings
+    token = sign(TokenKind.MODERATE, (post.id, moderator.id), secret=settings.tokens.secret, issued=now.date())
+    reply_to = moderate_address(settings, token)
+    lines = post.body_text.splitlines()
+    rendered = deps.renderer.render(MailTemplate.NOTICE_MODERATE, {
+        "site": {"name": settings.site.name, "base_url": settings.site.base_url},
+        "category": {"name": category.name, "slug": category.slug},
+        "post": {"id": post.id, "subject": post.subject, "author_name": author_name(author),
+                 "author_email": author.email},
+        "reason": f"{reason}. Further replies in this topic that look the same are held without another notice "
+                  f"today: see the moderation queue.",
+        "quoted_lines": lines[:QUOTED_LINES],
+        "omitted_lines": max(len(lines) - QUOTED_LINES, 0),
+        "moderate_address": reply_to,
+    })
+    day = now.date().isoformat()
+    message_id = make_message_id("storm", f"{topic.id}.{day}.{moderator.id}", domain=settings.site.domain,
+                                 salt=settings.site.message_id_salt)
+    raw = site_notice(settings, to=moderator.email, rendered=rendered, message_id=message_id, in_reply_to=None,
+                      now=now, reply_to=reply_to)
+    return OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=f"storm:{topic.id}:{day}:{moderator.id}",
+                           message_id=message_id, envelope_from=user_bounce_address(settings, moderator.id, now=now),
+                           recipient=moderator.email, raw=raw, user_id=moderator.id, post_id=post.id)
