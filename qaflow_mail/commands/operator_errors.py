@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -16,6 +17,9 @@ UPGRADE_HINT = "run `qaflow-mail db upgrade` first"
 # Top-level commands that never open the database, and those that create it.
 NO_DATABASE_COMMANDS = frozenset({"parse", "check-corpus", "check-config", "dns", "dkim"})
 CREATES_DATABASE_COMMANDS = frozenset({"db", "serve"})
+
+# What binding a listener's socket fails with (the database is not involved).
+_CANNOT_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 _MISSING_SCHEMA_MARKERS = ("no such table", "does not exist", "undefinedtable")
 
@@ -54,6 +58,9 @@ def explain(exc: BaseException, settings: Settings) -> str | None:
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return f"cannot reach {_where(settings)}: {text.splitlines()[0] if text else type(exc).__name__}"
+    if isinstance(exc, OSError) and exc.errno in _CANNOT_LISTEN:
+        return (f"cannot listen: {text.splitlines()[0] if text else exc.strerror}; another process holds the port "
+                "(another `serve`?), or set another [smtp], [lmtp] or [http] port")
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return f"cannot reach {_where(settings)}: {exc.strerror}"
     if isinstance(exc, DBAPIError):
