@@ -53,6 +53,9 @@ TEMPORARY_FAILURE = SmtpReply(451, "4.3.0", "Temporary failure, please try again
 TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Too many connections; try again later", notice=None)
 TOO_MANY_JUNK_COMMANDS = SmtpReply(421, "4.7.0", "Too many commands that send no mail; closing", notice=None)
 IDLE_TIMEOUT = SmtpReply(421, "4.4.2", "Idle for too long; closing", notice=None)
+# More bytes of mail are being processed than [smtp] max_bytes_in_flight allows, for longer than [smtp]
+# in_flight_wait: the message is safe with its sender, who tries again shortly.
+MAIL_BACKLOG = SmtpReply(452, "4.3.1", "Too much mail in progress; try again shortly", notice=None)
 
 # --- addresses (5.1.1) ------------------------------------------------------------------------------------------
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such address here; check the category address on the forum",
@@ -87,6 +90,9 @@ ATTACHMENT_TOO_BIG = SmtpReply(552, "5.3.4", "Attachment too large")
 # --- content (5.6.0) --------------------------------------------------------------------------------------------
 EMPTY_REPLY = SmtpReply(
     550, "5.6.0", "Your reply is empty once quoted text is removed; write your answer above the quote"
+)
+NO_TEXT = SmtpReply(
+    550, "5.6.0", "Your message has no text and no attachment; write your question or answer in the body"
 )
 ONLY_SIGNATURE = SmtpReply(550, "5.6.0", "Your reply holds only a signature; write your answer above it")
 # The message itself is beyond what the gateway processes ([limits]); it would fail the same way on every retry.

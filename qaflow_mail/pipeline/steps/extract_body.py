@@ -12,11 +12,10 @@ from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.scrub import scrub
 from qaflow_mail.pipeline import Context, Outcome, rejected
 from qaflow_mail.pipeline.cpu import extract_untrusted
-from qaflow_mail.replies import EMPTY_REPLY, ONLY_SIGNATURE
+from qaflow_mail.replies import EMPTY_REPLY, NO_TEXT, ONLY_SIGNATURE
 
 log = logging.getLogger(__name__)
 
-NOTHING_WRITTEN = "Your message has no text and no attachment; write your question or answer in the body"
 
 
 async def _scrubbed(ctx: Context, content: Content) -> Content:
@@ -39,6 +38,6 @@ async def extract_body(ctx: Context) -> Context | Outcome:
         if content.only_signature:
             return rejected(ONLY_SIGNATURE)
         if not content.full_text.strip():
-            return rejected(EMPTY_REPLY.with_text(NOTHING_WRITTEN))
+            return rejected(NO_TEXT)
         return rejected(EMPTY_REPLY)
     return dataclasses.replace(ctx, content=content)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from email.message import EmailMessage
 
 from qaflow_mail.db.models import Disposition
-from qaflow_mail.pipeline.steps.extract_body import NOTHING_WRITTEN, extract_body
-from qaflow_mail.replies import EMPTY_REPLY, ONLY_SIGNATURE
+from qaflow_mail.pipeline.steps.extract_body import extract_body
+from qaflow_mail.replies import EMPTY_REPLY, NO_TEXT, ONLY_SIGNATURE
 from tests.unit.steps.conftest import MakeContext, assert_refused, passed
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
@@ -49,7 +49,7 @@ async def test_a_reply_that_is_only_a_quote_is_refused(make_context: MakeContext
 
 async def test_an_empty_body_is_refused_for_having_no_text(make_context: MakeContext) -> None:
     """The refusal names the real reason: nothing was written (there is no quote to blame)."""
-    assert_refused(await extract_body(make_context(body="\n\n")), EMPTY_REPLY.with_text(NOTHING_WRITTEN))
+    assert_refused(await extract_body(make_context(body="\n\n")), NO_TEXT)
 
 
 async def test_a_screenshot_without_words_is_a_post(make_context: MakeContext) -> None:
