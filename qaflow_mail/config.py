@@ -28,6 +28,7 @@ class SiteSettings:
     base_url: str = ""  # empty: the HTTP listener's own address (Settings.__post_init__)
     data_dir: str = "var"
     tagline: str = "Ask questions and get answers from our community."  # the web pages' welcome line
+    node_name: str = ""  # this process's label in /metrics' in-process figures; empty: the host name
     # Not a config key: the installation salt of minted Message-IDs, read from the database at start-up
     # (db/installation.py), so a recreated database never mints an id an earlier one did.
     message_id_salt: str = ""
@@ -56,6 +57,10 @@ class SmtpSettings:
     max_connections: int = 400
     max_connections_per_client: int = 20
     junk_command_limit: int = 50  # NOOP, RSET, VRFY, HELP and unknown commands per connection
+    max_bytes_in_flight: int = 64 * 1024 * 1024  # bytes of received mail processed at once, all connections
+    in_flight_wait: float = 20.0  # seconds a message waits for room within max_bytes_in_flight; then 452 4.3.1
+    spool_threshold: int = 1024 * 1024  # DATA beyond this many bytes is spooled to a temporary file
+    spool_dir: str = ""  # where spooled DATA goes; empty: the system's temporary directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,8 @@ class OutboundSettings:
     max_attempts: int = 8
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 6 * 3600.0
+    lease_seconds: float = 300.0  # a claimed outbox batch; after a crash its unsent rows go out again after this
+    fanout_lease_seconds: float = 120.0  # a claimed fan-out job; after a crash another worker resumes it after this
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,15 @@
 #   swaks          a real SMTP client for end-to-end checks
 #   chromium       a real headless browser for the web pages' XSS test and screenshots (tests/browser)
 #   fonts-dejavu-core  a font for that browser to render text with
+#   s-nail         a real mail client whose thread view must put an answer under the question it answers
+#   postfix        the MTA in front of two gateway nodes in the production test (started per test from its own
+#                  config directory, never as a system service)
 # Idempotent: installs only what is missing. As root it installs; as another user it only reports, and the tests
 # that need a missing peer skip with a message naming this script. Always exits 0 unless an install fails.
-# On a systemd host the package also enables the system Dovecot on ports 143/993; the tests never use it.
+# On a systemd host the packages also enable the system Dovecot (143/993) and Postfix (25); the tests never use them.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd openssl swaks chromium fonts-dejavu-core)
+PACKAGES=(dovecot-imapd openssl swaks chromium fonts-dejavu-core s-nail postfix)
 
 installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]

@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from qaflow_mail.commands.common import CommandError, Subparsers, iso, print_json, read_input, run_in_session
 from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine, session_factory
-from qaflow_mail.db.models import Announcement
+from qaflow_mail.db.models import Announcement, FanoutKind
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.announcements import announcement_status
+from qaflow_mail.services import fanout_jobs
 from qaflow_mail.services.announcements import publish_text
 from qaflow_mail.services.users import UnknownUser, find_user
 
@@ -62,7 +63,7 @@ def cmd_announce_send(settings: Settings, args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(f"announcement {result['id']} published (topic #{result['topic_id']}), "
-              f"{result['recipients']} message(s) queued")
+              f"{result['recipients']} message(s) to be queued by the running gateway")
     return 0
 
 
@@ -72,11 +73,15 @@ async def status_of(session: AsyncSession, announcement_id: int) -> dict[str, An
     if announcement is None:
         raise CommandError(f"no announcement {announcement_id}")
     counts = await announcement_status(session, announcement_id)
+    job = await fanout_jobs.progress(session, kind=FanoutKind.ANNOUNCEMENT, target_id=announcement_id)
+    # The broadcast's fan-out job writes the outbox rows in batches: until it finishes, some are still to come.
+    fanout = None if job is None else {"written": job.handed, "finished": job.finished_at is not None,
+                                       "error": job.last_error or None}
     return {
         "id": announcement.id, "subject": announcement.subject, "status": announcement.status,
         "verified_by": announcement.verified_by or None, "post_id": announcement.post_id,
         "inbound_id": announcement.inbound_id, "created_at": iso(announcement.created_at),
-        "confirmed_at": iso(announcement.confirmed_at), **counts,
+        "confirmed_at": iso(announcement.confirmed_at), **counts, "fanout": fanout,
     }
 
 
@@ -88,6 +93,9 @@ def cmd_announce_status(settings: Settings, args: argparse.Namespace) -> int:
         print(f"announcement {data['id']} \"{data['subject']}\": {data['status']}"
               f"{' (' + data['verified_by'] + ')' if data['verified_by'] else ''}")
         print(f"  queued {data['queued']}, sent {data['sent']}, failed {data['failed']}")
+        fanout = data["fanout"]
+        if fanout is not None and not fanout["finished"]:
+            print(f"  still writing the broadcast: {fanout['written']} message(s) written so far")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""`category add SLUG [--name N] [--allow-strangers] [--private]`, `category set SLUG --private|--public` and
-`category list [--json]`. A private category is mail only: not on the web at all."""
+"""`category add SLUG [--name N] [--allow-strangers] [--private]`, `category set SLUG --private|--public|
+--default-mode each|daily|weekly|…` and `category list [--json]`. A private category is mail only: not on the web
+at all."""
 
 from __future__ import annotations
 
@@ -46,11 +47,14 @@ def cmd_category_set(settings: Settings, args: argparse.Namespace) -> int:
             category.private = args.private
         if args.moderated is not None:
             category.moderated = args.moderated
-        await categories.update_category(session, category.slug, name=args.name, allow_strangers=args.allow_strangers)
+        await categories.update_category(session, category.slug, name=args.name, allow_strangers=args.allow_strangers,
+                                         default_mode=args.default_mode)
 
-    if args.private is None and args.moderated is None and args.name is None and args.allow_strangers is None:
+    if (args.private is None and args.moderated is None and args.name is None and args.allow_strangers is None
+            and args.default_mode is None):
         raise CommandError("nothing to change: give --private or --public, --moderated or --unmoderated, "
-                           "--name NAME, --allow-strangers or --members-only")
+                           "--name NAME, --allow-strangers or --members-only, --default-mode MODE or "
+                           "--site-default-mode")
     if args.name is not None and not args.name.strip():
         raise CommandError("--name cannot be empty")
     run_in_session(settings, work)
@@ -65,6 +69,9 @@ def cmd_category_set(settings: Settings, args: argparse.Namespace) -> int:
     if args.allow_strangers is not None:
         who = "anyone may post (unknown senders become staged users)" if args.allow_strangers else "members only"
         print(f"category {args.slug.lower()}: {who}")
+    if args.default_mode is not None:
+        mode = args.default_mode or f"the site's default ({settings.subscriptions.default_mode})"
+        print(f"category {args.slug.lower()}: a join that names no mode gets {mode}")
     return 0
 
 
@@ -101,7 +108,8 @@ def cmd_category_list(settings: Settings, args: argparse.Namespace) -> int:
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         return [
             {"id": c.id, "slug": c.slug, "name": c.name, "allow_strangers": c.allow_strangers, "private": c.private,
-             "address": f"{c.slug}@{settings.site.domain}", "created_at": iso(c.created_at)}
+             "address": f"{c.slug}@{settings.site.domain}", "created_at": iso(c.created_at),
+             "default_mode": categories.join_default_mode(c, settings.subscriptions.default_mode).value}
             for c in await categories.list_categories(session)
         ]
 
@@ -141,6 +149,11 @@ def register(subparsers: Subparsers) -> None:
     moderated.add_argument("--moderated", dest="moderated", action="store_true", default=None,
                            help="every post waits for a moderator")
     moderated.add_argument("--unmoderated", dest="moderated", action="store_false", help="posts go out at once")
+    mode = change.add_mutually_exclusive_group()
+    mode.add_argument("--default-mode", choices=[m.value for m in categories.JOIN_DEFAULT_MODES],
+                      help="what a join that names no mode gets here")
+    mode.add_argument("--site-default-mode", dest="default_mode", action="store_const", const="",
+                      help="joins here get [subscriptions] default_mode again")
     change.set_defaults(func=cmd_category_set)
     moderator = category.add_parser("moderator", help="category moderators").add_subparsers(
         dest="moderator_command", required=True)

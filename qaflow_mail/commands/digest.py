@@ -1,4 +1,5 @@
-"""`digest run [--period daily|weekly] [--now ISO-TIME] [--json]`: one digest pass (both periods by default)."""
+"""`digest run [--period daily|weekly] [--now ISO-TIME] [--dry-run] [--json]`: one digest pass (both periods by
+default); with --dry-run, who would get which digest, with nothing queued and no digest clock moved."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def cmd_digest_run(settings: Settings, args: argparse.Namespace) -> int:
         try:
             sessions = session_factory(engine)
             return [await run_digests(sessions, settings=settings, renderer=renderer, now=now, period=period,
-                                      not_after=datetime.now(UTC))
+                                      not_after=datetime.now(UTC), dry_run=args.dry_run)
                     for period in periods]
         finally:
             await engine.dispose()
@@ -43,6 +44,12 @@ def cmd_digest_run(settings: Settings, args: argparse.Namespace) -> int:
     results = asyncio.run(work())
     if args.json:
         print_json({"now": iso(now), "runs": [r.as_dict() for r in results]})
+    elif args.dry_run:
+        for r in results:
+            for p in r.previews:
+                print(f"{p.period:<7} {p.email:<40} {p.topics:>3} topic(s)  {iso(p.start)} .. {iso(p.end)}")
+            print(f"{r.period}: {r.digests} digest(s) would be queued, {r.nothing_new} user(s) with nothing new, "
+                  f"{r.users_due} due at {iso(now)} (dry run: nothing queued, no clock moved)")
     else:
         for r in results:
             print(f"{r.period}: {r.digests} digest(s) queued, {r.nothing_new} user(s) with nothing new, "
@@ -56,5 +63,7 @@ def register(subparsers: Subparsers) -> None:
     run = digest.add_parser("run", help="one digest pass now (or at --now): whatever is due is queued, once")
     run.add_argument("--period", choices=[p.value for p in Period], help="default: both")
     run.add_argument("--now", help="the time of the pass, ISO 8601 (default: now; no offset means UTC)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print who would get which digest (user, period, topics); queue nothing, move no clock")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=cmd_digest_run)

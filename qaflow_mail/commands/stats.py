@@ -38,6 +38,13 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     print(f"users        {_counts(data['users_by_status'])}; {data['bouncing_users']} bouncing, "
           f"{data['bounces']} bounce(s) recorded")
     print(f"topics       {data['topics']} in {data['categories']} categories")
+    print(f"deliveries   {_counts(data['deliveries'])}")
+    runs = data["digest_runs"]
+    digests = "; ".join(f"{period} last run {run['last_run_at']} ({run['last_digests']} queued), "
+                        f"{run['digests_total']} in all" for period, run in runs.items())
+    print(f"digests      {digests or 'no run yet'}")
+    scores = data["bounce_scores"]["buckets"]
+    print("bounce score " + ", ".join(f"<= {le}: {n}" for le, n in scores.items()) + " user(s)")
     print(f"retention    due now: {_counts(data['retention_due'])}")
     return 0
 

@@ -169,6 +169,8 @@ class Category(Base):
     # Every post waits for a moderator.
     moderated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What a join that names no mode gives here (each|daily|weekly); NULL = [subscriptions] default_mode.
+    default_mode: Mapped[str | None] = mapped_column(String(16))
 
 
 class Topic(Base):
@@ -366,12 +368,16 @@ class BounceRecord(Base):
 class ConfirmationKind(StrEnum):
     JOIN = "join"
     LEAVE = "leave"
+    MODE = "mode"  # a -request@ "mode" from a sender our MTA did not authenticate; confirmation_requests.mode
+    NOTIFY = "notify"  # likewise "notify"; confirmation_requests.mode holds the choice (all|direct|off)
 
 
 class ConfirmationRequest(Base):
-    """A join or leave asked for by mail, waiting for the address itself to confirm (double opt-in).
+    """A join or leave asked for by mail (or a mode or notify change from an unauthenticated sender), waiting for
+    the address itself to confirm (double opt-in).
 
-    category_id None means the site's announcements. At most one is sent per address, category and day.
+    category_id None means the site's announcements. ``mode`` is the subscription mode asked for (join, mode) or
+    the notify choice (notify). At most one is sent per address, category, kind and day.
     """
 
     __tablename__ = "confirmation_requests"
@@ -459,3 +465,17 @@ class FanoutJob(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DigestRun(Base):
+    """One row per digest period: when a pass last ran (on any node) and how many digests all passes queued.
+
+    ``digests_total`` only grows (outbox rows are pruned, this is not), so ``/metrics`` serves it as a counter
+    that every node reads alike."""
+
+    __tablename__ = "digest_runs"
+
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_digests: Mapped[int] = mapped_column(Integer, default=0)
+    digests_total: Mapped[int] = mapped_column(BigInteger, default=0)

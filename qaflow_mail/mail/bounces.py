@@ -137,6 +137,8 @@ def read_bounce(raw: bytes, *, null_sender: bool = False, to_bounce_address: boo
 
 def find_bounce(raw: bytes, *, null_sender: bool = False, to_bounce_address: bool = False) -> BounceFinding | None:
     """Like `read_bounce`, with the sign that made it a bounce."""
+    if _no_bounce_sign(raw, null_sender=null_sender, to_bounce_address=to_bounce_address):
+        return None
     # flufl.bounce's detectors are written against the compat32 Message API.
     msg = email.message_from_bytes(raw)
     subject = header_text(msg, "Subject")
@@ -187,6 +189,22 @@ def verp_token(recipient: str, *, domain: str) -> str | None:
         return None
     match = _VERP_LOCAL_RE.fullmatch(local)
     return match.group("token") if match else None
+
+
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_DELIVERY_STATUS_RE = re.compile(rb"delivery-status", re.IGNORECASE)
+
+
+def _no_bounce_sign(raw: bytes, *, null_sender: bool, to_bounce_address: bool) -> bool:
+    """True when nothing `find_bounce` acts on is there: no delivery-status part or report type anywhere, and no
+    sign in the top-level header block. Read from the header block and one scan of the bytes, so ordinary mail
+    (a 25 MB one too) is not parsed a second time just to learn it is no bounce."""
+    if null_sender or to_bounce_address or _DELIVERY_STATUS_RE.search(raw):
+        return False
+    end = _HEAD_END_RE.search(raw)
+    head = email.message_from_bytes(raw[: end.end()] if end else raw)
+    return not (head.get_all("X-Failed-Recipients") or is_daemon_sender(header_text(head, "From"))
+                or _null_return_path(head) or is_bounce_subject(header_text(head, "Subject")))
 
 
 def is_bounce_subject(subject: str) -> bool:

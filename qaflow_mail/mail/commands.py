@@ -1,5 +1,7 @@
-"""Recognising a reply whose whole text is a command ("unsubscribe", "stop", "remove me", in a few languages),
-so that it is applied instead of being posted. Pure.
+"""The words people use to leave a list ("unsubscribe", "stop", "remove me", in a few languages), owned here for
+both command readers: a reply whose whole text is such a command is applied instead of being posted
+(``reply_command``), and a <slug>-request@ line that says it is a ``leave`` (``is_leave_phrase``, used by
+mail.request_commands). Pure.
 
 Only a short text that is nothing but the command (give or take "please", "me", punctuation and a greeting's
 worth of politeness) counts: "How do I stop the daemon?" is a question, never a command.
@@ -54,11 +56,15 @@ def _normalised(text: str) -> str:
     return _NOISE_RE.sub(" ", text).strip()
 
 
+def is_leave_phrase(line: str) -> bool:
+    """Whether one line says nothing but "let me leave", in any of the languages above."""
+    candidate = line.strip()
+    return 0 < len(candidate) <= _MAX_COMMAND_CHARS and _UNSUBSCRIBE_RE.match(_normalised(candidate)) is not None
+
+
 def reply_command(text: str) -> ReplyCommand | None:
     """The command a reply's visible text is, or None. The subject never counts: a topic may be called "Stop"."""
     candidate = text.strip()
-    if not candidate or len(candidate) > _MAX_COMMAND_CHARS or "\n\n" in candidate.strip():
+    if "\n\n" in candidate:
         return None
-    if _UNSUBSCRIBE_RE.match(_normalised(candidate)):
-        return ReplyCommand.UNSUBSCRIBE
-    return None
+    return ReplyCommand.UNSUBSCRIBE if is_leave_phrase(candidate) else None

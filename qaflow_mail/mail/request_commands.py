@@ -3,7 +3,8 @@ first body lines. Pure.
 
 A mail may carry several commands, one a line; reading stops at the first line that is not a command, at a
 signature separator or at quoted text, so a reply's quote or a signature is never taken for a command. Words
-Mailman users know are accepted too (subscribe, unsubscribe, digest).
+Mailman users know are accepted too (subscribe, digest, info), and every way of saying "leave" that a reply may
+use (unsubscribe, stop, remove me, abmelden, …: mail.commands owns those words).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+from qaflow_mail.mail.commands import is_leave_phrase
 
 MAX_COMMANDS = 10  # more than this in one mail is not a person managing their subscription
 
@@ -29,7 +32,7 @@ MODES = ("each", "daily", "weekly", "mute")
 NOTIFY_CHOICES = ("all", "direct", "off")
 
 _VERBS = {verb.value: verb for verb in Verb}
-_ALIASES = {"subscribe": Verb.JOIN, "unsubscribe": Verb.LEAVE, "digest": Verb.MODE, "info": Verb.STATUS}
+_ALIASES = {"subscribe": Verb.JOIN, "digest": Verb.MODE, "info": Verb.STATUS}  # leaving: is_leave_phrase
 _SIGNATURE_RE = re.compile(r"^(?:--|-- |__+)\s*$")
 _REPLY_PREFIX_RE = re.compile(r"^\s*(?:(?:re|aw|sv|fwd?|wg)\s*:\s*)+", re.IGNORECASE)
 _TRAILING_PUNCTUATION = ".!;,"
@@ -54,6 +57,8 @@ def parse_line(line: str) -> Command | None:
     if not words:
         return None
     verb = _ALIASES.get(words[0]) or _VERBS.get(words[0])
+    if verb is None and is_leave_phrase(text):
+        return Command(Verb.LEAVE, None, text)
     if verb is None or len(words) > 2:
         return None
     argument = words[1] if len(words) == 2 else None

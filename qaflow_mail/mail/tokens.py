@@ -33,10 +33,10 @@ _MAX_VARINT_BYTES = 9  # 63 bits
 
 class TokenKind(StrEnum):
     REPLY = "reply"  # ids: (post id, user id)
-    UNSUBSCRIBE = "unsubscribe"  # ids: (user id, category id), category id 0 meaning "all announcements"
+    UNSUBSCRIBE = "unsubscribe"  # ids: (user id, category id[, generation]), category 0 = "all announcements"
     BOUNCE = "bounce"  # ids: (user id, outbox id), VERP envelope sender
     CONFIRM = "confirm"  # ids: (announcement id, user id); the caller enforces single use
-    DIGEST = "digest"  # ids: (user id, 1 daily | 2 weekly): a digest's own unsubscribe stops that whole digest
+    DIGEST = "digest"  # ids: (user id, 1 daily | 2 weekly[, generation]): stops that whole digest
     JOIN = "join"  # ids: (confirmation request id, 0): confirms a join or leave asked for by mail; single use
     MODERATE = "moderate"  # ids: (held post id, moderator user id)
 
@@ -66,10 +66,11 @@ _KIND_CODES: dict[TokenKind, int] = {
 }
 _KINDS_BY_CODE = {code: kind for kind, code in _KIND_CODES.items()}
 _ID_COUNT: dict[TokenKind, int] = dict.fromkeys(TokenKind, 2)
-# An UNSUBSCRIBE token with a third id, the user's token generation: raising users.token_generation voids every
-# earlier link. A two-id UNSUBSCRIBE token (code 2) reads as generation 0.
-_GENERATION_CODE = 8
-_KINDS_BY_CODE[_GENERATION_CODE] = TokenKind.UNSUBSCRIBE
+# The kinds that stop mail (an UNSUBSCRIBE token, a digest's own DIGEST token) may carry a third id, the user's
+# token generation: raising users.token_generation voids every earlier link. Such a token has its own kind code;
+# a two-id token of the plain code reads as generation 0, so links minted before generations keep working.
+_GENERATION_CODES: dict[TokenKind, int] = {TokenKind.UNSUBSCRIBE: 8, TokenKind.DIGEST: 9}
+_KINDS_BY_CODE.update({code: kind for kind, code in _GENERATION_CODES.items()})
 
 
 class InvalidToken(ValueError):
@@ -92,7 +93,7 @@ def sign(kind: TokenKind, ids: tuple[int, ...], *, secret: str, issued: date) ->
     """The token for ``ids`` of ``kind``, issued on ``issued``."""
     if not secret:
         raise ValueError("token secret must not be empty")
-    with_generation = kind is TokenKind.UNSUBSCRIBE and len(ids) == _ID_COUNT[kind] + 1
+    with_generation = kind in _GENERATION_CODES and len(ids) == _ID_COUNT[kind] + 1
     if len(ids) != _ID_COUNT[kind] and not with_generation:
         raise ValueError(f"{kind} tokens carry {_ID_COUNT[kind]} ids, got {len(ids)}")
     for value in ids:
@@ -101,7 +102,7 @@ def sign(kind: TokenKind, ids: tuple[int, ...], *, secret: str, issued: date) ->
     day = (issued - EPOCH).days
     if day < 0:
         raise ValueError(f"issue date {issued} is before {EPOCH}")
-    code = _GENERATION_CODE if with_generation else _KIND_CODES[kind]
+    code = _GENERATION_CODES[kind] if with_generation else _KIND_CODES[kind]
     body = bytes([_VERSION << 4 | code]) + b"".join(_varint(v) for v in (*ids, day))
     raw = body + _mac(secret, body)
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
@@ -182,7 +183,8 @@ def _parse_body(body: bytes) -> tuple[TokenKind, tuple[int, ...], int]:
         raise InvalidToken(TokenError.MALFORMED, f"unknown token kind {code}")
     values: list[int] = []
     pos = 1
-    for _ in range(_ID_COUNT[kind] + (2 if code == _GENERATION_CODE else 1)):
+    with_generation = _GENERATION_CODES.get(kind) == code
+    for _ in range(_ID_COUNT[kind] + (2 if with_generation else 1)):
         value, pos = _read_varint(body, pos)
         values.append(value)
     if pos != len(body):
@@ -239,7 +241,7 @@ def peek_kind(token: str) -> TokenKind | None:
 
 
 def unsubscribe_generation(ids: Sequence[int]) -> int:
-    """The token generation an UNSUBSCRIBE token's ids carry (0 for a token minted before generations)."""
+    """The token generation an UNSUBSCRIBE or DIGEST token's ids carry (0 for a token minted without one)."""
     return ids[2] if len(ids) > 2 else 0
 
 
@@ -257,6 +259,12 @@ def signed_by_us(token: str, *, secrets: Sequence[str]) -> bool:
 
 
 def unsubscribe_ids(user_id: int, category_id: int, generation: int) -> tuple[int, ...]:
-    """The ids an UNSUBSCRIBE token carries: generation 0 is left out, so tokens minted before generations
-    existed and new ones for never-rotated users are the same."""
+    """The ids an UNSUBSCRIBE token carries (category id ANNOUNCEMENTS_CATEGORY_ID for the announcements):
+    generation 0 is left out, so tokens minted before generations existed and new ones for never-rotated users
+    are the same."""
     return (user_id, category_id) if generation == 0 else (user_id, category_id, generation)
+
+
+def digest_ids(user_id: int, period: str, generation: int) -> tuple[int, ...]:
+    """The ids a DIGEST token carries for the "daily" or "weekly" digest; generation 0 left out, as above."""
+    return unsubscribe_ids(user_id, DIGEST_CODES[period], generation)

@@ -8,7 +8,8 @@ a re-run of the same broadcast adds nothing.
 
 The broadcast has one Message-ID for everyone, mapped to the announcement's post in ``message_refs``; List-Id
 ``announcements.<domain>``, ``List-Post: NO``, and a List-Unsubscribe whose token carries category id 0, which
-the unsubscribe handler reads as "mute announcements". It has no Reply-To: replies are not invited.
+the unsubscribe handler reads as "mute announcements", and the user's token generation (so ``user rotate-tokens``
+voids it as it voids every other unsubscribe link). It has no Reply-To: replies are not invited.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from qaflow_mail.db.models import (
 )
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, via_display_name
-from qaflow_mail.mail.tokens import ANNOUNCEMENTS_CATEGORY_ID, TokenKind, sign
+from qaflow_mail.mail.tokens import ANNOUNCEMENTS_CATEGORY_ID, TokenKind, sign, unsubscribe_ids
 from qaflow_mail.outbound.fanout import (
     MessagePrototype,
     Placeholders,
@@ -48,6 +49,7 @@ from qaflow_mail.outbound.fanout import (
     fan_out,
     prototype_of,
 )
+from qaflow_mail.outbound.notify import NotifyBatch
 from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import Renderer, author_name
 from qaflow_mail.urls import bounce_address, category_url, topic_url, unsubscribe_address, unsubscribe_url
@@ -84,15 +86,16 @@ async def audience_count(session: AsyncSession) -> int:
     return int(count or 0)
 
 
-async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) -> list[Recipient]:
-    """The next `limit` recipients by user id (keyset pagination: each page is one indexed range scan)."""
+async def _audience_page(session: AsyncSession, *, after_id: int, limit: int) -> list[tuple[Recipient, int]]:
+    """The next `limit` recipients by user id, each with their token generation (keyset pagination: each page is
+    one indexed range scan)."""
     rows = await session.execute(
-        select(User.id, User.email)
+        select(User.id, User.email, User.token_generation)
         .where(User.status == UserStatus.ACTIVE.value, User.announcements_muted.is_(False), User.id > after_id)
         .order_by(User.id)
         .limit(limit)
     )
-    return [Recipient(user_id=uid, email=email) for uid, email in rows]
+    return [(Recipient(user_id=uid, email=email), generation or 0) for uid, email, generation in rows]
 
 
 class BroadcastBuilder:
@@ -110,6 +113,7 @@ class BroadcastBuilder:
         self.message_id = broadcast_message_id(announcement.id, domain=settings.site.domain,
                                                salt=settings.site.message_id_salt)
         self.placeholders = Placeholders.new()
+        self.generations: dict[int, int] = {}  # user id -> token generation, signed into the unsubscribe token
         rendered = renderer.render(BROADCAST_TEMPLATE, self._context(author))
         self._subject = rendered.subject
         self._text = rendered.text
@@ -176,8 +180,10 @@ class BroadcastBuilder:
         secret, issued = self.settings.tokens.secret, self.issued
         return RecipientTokens(
             reply="",
-            unsubscribe=sign(TokenKind.UNSUBSCRIBE, (recipient.user_id, ANNOUNCEMENTS_CATEGORY_ID), secret=secret,
-                             issued=issued),
+            unsubscribe=sign(TokenKind.UNSUBSCRIBE,
+                             unsubscribe_ids(recipient.user_id, ANNOUNCEMENTS_CATEGORY_ID,
+                                             self.generations.get(recipient.user_id, 0)),
+                             secret=secret, issued=issued),
             bounce=sign(TokenKind.BOUNCE, (recipient.user_id, self.post.id), secret=secret, issued=issued),
         )
 
@@ -199,7 +205,10 @@ class BroadcastBuilder:
         log.warning("announce.skipped announcement_id=%s user_id=%s reason=%s", self.announcement.id,
                     recipient.user_id, reason)
 
-    def messages(self, recipients: Sequence[Recipient]) -> list[OutgoingMessage]:
+    def messages(self, recipients: Sequence[Recipient], generations: dict[int, int] | None = None
+                 ) -> list[OutgoingMessage]:
+        """The messages for ``recipients``; ``generations`` maps user ids to token generations (0 when absent)."""
+        self.generations = dict(generations or {})
         return fan_out(self, self.prototype, recipients)
 
 
@@ -228,12 +237,36 @@ async def enqueue_broadcast(
         page = await _audience_page(session, after_id=after_id, limit=batch)
         if not page:
             break
-        messages = builder.messages(page)
+        messages = builder.messages([recipient for recipient, _ in page],
+                                    {recipient.user_id: generation for recipient, generation in page})
         await enqueue(session, messages, now=now, chunk=batch)
         handed += len(messages)
-        after_id = page[-1].user_id
+        after_id = page[-1][0].user_id
     log.info("announce.enqueued announcement_id=%s post_id=%s recipients=%d", announcement.id, post.id, handed)
     return handed
+
+
+async def enqueue_broadcast_batch(
+    session: AsyncSession, *, settings: Settings, renderer: Renderer, announcement: Announcement, post: Post,
+    author: User, now: datetime, after_user_id: int, limit: int,
+) -> NotifyBatch:
+    """One slice of ``enqueue_broadcast``: the audience after ``after_user_id``, ``limit`` of them (a fan-out job
+    runs the slices in turn, one transaction each, and resumes after the last user id done). ``now`` must be the
+    job's own time, so every slice renders and signs alike."""
+    builder = BroadcastBuilder(settings, renderer, announcement=announcement, post=post, author=author, now=now)
+    if after_user_id == 0:
+        await session.execute(
+            dialect_insert(session, MessageRef)
+            .values(message_id=builder.message_id, post_id=post.id, user_id=None, kind=MESSAGE_REF_KIND)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+        )
+    page = await _audience_page(session, after_id=after_user_id, limit=max(1, limit))
+    if not page:
+        return NotifyBatch(handed=0, last_user_id=after_user_id, done=True)
+    messages = builder.messages([recipient for recipient, _ in page],
+                                {recipient.user_id: generation for recipient, generation in page})
+    await enqueue(session, messages, now=now, chunk=max(1, limit))
+    return NotifyBatch(handed=len(messages), last_user_id=page[-1][0].user_id, done=len(page) < limit)
 
 
 async def announcement_status(session: AsyncSession, announcement_id: int) -> dict[str, int]:

@@ -7,7 +7,8 @@ announcements category itself in this mode. The user's own posts are left out.
 
 Unsubscribing. A digest covers several categories. Its List-Unsubscribe (the mail client's one button) carries
 a DIGEST token that stops the whole digest: every subscription of the user in that mode is muted. The footer
-gives one link per category, each turning only that category off.
+gives one link per category, each turning only that category off. Every one of these tokens carries the user's
+token generation, so ``user rotate-tokens`` (or a new join) voids them all.
 
 Replies. Each topic carries its own ``reply+<token>`` address, bound to the latest post of that topic the
 digest shows (the opening post for a topic without new replies) and to the recipient, so a reply threads under
@@ -29,7 +30,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes
-from qaflow_mail.mail.tokens import DIGEST_CODES, TokenKind, sign, unsubscribe_ids
+from qaflow_mail.mail.tokens import TokenKind, digest_ids, sign, unsubscribe_ids
 from qaflow_mail.outbound.digest_schedule import Period
 from qaflow_mail.outbound.outbox import OutgoingMessage
 from qaflow_mail.outbound.render import Rendered, Renderer
@@ -77,7 +78,7 @@ class DigestRecipient:
     name: str
     timezone: ZoneInfo
     show_announcements: bool
-    token_generation: int = 0  # users.token_generation, signed into the category unsubscribe tokens
+    token_generation: int = 0  # users.token_generation, signed into every unsubscribe token of the digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ class DigestContext:
     unsubscribe: tuple[DigestUnsubscribe, ...]  # one per category; the first one goes into List-Unsubscribe
     site_name: str
     base_url: str
+    token_generation: int = 0  # the recipient's, for the digest's own "stop this digest" token
 
     @property
     def is_empty(self) -> bool:
@@ -269,7 +271,7 @@ def build_digest(
         timezone=tz.key, window_start=earliest, window_end=latest, announcements=announcements,
         new_topics=tuple(kept_new), active_topics=tuple(kept_active), omitted_topics=omitted,
         categories=tuple(w.category_name for w in ordered), unsubscribe=unsubscribe,
-        site_name=settings.site.name, base_url=settings.site.base_url,
+        site_name=settings.site.name, base_url=settings.site.base_url, token_generation=recipient.token_generation,
     )
 
 
@@ -298,7 +300,7 @@ def digest_message(
     domain = settings.site.domain
     message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain,
                                    salt=settings.site.message_id_salt)
-    stop_token = sign(TokenKind.DIGEST, (digest.user_id, DIGEST_CODES[digest.period.value]),
+    stop_token = sign(TokenKind.DIGEST, digest_ids(digest.user_id, digest.period.value, digest.token_generation),
                       secret=settings.tokens.secret, issued=now.date())
     stop = DigestUnsubscribe(category=f"{digest.period.value} digest", url=unsubscribe_url(settings, stop_token),
                              mailto=unsubscribe_address(settings, stop_token))

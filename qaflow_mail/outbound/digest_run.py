@@ -36,6 +36,7 @@ from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
     Category,
     CategorySubscription,
+    DigestRun,
     MessageRef,
     Post,
     SubscriptionMode,
@@ -64,6 +65,22 @@ BODY_PREFIX_CHARS = 2000  # only this much of each post body is loaded: excerpts
 
 
 @dataclass(frozen=True, slots=True)
+class DigestPreview:
+    """Who a pass would send a digest to, for which window, and how many topics it would hold (a dry run)."""
+
+    user_id: int
+    email: str
+    period: str
+    start: datetime  # the earliest window start among the user's subscriptions
+    end: datetime
+    topics: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "email": self.email, "period": self.period,
+                "start": self.start.isoformat(), "end": self.end.isoformat(), "topics": self.topics}
+
+
+@dataclass(frozen=True, slots=True)
 class DigestStats:
     period: str
     users_due: int = 0
@@ -73,11 +90,18 @@ class DigestStats:
     raced: int = 0  # users another run (process) handled between our read and our commit
     batches: int = 0
     seconds: float = 0.0
+    dry_run: bool = False
+    previews: tuple[DigestPreview, ...] = ()  # a dry run's digests; empty otherwise
 
     def as_dict(self) -> dict[str, Any]:
-        return {"period": self.period, "users_due": self.users_due, "digests": self.digests,
-                "nothing_new": self.nothing_new, "subscriptions_advanced": self.subscriptions_advanced,
-                "raced": self.raced, "batches": self.batches, "seconds": round(self.seconds, 3)}
+        data: dict[str, Any] = {
+            "period": self.period, "users_due": self.users_due, "digests": self.digests,
+            "nothing_new": self.nothing_new, "subscriptions_advanced": self.subscriptions_advanced,
+            "raced": self.raced, "batches": self.batches, "seconds": round(self.seconds, 3)}
+        if self.dry_run:
+            data["dry_run"] = True
+            data["would_send"] = [p.as_dict() for p in self.previews]
+        return data
 
 
 @dataclass(slots=True)
@@ -230,6 +254,7 @@ class _Plan:
     seen: dict[int, datetime | None]  # subscription id -> last_digest_at when read
     advance: dict[int, datetime]  # subscription id -> its new last_digest_at
     message: OutgoingMessage | None  # None: nothing new (or no address we can mail)
+    preview: DigestPreview | None = None  # set when the digest holds something
 
 
 async def _plan_batch(
@@ -242,9 +267,11 @@ async def _plan_batch(
     renderer: Renderer,
     now: datetime,
     not_after: datetime | None = None,
+    render: bool = True,
 ) -> list[_Plan]:
     """Read what is due and new (a few queries, no locks), then build, render and compose each digest, yielding
-    to the event loop between users: this is the CPU-heavy part, and it holds no lock."""
+    to the event loop between users: this is the CPU-heavy part, and it holds no lock. Without `render` (a dry
+    run) the digests are built and counted, never rendered."""
     mode = SubscriptionMode(period.value).value
     async with session_factory() as session:
         subscriptions = await _subscriptions(session, user_ids, mode)
@@ -290,6 +317,11 @@ async def _plan_batch(
         digest = build_digest(period=period, recipient=recipient, windows=windows, topics=topics, posts=posts,
                               settings=settings, issued=now.date())
         if digest.is_empty:
+            continue
+        plan.preview = DigestPreview(user_id=user.id, email=user.email, period=period.value,
+                                     start=min(w.start for w in windows), end=end,
+                                     topics=len(digest.new_topics) + len(digest.active_topics))
+        if not render:
             continue
         rendered = render_digest(renderer, digest)
         try:
@@ -347,26 +379,36 @@ async def run_digests(
     period: Period | str,
     batch_size: int = USER_BATCH,
     not_after: datetime | None = None,
+    dry_run: bool = False,
 ) -> DigestStats:
     """One pass: every user due for a `period` digest at `now` gets it enqueued (or, with nothing new, is
     advanced without one). Each batch of users is one transaction. Safe to run at any time, in any number of
     processes at once: the database decides who is due. `not_after` (the real time, for a pass run by hand for
-    another `now`) caps the windows and the send time, so a future `now` cannot hide posts made meanwhile."""
+    another `now`) caps the windows and the send time, so a future `now` cannot hide posts made meanwhile.
+    `dry_run` plans the same digests and returns them as `previews`: nothing is queued, no clock moves."""
     started = clock.perf_counter()
     which = Period(period)
     schedule = DigestSchedule.from_settings(settings.digest)
     async with session_factory() as session:
         user_ids = await due_user_ids(session, period=which, schedule=schedule, now=now)
     totals = _BatchResult()
+    previews: list[DigestPreview] = []
     batches = 0
     mode = SubscriptionMode(which.value).value
+    send_at = now if not_after is None else min(now, not_after)  # what is queued goes out now, not at `now`
     for first in range(0, len(user_ids), max(1, batch_size)):
         chunk = user_ids[first : first + max(1, batch_size)]
         plans = await _plan_batch(session_factory, chunk, period=which, schedule=schedule, settings=settings,
-                                  renderer=renderer, now=now, not_after=not_after)
+                                  renderer=renderer, now=now, not_after=not_after, render=not dry_run)
         if not plans:
             continue
-        send_at = now if not_after is None else min(now, not_after)  # what is queued goes out now, not at `now`
+        if dry_run:
+            found = [plan.preview for plan in plans if plan.preview is not None]
+            previews.extend(found)
+            totals.users += len(plans)
+            totals.digests += len(found)
+            totals.nothing_new += len(plans) - len(found)
+            continue
         batch = await _commit_batch(session_factory, plans, mode=mode, now=send_at)
         batches += 1
         totals.digests += batch.digests
@@ -377,8 +419,27 @@ async def run_digests(
     stats = DigestStats(period=which.value, users_due=totals.users, digests=totals.digests,
                         nothing_new=totals.nothing_new, subscriptions_advanced=totals.advanced,
                         raced=totals.raced, batches=batches,
-                        seconds=clock.perf_counter() - started)
-    log.info("digest.run period=%s now=%s users_due=%d digests=%d nothing_new=%d ms=%d", which.value,
-             now.isoformat(), stats.users_due, stats.digests, stats.nothing_new, stats.seconds * 1000)
+                        seconds=clock.perf_counter() - started, dry_run=dry_run, previews=tuple(previews))
+    if not dry_run:
+        try:
+            await _record_run(session_factory, which, at=send_at, digests=totals.digests)
+        except Exception:  # the digests are committed; only the figure for /metrics is lost
+            log.exception("digest.record_failed period=%s", which.value)
+    log.info("digest.run period=%s now=%s users_due=%d digests=%d nothing_new=%d dry_run=%s ms=%d", which.value,
+             now.isoformat(), stats.users_due, stats.digests, stats.nothing_new, dry_run, stats.seconds * 1000)
     return stats
+
+
+async def _record_run(
+    session_factory: async_sessionmaker[AsyncSession], period: Period, *, at: datetime, digests: int
+) -> None:
+    """The period's digest_runs row: this pass's time and count, added to the total (what /metrics reads)."""
+    async with session_factory() as session, session.begin():
+        stmt = dialect_insert(session, DigestRun).values(period=period.value, last_run_at=at, last_digests=digests,
+                                                         digests_total=digests)
+        await session.execute(stmt.on_conflict_do_update(
+            index_elements=["period"],
+            set_={"last_run_at": stmt.excluded.last_run_at, "last_digests": stmt.excluded.last_digests,
+                  "digests_total": DigestRun.digests_total + stmt.excluded.digests_total},
+        ))
 

@@ -12,11 +12,12 @@ Delivery guarantees, stated honestly:
   worker whose name is in `claimed_by` may record its result. On PostgreSQL the candidate rows are also locked
   with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint batches instead of waiting for each other.
 - A row is marked sent only after the relay answered 250 to its DATA (or the Maildir file was written), and as
-  soon as it did: each 250 is committed as it comes back (those that arrive during one commit share the next).
+  soon as it did: each 250 is committed as it comes back (those that arrive during one commit share the next),
+  and its send slot is freed only then.
 - At least once, not exactly once, over SMTP: if the process dies, or the database cannot be reached, between the
   relay's 250 and that commit, the row stays "sending"; once its claim expires (`lease_seconds`) another drain
-  sends it again. The window is the messages on the wire (at most [outbound] concurrency) plus those waiting
-  for the commit in flight; the same holds for a send cut short by the batch deadline after the relay had in
+  sends it again. The window is at most [outbound] concurrency messages: a slot carries a message from its
+  MAIL FROM to the commit of its 250; the same holds for a send cut short by the batch deadline after the relay had in
   fact accepted it. Recipients see a duplicate at worst, never a loss.
 - Exactly once to a Maildir: the row id names the file (see `DELIVERY_KEY`), so sending a row again finds it.
 """
@@ -266,29 +267,41 @@ async def requeue(session: AsyncSession, outbox_id: int, now: datetime) -> None:
 
 
 class _SentRecorder:
-    """Commits each row as sent as soon as its 250 is back; the ids that arrive during one commit share the next."""
+    """Commits each row as sent as soon as its 250 is back; the ids that arrive during one commit share the next.
+    ``add`` gives a future that is done once the row's commit is (whether it succeeded: ``close`` says)."""
 
     def __init__(self, deps: Deps, worker: str) -> None:
         self.deps = deps
         self.worker = worker
         self.recorded: set[int] = set()
-        self._waiting: list[int] = []
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def add(self, row_id: int) -> None:
-        self._waiting.append(row_id)
+    def add(self, row_id: int) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._task.done():  # a commit failed: nothing more is recorded in this batch
+            done.set_result(None)
+            return done
+        self._waiting.append((row_id, done))
         self._wake.set()
+        return done
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._waiting:
-                ids, self._waiting = self._waiting, []
-                async with self.deps.sessions() as session, session.begin():
-                    self.recorded |= await mark_sent(session, ids, now=self.deps.clock(), worker=self.worker)
+                batch, self._waiting = self._waiting, []
+                try:
+                    async with self.deps.sessions() as session, session.begin():
+                        self.recorded |= await mark_sent(session, [row_id for row_id, _ in batch],
+                                                         now=self.deps.clock(), worker=self.worker)
+                finally:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
             if self._closing:
                 return
 
@@ -304,17 +317,23 @@ async def _attempt(
     mailer: Mailer, row: Outbox, slots: asyncio.Semaphore, deadline: float, recorder: _SentRecorder
 ) -> DeliveryError | None:
     DELIVERY_KEY.set(f"outbox-{row.id}")  # this task's own context: the Maildir names the file after the row
+    sent = False
     try:
         async with asyncio.timeout_at(deadline), slots:
             await mailer.send(row.envelope_from, row.recipient, row.raw)
+            sent = True
+            # The slot is held until the 250 is committed: at most [outbound] concurrency messages are ever
+            # accepted by the relay yet not marked sent, which is all a crash can send twice.
+            await recorder.add(row.id)
     except DeliveryError as exc:
         return exc
     except TimeoutError:
+        if sent:
+            return None  # delivered; its mark is on its way
         return DeliveryError(False, None, "no answer before the batch deadline")
     except Exception as exc:  # a bug in a mailer must not stall the queue: retry later, keep the trace
         log.exception("outbox.send_crashed id=%s", row.id)
         return DeliveryError(False, None, f"{type(exc).__name__}: {exc}")
-    recorder.add(row.id)
     return None
 
 

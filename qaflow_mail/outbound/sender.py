@@ -76,7 +76,8 @@ class Sender:
             self._started += 1
             pause = interval
             try:
-                self.last_stats = await drain_once(self.deps, self.mailer, worker=self.worker)
+                self.last_stats = await drain_once(self.deps, self.mailer, worker=self.worker,
+                                                   lease_seconds=self.deps.settings.outbound.lease_seconds)
                 failures = 0
                 if self.last_stats.claimed >= batch_size:
                     pause = 0.0

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import email
 import email.policy
+import gc
 import logging
 import multiprocessing
 import threading
@@ -27,6 +28,7 @@ from typing import TypeVar
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
 from qaflow_mail.config import LimitsSettings
+from qaflow_mail.heap import return_large_buffers, trim
 from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.parse import ParsedMail, parse_message
 from qaflow_mail.replies import MESSAGE_TOO_COMPLEX, MESSAGE_UNREADABLE, SmtpReply
@@ -135,7 +137,8 @@ class CpuPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
-        self._pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"),
+                                 initializer=return_large_buffers)
 
     async def run(self, function: Callable[..., object], *args: object, deadline: float) -> object:
         future: ProcessFuture[object] = self._pool.schedule(function, args=args, timeout=deadline)
@@ -195,12 +198,34 @@ def _unwrap(result: object, kind: type[T]) -> T:
     return result
 
 
+# A worker that has read a message this large hands its freed heap back to the system afterwards.
+_TRIM_AFTER_BYTES = 1024 * 1024
+
+
+def parse_in_worker(raw: bytes, limits: LimitsSettings) -> ParsedMail | _Refused:
+    try:
+        return parse_within_limits(raw, limits)
+    finally:
+        if len(raw) >= _TRIM_AFTER_BYTES:
+            gc.collect()
+            trim()
+
+
+def extract_in_worker(parsed: ParsedMail) -> Content | _Refused:
+    try:
+        return extract_within_limits(parsed)
+    finally:
+        if parsed.size >= _TRIM_AFTER_BYTES:
+            gc.collect()
+            trim()
+
+
 async def parse_untrusted(raw: bytes, limits: LimitsSettings) -> ParsedMail:
     """`parse_message` in a worker within [limits]; raises InputRefused for a message beyond them."""
     if len(raw) < limits.cpu_inline_size:
         return _unwrap(parse_within_limits(raw, limits), ParsedMail)
     pool = shared_pool(limits.cpu_workers)
-    return _unwrap(await pool.run(parse_within_limits, raw, limits, deadline=limits.cpu_deadline), ParsedMail)
+    return _unwrap(await pool.run(parse_in_worker, raw, limits, deadline=limits.cpu_deadline), ParsedMail)
 
 
 async def extract_untrusted(
@@ -215,4 +240,4 @@ async def extract_untrusted(
     if parsed.size < limits.cpu_inline_size:
         return _unwrap(extract_within_limits(parsed), Content)
     pool = shared_pool(limits.cpu_workers)
-    return _unwrap(await pool.run(extract_within_limits, parsed, deadline=limits.cpu_deadline), Content)
+    return _unwrap(await pool.run(extract_in_worker, parsed, deadline=limits.cpu_deadline), Content)

@@ -17,12 +17,14 @@ from qaflow_mail.db.defaults import ensure_default_categories
 from qaflow_mail.db.engine import create_engine_for, session_factory, upgrade
 from qaflow_mail.db.installation import with_installation
 from qaflow_mail.deps import Deps, utc_now
+from qaflow_mail.heap import return_large_buffers
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.pipeline.cpu import close_shared_pool
 from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
 from qaflow_mail.server.lmtp import start_lmtp
+from qaflow_mail.server.mail_budget import MailBudget
 from qaflow_mail.server.scheduler import scheduling
 from qaflow_mail.server.smtp import start_smtp
 
@@ -76,17 +78,22 @@ async def running(
         deps = Deps.build(settings, sessions, clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
         if fanout:
-            await stack.enter_async_context(fanning_out(deps))
+            await stack.enter_async_context(
+                fanning_out(deps, lease_seconds=settings.outbound.fanout_lease_seconds)
+            )
         if background:
             sender = await stack.enter_async_context(sending(deps))
             deps.outbox_wakeup.listen(sender.wake)
             if settings.http.enabled:
                 run.http_port = await stack.enter_async_context(http_server(deps))
             await stack.enter_async_context(scheduling(deps))
-        run.smtp_port = _bound_port(stack, await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port))
+        budget = MailBudget(settings.smtp.max_bytes_in_flight)  # one for both listeners
+        run.smtp_port = _bound_port(
+            stack, await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port, budget=budget)
+        )
         if settings.lmtp.enabled:
             run.lmtp_port = _bound_port(
-                stack, await start_lmtp(deps, host=settings.lmtp.host, port=settings.lmtp.port)
+                stack, await start_lmtp(deps, host=settings.lmtp.host, port=settings.lmtp.port, budget=budget)
             )
         if background:
             await stack.enter_async_context(polling(deps))
@@ -107,6 +114,7 @@ def _raise_file_limit(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     _raise_file_limit(settings)
+    return_large_buffers()
     await prepare_database(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

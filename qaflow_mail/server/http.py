@@ -22,7 +22,7 @@ from aiohttp import web
 
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.render import PageTemplate
-from qaflow_mail.server.ops_routes import register_ops_routes
+from qaflow_mail.server.ops_routes import register_ops_routes, request_timing
 from qaflow_mail.server.web import add_routes, friendly_errors
 from qaflow_mail.server.web.common import DEPS
 from qaflow_mail.services.subscriptions import (
@@ -82,7 +82,10 @@ def _error_page(request: web.Request, result: UnsubscribeResult) -> web.Response
 
 def _resubscribe_url(request: web.Request, result: UnsubscribeResult) -> str:
     settings = request.app[DEPS].settings
-    return settings.site.base_url if result.category_slug is None else category_url(settings, result.category_slug)
+    # The announcements, a whole digest and a private category have no page of their own.
+    if result.category_slug is None or result.digest_mode is not None or result.category_private:
+        return settings.site.base_url
+    return category_url(settings, result.category_slug)
 
 
 async def unsubscribe_page(request: web.Request) -> web.StreamResponse:
@@ -116,7 +119,7 @@ async def unsubscribe_one_click(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(deps: Deps) -> web.Application:
-    app = web.Application(middlewares=[security_headers, friendly_errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_timing, security_headers, friendly_errors], client_max_size=MAX_BODY)
     app[DEPS] = deps
     app.router.add_get("/unsubscribe/{token}", unsubscribe_page)
     app.router.add_post("/unsubscribe/{token}", unsubscribe_one_click)

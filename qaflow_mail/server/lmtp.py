@@ -10,11 +10,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
-from qaflow_mail.replies import TEMPORARY_FAILURE
+from qaflow_mail.replies import SmtpReply
+from qaflow_mail.server.data_spool import SpooledData
+from qaflow_mail.server.mail_budget import MailBudget
 from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, GuardedSession, start_listener
 
 
-class GatewayLMTP(GuardedSession, EnhancedSizeReplies, LMTP):
+class GatewayLMTP(GuardedSession, SpooledData, EnhancedSizeReplies, LMTP):
     pass
 
 
@@ -22,12 +24,12 @@ class LmtpHandler(GatewayHandler):
     source = Source.LMTP
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        result = await self._ingest(envelope)
+        result = await self._ingest(server, envelope)
         # One line per accepted RCPT, in RCPT order; aiosmtpd writes the joined lines as they are.
-        if result is None:
-            return "\r\n".join(str(TEMPORARY_FAILURE) for _ in envelope.rcpt_tos)
+        if isinstance(result, SmtpReply):
+            return "\r\n".join(str(result) for _ in envelope.rcpt_tos)
         return "\r\n".join(str(result.outcomes[rcpt].reply) for rcpt in envelope.rcpt_tos)
 
 
-async def start_lmtp(deps: Deps, *, host: str, port: int) -> asyncio.Server:
-    return await start_listener(deps, host=host, port=port, protocol=GatewayLMTP, handler=LmtpHandler(deps))
+async def start_lmtp(deps: Deps, *, host: str, port: int, budget: MailBudget | None = None) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port, protocol=GatewayLMTP, handler=LmtpHandler(deps, budget))

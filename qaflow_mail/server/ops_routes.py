@@ -3,16 +3,19 @@
 - ``/healthz``: 200 "ok" when a trivial query returns within HEALTH_TIMEOUT seconds, else 503 with the reason's
   kind (never the database URL or its error text, which may name hosts and users).
 - ``/metrics``: the figures of ``services.metrics`` in the Prometheus text format, read from the database at each
-  scrape; 503 when the database does not answer.
+  scrape, and this process's request latency (``server.latency``); 503 when the database does not answer.
+- ``request_timing``: the middleware that times every HTTP request into that latency histogram.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from qaflow_mail.server.latency import latency_text, node_label, observed
 from qaflow_mail.server.web.common import DEPS
 from qaflow_mail.services.metrics import CONTENT_TYPE, database_ok, prometheus_text, snapshot
 
@@ -45,9 +48,17 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         log.warning("http.metrics_failed error=%s", type(exc).__name__)
         return web.Response(text=f"database unavailable ({type(exc).__name__})\n", status=503,
                             content_type="text/plain")
-    response = web.Response(text=body)
+    response = web.Response(text=body + latency_text())
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
+
+
+@web.middleware
+async def request_timing(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    with observed("http", node_label(request.app[DEPS].settings.site.node_name)):
+        return await handler(request)
 
 
 def register_ops_routes(app: web.Application) -> None:

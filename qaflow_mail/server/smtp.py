@@ -23,6 +23,7 @@ from qaflow_mail.pipeline.routes import has_route
 from qaflow_mail.replies import (
     BAD_TOKEN,
     IDLE_TIMEOUT,
+    MAIL_BACKLOG,
     RCPT_OK,
     TEMPORARY_FAILURE,
     TOO_BIG,
@@ -32,7 +33,10 @@ from qaflow_mail.replies import (
     UNKNOWN_RECIPIENT,
     SmtpReply,
 )
+from qaflow_mail.server.data_spool import SpooledData
+from qaflow_mail.server.latency import node_label, observed
 from qaflow_mail.server.log_guard import guard_logs, redact_tokens
+from qaflow_mail.server.mail_budget import MailBudget
 from qaflow_mail.services.threads import reply_token_ids
 
 log = logging.getLogger(__name__)
@@ -42,15 +46,6 @@ class EnhancedSizeReplies:
     """aiosmtpd writes its size refusals itself; give them enhanced status codes (RFC 3463) like ours."""
 
     data_size_limit: int | None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # RFC 5321 caps a line at 1,000 bytes, yet real clients send longer ones (a long pasted line, an inline
-        # image placeholder): like Postfix, take them up to the message size limit (aiosmtpd's line_length_limit
-        # is also its read buffer; commands keep their own command_size_limit).
-        limit = kwargs.get("data_size_limit")
-        if limit:
-            self.line_length_limit = max(int(limit) + 2, SMTP.line_length_limit)
-        super().__init__(*args, **kwargs)
 
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
@@ -143,15 +138,17 @@ class GuardedSession:
         await super().push(status)  # type: ignore[misc]
 
 
-class GatewaySMTP(GuardedSession, EnhancedSizeReplies, SMTP):
-    pass
+class GatewaySMTP(GuardedSession, SpooledData, EnhancedSizeReplies, SMTP):
+    """RFC 5321 caps a line at 1,000 bytes, yet real clients send longer ones (a long pasted line, an inline image
+    placeholder): like Postfix, DATA takes them up to the message size (SpooledData reads them in pieces)."""
 
 
 class GatewayHandler:
     source = Source.SMTP
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, budget: MailBudget | None = None) -> None:
         self.deps = deps
+        self.budget = budget or MailBudget(deps.settings.smtp.max_bytes_in_flight)
         # Each accepted RCPT's destination, so DATA does not classify the addresses again.
         self._destinations: weakref.WeakKeyDictionary[Envelope, dict[str, Destination]] = weakref.WeakKeyDictionary()
 
@@ -176,28 +173,44 @@ class GatewayHandler:
         self._destinations.setdefault(envelope, {})[address] = destination
         return str(RCPT_OK)
 
-    async def _ingest(self, envelope: Envelope) -> IngestResult | None:
-        """The pipeline's verdict, or None when it failed and the client must retry (a 4xx)."""
-        raw = envelope.original_content or b""
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogateescape")
+    async def _ingest(self, server: SMTP, envelope: Envelope) -> IngestResult | SmtpReply:
+        """The pipeline's verdict, or the temporary reply when the client must try again: no room within
+        [smtp] max_bytes_in_flight (452), or the pipeline failed (451)."""
+        spool = server if isinstance(server, SpooledData) and server.spool is not None else None
+        size = spool.spool_size if spool is not None else len(envelope.original_content or b"")
+        smtp = self.deps.settings.smtp
+        async with self.budget.hold(size, wait=smtp.in_flight_wait) as room:
+            if not room:
+                log.warning("%s.backlog size=%d in_flight=%d", self.source, size, self.budget.used)
+                return MAIL_BACKLOG
+            if spool is not None:
+                # A spool past its threshold is a file: read it off the loop.
+                big = spool.spool_size > spool.spool_threshold
+                raw = await asyncio.to_thread(spool.read_spool) if big else spool.read_spool()
+            else:
+                content = envelope.original_content or b""
+                raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+            return await self._run_pipeline(raw, envelope)
+
+    async def _run_pipeline(self, raw: bytes, envelope: Envelope) -> IngestResult | SmtpReply:
         database = self.deps.settings.database
         limits = self.deps.settings.limits
         # Each statement is bounded by the database's own timeouts; this bounds the message as a whole.
         deadline = 2 * database.statement_timeout + 2 * limits.cpu_deadline
         try:
-            async with asyncio.timeout(deadline):
-                return await ingest(
-                    raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
-                    source=self.source, deps=self.deps, destinations=self._destinations.pop(envelope, None),
-                )
+            with observed(self.source.value, node_label(self.deps.settings.site.node_name)):
+                async with asyncio.timeout(deadline):
+                    return await ingest(
+                        raw, envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
+                        source=self.source, deps=self.deps, destinations=self._destinations.pop(envelope, None),
+                    )
         except Exception:
             log.exception("%s.data_failed mail_from=%s", self.source, envelope.mail_from)
-            return None
+            return TEMPORARY_FAILURE
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        result = await self._ingest(envelope)
-        return str(TEMPORARY_FAILURE if result is None else result.reply)
+        result = await self._ingest(server, envelope)
+        return str(result if isinstance(result, SmtpReply) else result.reply)
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp.session_error %s: %s", type(error).__name__, error)
@@ -205,9 +218,10 @@ class GatewayHandler:
 
 
 async def start_listener(
-    deps: Deps, *, host: str, port: int, protocol: type[SMTP] = GatewaySMTP, handler: GatewayHandler | None = None
+    deps: Deps, *, host: str, port: int, protocol: type[SMTP] = GatewaySMTP, handler: GatewayHandler | None = None,
 ) -> asyncio.Server:
-    """An SMTP (or LMTP) server on the running loop, handing every message to the pipeline."""
+    """An SMTP (or LMTP) server on the running loop, handing every message to the pipeline (within the handler's
+    MailBudget: give listeners one handler budget to share it)."""
     loop = asyncio.get_running_loop()
     settings = deps.settings
     smtp = settings.smtp
@@ -224,6 +238,9 @@ async def start_listener(
         )
         if isinstance(session, GuardedSession):
             session.connection_limits = limits
+        if isinstance(session, SpooledData):
+            session.spool_threshold = smtp.spool_threshold
+            session.spool_dir = smtp.spool_dir or None
         return session
 
     server = await loop.create_server(factory, host=host, port=port)
@@ -231,5 +248,5 @@ async def start_listener(
     return server
 
 
-async def start_smtp(deps: Deps, *, host: str, port: int) -> asyncio.Server:
-    return await start_listener(deps, host=host, port=port)
+async def start_smtp(deps: Deps, *, host: str, port: int, budget: MailBudget | None = None) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port, handler=GatewayHandler(deps, budget))

@@ -41,6 +41,7 @@ from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
     Announcement,
     Category,
+    FanoutKind,
     InboundMessage,
     Outbox,
     OutboxKind,
@@ -55,7 +56,7 @@ from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.dkim_check import AuthMethod, AuthVerdict, verify_announcer
 from qaflow_mail.mail.parse import ParsedMail, parse_message
 from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, sign, verify
-from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy, audience_count, enqueue_broadcast
+from qaflow_mail.outbound.announcements import AnnouncementStatus, VerifiedBy, audience_count
 from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
 from qaflow_mail.outbound.render import author_name
 from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
@@ -71,6 +72,7 @@ from qaflow_mail.replies import (
     NOT_VERIFIED,
     Refusal,
 )
+from qaflow_mail.services import fanout_jobs
 from qaflow_mail.services.posts import NO_SUBJECT, store_post
 from qaflow_mail.urls import confirm_address
 
@@ -150,7 +152,8 @@ async def publish(
     session: AsyncSession, deps: Deps, *, author: User, parsed: ParsedMail, content: Content, source: Source,
     now: datetime, verified: VerifiedBy, announcement: Announcement | None = None,
 ) -> Published:
-    """Store the announcement as a new topic in `announcements`, mark it published and queue its broadcast."""
+    """Store the announcement as a new topic in `announcements`, mark it published and write its broadcast's
+    fan-out job; `recipients` is the audience the job will write to."""
     category = await announcements_category(session)
     post = await store_post(session, author=author, category=category, parent=None, parsed=parsed, content=content,
                             source=source, written_at=now)
@@ -163,8 +166,10 @@ async def publish(
     announcement.status = AnnouncementStatus.PUBLISHED.value
     announcement.verified_by = verified.value
     await session.flush()
-    count = await enqueue_broadcast(session, settings=deps.settings, renderer=deps.renderer,
-                                    announcement=announcement, post=post, author=author, now=now)
+    # The broadcast is a fan-out job written with the announcement: the 250 (or the command) never waits on the
+    # number of users; a worker writes the outbox rows in batches, resuming after a crash.
+    await fanout_jobs.enqueue(session, kind=FanoutKind.ANNOUNCEMENT, target_id=announcement.id, now=now)
+    count = await audience_count(session)
     log.info("announce.published announcement_id=%s post_id=%s verified_by=%s recipients=%d", announcement.id,
              post.id, verified.value, count)
     return Published(announcement=announcement, post=post, recipients=count)

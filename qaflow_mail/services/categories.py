@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Category, Post, Topic
+from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG, Category, Post, SubscriptionMode, Topic
 from qaflow_mail.mail.addresses import is_valid_slug
 
 
@@ -61,14 +61,29 @@ async def list_categories(session: AsyncSession) -> Sequence[Category]:
     return await queries.list_categories(session)
 
 
+JOIN_DEFAULT_MODES = (SubscriptionMode.EACH, SubscriptionMode.DAILY, SubscriptionMode.WEEKLY)
+
+
+def join_default_mode(category: Category | None, site_default: str) -> SubscriptionMode:
+    """The mode a join to ``category`` gets when it names none: the category's own, else the site's."""
+    if category is not None and category.default_mode:
+        return SubscriptionMode(category.default_mode)
+    return SubscriptionMode(site_default)
+
+
 class CategoryInUse(ValueError):
     """The category cannot be removed: it has topics (and no --force), or it is the announcements category."""
 
 
 async def update_category(session: AsyncSession, slug: str, *, name: str | None = None,
-                          allow_strangers: bool | None = None) -> Category:
-    """Change what is given (None leaves it); UnknownCategory when there is no such category."""
+                          allow_strangers: bool | None = None, default_mode: str | None = None) -> Category:
+    """Change what is given (None leaves it; ``default_mode=""`` goes back to the site's default);
+    UnknownCategory when there is no such category."""
     category = await find_category(session, slug)
+    if default_mode is not None:
+        if default_mode and default_mode not in {m.value for m in JOIN_DEFAULT_MODES}:
+            raise ValueError(f"a default mode is each, daily or weekly, not {default_mode!r}")
+        category.default_mode = default_mode or None
     if name is not None:
         if not name.strip():
             raise ValueError("a category name cannot be empty")

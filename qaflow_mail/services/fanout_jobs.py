@@ -25,8 +25,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.dialect import insert as dialect_insert
-from qaflow_mail.db.models import FanoutJob, FanoutKind, Post
+from qaflow_mail.db.models import Announcement, FanoutJob, FanoutKind, Post, User
 from qaflow_mail.deps import Deps
+from qaflow_mail.outbound.announcements import enqueue_broadcast_batch
+from qaflow_mail.outbound.notify import NotifyBatch
 from qaflow_mail.services.notifications import notify_followers_batch
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,11 @@ async def expand_batch(
             batch = await notify_followers_batch(session, deps, post, now=job.created_at, after_user_id=after,
                                                  limit=limit)
             handed, last, done = batch.handed, batch.last_user_id, batch.done
+    elif job.kind == FanoutKind.ANNOUNCEMENT.value:
+        broadcast = await _broadcast_batch(session, deps, announcement_id=job.target_id, now=job.created_at,
+                                           after_user_id=after, limit=limit)
+        if broadcast is not None:  # an announcement (or its post) deleted since tells nobody
+            handed, last, done = broadcast.handed, broadcast.last_user_id, broadcast.done
     else:
         log.error("fanout.unknown_kind job_id=%s kind=%s", job.id, job.kind)
         job.last_error = f"unknown kind {job.kind!r}"
@@ -131,6 +138,27 @@ async def expand_batch(
         log.info("fanout.finished job_id=%s kind=%s target_id=%s handed=%d", job.id, job.kind, job.target_id,
                  job.handed)
     return ExpandedBatch(job_id=job.id, after_user_id=after, last_user_id=last, handed=handed, done=done)
+
+
+async def _broadcast_batch(
+    session: AsyncSession, deps: Deps, *, announcement_id: int, now: datetime, after_user_id: int, limit: int
+) -> NotifyBatch | None:
+    announcement = await session.get(Announcement, announcement_id)
+    post = None if announcement is None or announcement.post_id is None else await session.get(Post,
+                                                                                              announcement.post_id)
+    author = None if post is None else await session.get(User, post.author_id)
+    if announcement is None or post is None or author is None:
+        return None
+    return await enqueue_broadcast_batch(session, settings=deps.settings, renderer=deps.renderer,
+                                         announcement=announcement, post=post, author=author, now=now,
+                                         after_user_id=after_user_id, limit=limit)
+
+
+async def progress(session: AsyncSession, *, kind: FanoutKind, target_id: int) -> FanoutJob | None:
+    """The job telling everyone about ``target_id`` (how far it got), or None when there is none."""
+    return await session.scalar(
+        select(FanoutJob).where(FanoutJob.kind == kind.value, FanoutJob.target_id == target_id)
+    )
 
 
 async def record_failure(session: AsyncSession, *, job_id: int, worker: str, now: datetime, error: str) -> None:

@@ -9,8 +9,16 @@ on the web). So nobody can subscribe someone else, and a forged request costs it
 victim at most one confirmation per address, category, kind and day (MAX_CONFIRMATIONS_PER_DAY in all);
 automatic mail never gets this far (the routes start with guard_loops).
 
-Mode and notify changes apply at once and their answer goes to the user's registered address, so a forged
-change is seen by the owner. "category" None throughout means the site's announcements.
+A -request@ "mode" or "notify" changes a member's mail at once only when our own MTA authenticated the From
+(an aligned dkim or dmarc pass in the trusted Authentication-Results, as services.notices judges it); from
+any other sender it takes the same confirmation as a join, so a forged "mode weekly" changes nothing unless
+the owner of the address replies. "status" and "help" are answered at once: the answer goes to the From
+address, so only its owner reads it.
+
+A private category is mail only, not invitation only: it has no pages on the web (so no "Follow by email"
+form either, and no mail of ours links to its page), but anyone may ask to join it by mail, under the same
+double opt-in, since mail is the only way its members get its posts. "category" None throughout means the
+site's announcements.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
@@ -38,6 +47,7 @@ from qaflow_mail.db.models import (
 )
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.compose import make_message_id
+from qaflow_mail.mail.dkim_check import raw_headers, trusted_authentication_results
 from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.mail.request_commands import Command, Verb, join_mode, parse_commands
 from qaflow_mail.mail.tokens import InvalidToken, TokenError, TokenKind, sign, verify
@@ -53,6 +63,7 @@ from qaflow_mail.replies import (
     UNKNOWN_RECIPIENT,
     Refusal,
 )
+from qaflow_mail.services import categories
 from qaflow_mail.services.subscriptions import rotate_tokens, set_subscription
 from qaflow_mail.urls import category_url, membership_address, membership_confirm_address, membership_confirm_url
 
@@ -74,8 +85,9 @@ class Confirmed:
     user: User
     kind: ConfirmationKind
     target: str  # the category's name, or "announcements"
-    mode: SubscriptionMode | None
+    mode: str | None  # the subscription mode (join, mode) or the notify choice (notify); None for a leave
     slug: str | None = None  # the category's; None for the announcements
+    page: str = ""  # where to go next on the web: the category's page, or the site's for a private one
 
 
 def _target(category: Category | None) -> str:
@@ -89,6 +101,14 @@ def _slug(category: Category | None) -> str:
 def announcements_target(category: Category) -> Category | None:
     """The announcements category is not followed like others: joining it means receiving announcements."""
     return None if category.slug == ANNOUNCEMENTS_SLUG else category
+
+
+def web_page(settings: Settings, category: Category | None) -> str:
+    """The page a membership mail or page may link to: the category's, or the site's front page for the
+    announcements and for a private (mail only) category, which has no page."""
+    if category is None or category.private:
+        return settings.site.base_url
+    return category_url(settings, category.slug)
 
 
 def _site(deps: Deps) -> dict[str, str]:
@@ -121,10 +141,11 @@ async def _sent_today(session: AsyncSession, *, email: str, now: datetime) -> in
 
 async def ask(
     session: AsyncSession, deps: Deps, *, kind: ConfirmationKind, email: str, display_name: str,
-    category: Category | None, mode: SubscriptionMode, in_reply_to: str | None, now: datetime,
+    category: Category | None, mode: SubscriptionMode | NotifyReplies, in_reply_to: str | None, now: datetime,
 ) -> Asked:
-    """Queue a confirmation of joining (with ``mode``) or leaving ``category`` to ``email``, unless one is
-    pending already (one per address, category, kind and day) or the address had its share today."""
+    """Queue a confirmation of joining (with ``mode``), leaving, changing the mode of ``category`` (to ``mode``)
+    or the replies mailed (to the NotifyReplies ``mode``) to ``email``, unless one is pending already (one per
+    address, category, kind and day) or the address had its share today."""
     email = queries.normalize_email(email)
     what = f"{kind.value} {_slug(category)}"
     if await _pending(session, email=email, category=category, kind=kind, now=now):
@@ -148,7 +169,7 @@ async def ask(
         "confirm_address": reply_to,
         "confirm_url": membership_confirm_url(settings, token),
         "expires": f"{now + timedelta(days=settings.subscriptions.confirm_ttl_days):%Y-%m-%d %H:%M} UTC",
-        "page": settings.site.base_url if category is None else category_url(settings, category.slug),
+        "page": web_page(settings, category),
     })
     message_id = make_message_id("membership", str(request.id), domain=settings.site.domain,
                                  salt=settings.site.message_id_salt)
@@ -169,7 +190,7 @@ class Pending:
 
     kind: ConfirmationKind
     target: str  # the category's name, or "announcements"
-    mode: SubscriptionMode
+    mode: str  # the subscription mode (join, mode) or the notify choice (notify)
     email: str
 
 
@@ -205,8 +226,8 @@ async def check_confirmation(session: AsyncSession, deps: Deps, *, token: str, n
     if isinstance(opened, Refusal):
         return opened
     request, category = opened
-    return Pending(kind=ConfirmationKind(request.kind), target=_target(category),
-                   mode=SubscriptionMode(request.mode), email=request.email)
+    return Pending(kind=ConfirmationKind(request.kind), target=_target(category), mode=request.mode,
+                   email=request.email)
 
 
 async def confirm(
@@ -222,7 +243,7 @@ async def confirm(
         return Refusal(NOT_THE_REQUESTER, f"confirmation {request.id} from {reply.from_address or '(no From)'}")
     kind = ConfirmationKind(request.kind)
     user = await queries.user_by_email(session, request.email)
-    if user is None and kind is ConfirmationKind.LEAVE:
+    if user is None and kind is not ConfirmationKind.JOIN:
         request.confirmed_at = now
         return Refusal(BAD_MEMBERSHIP_CONFIRMATION, f"confirmation {request.id}: {request.email} is not a user")
     if user is None:
@@ -230,26 +251,54 @@ async def confirm(
     elif user.status == UserStatus.STAGED.value:
         user.status = UserStatus.ACTIVE.value  # the address answered: it is theirs
     request.confirmed_at = now
-    mode = SubscriptionMode(request.mode) if kind is ConfirmationKind.JOIN else SubscriptionMode.MUTE
-    if category is None:
-        user.announcements_muted = kind is ConfirmationKind.LEAVE
+    choice = request.mode
+    if kind is ConfirmationKind.NOTIFY:
+        user.notify_replies = NotifyReplies(choice).value
+    elif kind is ConfirmationKind.MODE:
+        await change_mode(session, user=user, category=category, mode=SubscriptionMode(choice), now=now)
     else:
-        await set_subscription(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
-    if kind is ConfirmationKind.JOIN:
-        rotate_tokens(user)  # links from before this join (perhaps the ones that unsubscribed them) stop working
+        mode = SubscriptionMode(choice) if kind is ConfirmationKind.JOIN else SubscriptionMode.MUTE
+        if category is None:
+            user.announcements_muted = kind is ConfirmationKind.LEAVE
+        else:
+            await set_subscription(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
+        if kind is ConfirmationKind.JOIN:
+            rotate_tokens(user)  # links from before this join (perhaps the ones that unsubscribed them) stop working
+        choice = mode.value
     in_reply_to = None if reply is None or reply.message_id_synthesized else reply.message_id
-    await _tell_done(session, deps, user=user, kind=kind, category=category, mode=mode, in_reply_to=in_reply_to,
+    await _tell_done(session, deps, user=user, kind=kind, category=category, mode=choice, in_reply_to=in_reply_to,
                      now=now)
     log.info("membership.confirmed request_id=%s user_id=%s kind=%s category=%s by=%s", request.id, user.id,
              kind.value, _slug(category), "link" if reply is None else "mail")
     return Confirmed(user=user, kind=kind, target=_target(category),
-                     mode=mode if kind is ConfirmationKind.JOIN else None,
-                     slug=None if category is None else category.slug)
+                     mode=None if kind is ConfirmationKind.LEAVE else choice,
+                     slug=None if category is None else category.slug, page=web_page(deps.settings, category))
+
+
+async def change_mode(
+    session: AsyncSession, *, user: User, category: Category | None, mode: SubscriptionMode, now: datetime
+) -> None:
+    """Set ``user``'s mode for ``category`` (the announcements: muted or not); coming back from ``mute`` (or from
+    no subscription) voids the unsubscribe links minted before, as a new join does."""
+    if category is None:
+        user.announcements_muted = mode is SubscriptionMode.MUTE
+        return
+    previous = await set_subscription(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
+    if previous in (None, SubscriptionMode.MUTE) and mode is not SubscriptionMode.MUTE:
+        rotate_tokens(user)
+
+
+def sender_authenticated(raw: bytes, parsed: ParsedMail, settings: Settings) -> bool:
+    """Whether our own MTA's Authentication-Results vouches for the From domain (an aligned dkim or dmarc pass):
+    only then may a -request@ mail change a member's mail without a confirmation."""
+    verdict = trusted_authentication_results(raw_headers(raw), authserv_id=settings.announce.trusted_authserv_id,
+                                             from_domain=parsed.from_address.rpartition("@")[2])
+    return verdict.passed
 
 
 async def _tell_done(
     session: AsyncSession, deps: Deps, *, user: User, kind: ConfirmationKind, category: Category | None,
-    mode: SubscriptionMode, in_reply_to: str | None, now: datetime,
+    mode: str, in_reply_to: str | None, now: datetime,
 ) -> None:
     settings = deps.settings
     slug = _slug(category)
@@ -257,7 +306,7 @@ async def _tell_done(
         "site": _site(deps),
         "action": kind.value,
         "target": _target(category),
-        "mode": mode.value,
+        "mode": mode,
         "post_address": None if category is None else f"{category.slug}@{settings.site.domain}",
         "leave_address": membership_address(settings, slug, "leave"),
         "join_address": membership_address(settings, slug, "join"),
@@ -287,42 +336,48 @@ class CommandResult:
 
 async def run_commands(
     session: AsyncSession, deps: Deps, *, category: Category, parsed: ParsedMail, commands: tuple[Command, ...],
-    now: datetime,
+    now: datetime, trusted: bool = False,
 ) -> list[CommandResult]:
-    """Do each command for the sender of ``parsed`` and say what it did (no commands: the help)."""
+    """Do each command for the sender of ``parsed`` and say what it did (no commands: the help). ``trusted``: our
+    MTA authenticated the From (``sender_authenticated``), so mode and notify changes need no confirmation."""
     target = announcements_target(category)
     email = queries.normalize_email(parsed.from_address)
     in_reply_to = None if parsed.message_id_synthesized else parsed.message_id
-    default = SubscriptionMode(deps.settings.subscriptions.default_mode)
+    default = categories.join_default_mode(category, deps.settings.subscriptions.default_mode)
     results: list[CommandResult] = []
     for command in commands or (Command(Verb.HELP, None, "(no command found)"),):
         if command.error:
             results.append(CommandResult(command.line, f"not done: {command.error}"))
             continue
         outcome = await _run_one(session, deps, command=command, email=email, display_name=parsed.from_name,
-                                 category=target, default=default, in_reply_to=in_reply_to, now=now)
+                                 category=target, default=default, in_reply_to=in_reply_to, now=now,
+                                 trusted=trusted)
         results.append(CommandResult(command.line, outcome))
     return results
 
 
 async def _run_one(
     session: AsyncSession, deps: Deps, *, command: Command, email: str, display_name: str,
-    category: Category | None, default: SubscriptionMode, in_reply_to: str | None, now: datetime,
+    category: Category | None, default: SubscriptionMode, in_reply_to: str | None, now: datetime, trusted: bool,
 ) -> str:
     verb = command.verb
     if verb in (Verb.JOIN, Verb.LEAVE):
         kind = ConfirmationKind.JOIN if verb is Verb.JOIN else ConfirmationKind.LEAVE
         mode = SubscriptionMode(command.argument) if command.argument else default
-        asked = await ask(session, deps, kind=kind, email=email, display_name=display_name, category=category,
-                          mode=mode, in_reply_to=in_reply_to, now=now)
-        if asked.sent:
-            return "a confirmation was sent to you in a separate email: reply to it to finish"
-        return "no new confirmation: one sent earlier is still waiting for your reply"
+        return _confirmation_outcome(await ask(session, deps, kind=kind, email=email, display_name=display_name,
+                                               category=category, mode=mode, in_reply_to=in_reply_to, now=now))
     if verb is Verb.HELP:
         return "see the list of commands below"
     user = await queries.user_by_email(session, email)
     if user is None:
         return "not done: this address follows nothing here; send \"join\" first"
+    if verb in (Verb.NOTIFY, Verb.MODE) and not trusted:
+        # Anyone can write any From: without our MTA's word for it, only the address's owner may say yes.
+        assert command.argument is not None
+        kind = ConfirmationKind.NOTIFY if verb is Verb.NOTIFY else ConfirmationKind.MODE
+        choice = NotifyReplies(command.argument) if verb is Verb.NOTIFY else SubscriptionMode(command.argument)
+        return _confirmation_outcome(await ask(session, deps, kind=kind, email=email, display_name=display_name,
+                                               category=category, mode=choice, in_reply_to=in_reply_to, now=now))
     if verb is Verb.NOTIFY:
         assert command.argument is not None
         user.notify_replies = NotifyReplies(command.argument).value
@@ -330,17 +385,20 @@ async def _run_one(
     if verb is Verb.MODE:
         assert command.argument is not None
         mode = SubscriptionMode(command.argument)
+        await change_mode(session, user=user, category=category, mode=mode, now=now)
         if category is None:
-            user.announcements_muted = mode is SubscriptionMode.MUTE
             return "done: announcements " + ("muted" if mode is SubscriptionMode.MUTE else "on")
-        previous = await set_subscription(session, user_id=user.id, category_id=category.id, mode=mode, now=now)
-        if previous in (None, SubscriptionMode.MUTE) and mode is not SubscriptionMode.MUTE:
-            rotate_tokens(user)
         return f"done: {category.name} is now \"{mode.value}\""
     subscriptions = await queries.subscriptions_of(session, user.id)
     follows = ", ".join(f"{slug} ({sub.mode})" for sub, slug in subscriptions) or "no category"
     announcements = "muted" if user.announcements_muted else "on"
     return f"you follow {follows}; announcements {announcements}; replies by mail \"{user.notify_replies}\""
+
+
+def _confirmation_outcome(asked: Asked) -> str:
+    if asked.sent:
+        return "a confirmation was sent to you in a separate email: reply to it to finish"
+    return "no new confirmation: one sent earlier is still waiting for your reply"
 
 
 async def answer_commands(
@@ -389,30 +447,33 @@ async def ask_by_mail(
     session: AsyncSession, deps: Deps, *, slug: str, kind: ConfirmationKind, parsed: ParsedMail, now: datetime
 ) -> Asked | Refusal:
     """A mail to <slug>-join@ or <slug>-leave@: a confirmation to its From address (a join in the mode its
-    Subject or first line names, else [subscriptions] default_mode)."""
+    Subject or first line names, else the category's default mode, else [subscriptions] default_mode)."""
     if not parsed.from_address:
         return Refusal(NO_FROM, NO_FROM.text)
     category = await queries.category_by_slug(session, slug)
     if category is None:
         return Refusal(UNKNOWN_RECIPIENT, f"no category {slug}")
     named = join_mode(parsed.subject, parsed.text or "") if kind is ConfirmationKind.JOIN else None
-    mode = SubscriptionMode(named or deps.settings.subscriptions.default_mode)
+    mode = SubscriptionMode(named) if named else categories.join_default_mode(
+        category, deps.settings.subscriptions.default_mode)
     return await ask(session, deps, kind=kind, email=parsed.from_address, display_name=parsed.from_name,
                      category=announcements_target(category), mode=mode,
                      in_reply_to=None if parsed.message_id_synthesized else parsed.message_id, now=now)
 
 
 async def commands_by_mail(
-    session: AsyncSession, deps: Deps, *, slug: str, parsed: ParsedMail, now: datetime
+    session: AsyncSession, deps: Deps, *, slug: str, parsed: ParsedMail, raw: bytes, now: datetime
 ) -> list[CommandResult] | Refusal:
-    """A mail to <slug>-request@: run its commands and answer with what each did."""
+    """A mail to <slug>-request@ (``raw``: its bytes, for our MTA's Authentication-Results): run its commands and
+    answer with what each did."""
     if not parsed.from_address:
         return Refusal(NO_FROM, NO_FROM.text)
     category = await queries.category_by_slug(session, slug)
     if category is None:
         return Refusal(UNKNOWN_RECIPIENT, f"no category {slug}")
     commands = parse_commands(parsed.subject, parsed.text or "")
-    results = await run_commands(session, deps, category=category, parsed=parsed, commands=commands, now=now)
+    results = await run_commands(session, deps, category=category, parsed=parsed, commands=commands, now=now,
+                                 trusted=sender_authenticated(raw, parsed, deps.settings))
     await answer_commands(session, deps, category=category, parsed=parsed, results=results, now=now)
     return results
 
@@ -421,7 +482,8 @@ async def ask_by_web(
     session: AsyncSession, deps: Deps, *, slug: str, email: str, mode: SubscriptionMode, now: datetime
 ) -> Asked | None:
     """A page's "Follow by email" form: a confirmation of joining ``slug`` to ``email``, under the same limits as
-    by mail. None when there is no such category on the web (none at all, or a private one). Whatever the
+    by mail. None when there is no such category on the web (none at all, or a private one: it has no page to
+    carry the form, and answering would tell the web it exists; its people join by mail). Whatever the
     address (a member, a stranger, one at its limit), the caller must answer the same way: the result is for the
     logs only."""
     category = await queries.category_by_slug(session, slug)

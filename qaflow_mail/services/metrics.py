@@ -1,23 +1,30 @@
 """The gateway's figures, read from the database, and their Prometheus text form (``/metrics``, ``qaflow-mail stats``).
 
 Every figure is read from the shared database when asked, so any node answers for the whole installation and
-two nodes never disagree; all are gauges. The text exposition format (version 0.0.4) is written here directly:
-gauges with labels need a dozen lines, where prometheus-client would bring a process-local registry built for
-counters this design does not keep.
+two nodes never disagree. prometheus-client writes the text exposition format (version 0.0.4): its metric
+families carry the escaping and the histogram rules (cumulative buckets, ``+Inf``, ``_sum``, ``_count``) that a
+hand-written formatter would have to get right. Most figures are gauges: rows the database holds now (outbox
+rows are pruned after [retention], so their counts may fall). ``qaflow_mail_digests_total`` is a true counter,
+kept in digest_runs. Request latency is per process: ``server.latency``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_go_float
+from sqlalchemy import and_, case, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.models import (
     BounceRecord,
     Category,
+    DigestRun,
     Disposition,
     InboundMessage,
     Outbox,
@@ -31,6 +38,34 @@ from qaflow_mail.db.models import (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "qaflow_mail"
+# Upper bounds of the bounce score buckets; the default [limits] bounce_score_threshold is 5.
+BOUNCE_SCORE_BUCKETS = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0)
+DELIVERY_RESULTS = ("sent", "retried", "failed", "bounced_hard", "bounced_soft")
+
+
+def _bucket_label(bound: float) -> str:
+    """A bucket bound as Prometheus clients write ``le`` ("1.0", "+Inf")."""
+    label: str = _untyped_go_float(bound)  # type: ignore[no-untyped-call]
+    return label
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRunFigures:
+    last_run_at: datetime
+    last_digests: int
+    digests_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreHistogram:
+    """Users by bounce score: cumulative counts per upper bound (the last is +Inf), and the scores' sum."""
+
+    buckets: tuple[tuple[float, int], ...] = ()
+    total: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return self.buckets[-1][1] if self.buckets else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +80,9 @@ class Snapshot:
     categories: int
     bounces: int
     bouncing_users: int
+    deliveries: Mapping[str, int] = field(default_factory=dict)
+    digest_runs: Mapping[str, DigestRunFigures] = field(default_factory=dict)
+    bounce_scores: ScoreHistogram = ScoreHistogram()
 
     @property
     def shunted(self) -> int:
@@ -63,6 +101,12 @@ class Snapshot:
             "categories": self.categories,
             "bounces": self.bounces,
             "bouncing_users": self.bouncing_users,
+            "deliveries": dict(self.deliveries),
+            "digest_runs": {period: {"last_run_at": run.last_run_at.isoformat(), "last_digests": run.last_digests,
+                                     "digests_total": run.digests_total}
+                            for period, run in sorted(self.digest_runs.items())},
+            "bounce_scores": {"buckets": {_bucket_label(le): n for le, n in self.bounce_scores.buckets},
+                              "sum": self.bounce_scores.total},
         }
 
 
@@ -76,6 +120,35 @@ async def _grouped(session: AsyncSession, column: object, every: Iterable[str]) 
 
 async def _count(session: AsyncSession, model: type) -> int:
     return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def _deliveries(session: AsyncSession) -> dict[str, int]:
+    """Outbox rows sent, failed, and retried (a temporary failure was tried again, or waits to be), and bounce
+    records by kind: the delivery results the database still holds."""
+    sent, failed, pending = OutboxStatus.SENT.value, OutboxStatus.FAILED.value, OutboxStatus.PENDING.value
+    retried = or_(and_(Outbox.status.in_((sent, failed)), Outbox.attempts > 1),
+                  and_(Outbox.status == pending, Outbox.attempts > 0))
+    sent_rows, retried_rows, failed_rows = (await session.execute(select(
+        func.count().filter(Outbox.status == sent), func.count().filter(retried),
+        func.count().filter(Outbox.status == failed),
+    ))).one()
+    bounces = await _grouped(session, BounceRecord.kind, ("hard", "soft"))
+    return {"sent": int(sent_rows or 0), "retried": int(retried_rows or 0), "failed": int(failed_rows or 0),
+            **{f"bounced_{kind}": n for kind, n in sorted(bounces.items())}}
+
+
+async def _bounce_scores(session: AsyncSession) -> ScoreHistogram:
+    """Every user's bounce score, as cumulative buckets: one query."""
+    columns = [func.sum(case((User.bounce_score <= bound, 1), else_=0)) for bound in BOUNCE_SCORE_BUCKETS]
+    row = (await session.execute(select(*columns, func.count(), func.coalesce(func.sum(User.bounce_score), 0.0)))).one()
+    buckets = [(bound, int(row[i] or 0)) for i, bound in enumerate(BOUNCE_SCORE_BUCKETS)]
+    buckets.append((float("inf"), int(row[len(BOUNCE_SCORE_BUCKETS)] or 0)))
+    return ScoreHistogram(buckets=tuple(buckets), total=float(row[-1] or 0.0))
+
+
+async def _digest_runs(session: AsyncSession) -> dict[str, DigestRunFigures]:
+    return {run.period: DigestRunFigures(run.last_run_at, run.last_digests, run.digests_total)
+            for run in await session.scalars(select(DigestRun))}
 
 
 async def snapshot(session: AsyncSession, *, now: datetime) -> Snapshot:
@@ -100,6 +173,9 @@ async def snapshot(session: AsyncSession, *, now: datetime) -> Snapshot:
         categories=await _count(session, Category),
         bounces=await _count(session, BounceRecord),
         bouncing_users=int(bouncing or 0),
+        deliveries=await _deliveries(session),
+        digest_runs=await _digest_runs(session),
+        bounce_scores=await _bounce_scores(session),
     )
 
 
@@ -108,37 +184,57 @@ async def database_ok(session: AsyncSession) -> None:
     await session.execute(text("SELECT 1"))
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _gauge(name: str, help_text: str, label: str | None, values: Iterable[tuple[str, float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=[label] if label else None)
+    for key, value in values:
+        family.add_metric([key] if label else [], value)
+    return family
 
 
-def _family(name: str, help_text: str, samples: Iterable[tuple[Mapping[str, str], float]]) -> list[str]:
-    lines = [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} gauge"]
-    for labels, value in samples:
-        rendered = ",".join(f'{key}="{_label(val)}"' for key, val in sorted(labels.items()))
-        number = repr(float(value)) if not float(value).is_integer() else str(int(value))
-        lines.append(f"{PREFIX}_{name}{{{rendered}}} {number}" if rendered else f"{PREFIX}_{name} {number}")
-    return lines
+class _SnapshotCollector(Collector):
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snap
+        yield _gauge("inbound_messages", "Inbound messages recorded, by disposition.", "disposition",
+                     sorted(snap.inbound_by_disposition.items()))
+        yield _gauge("outbox_messages", "Outbox rows, by status (sent and failed rows are pruned after [retention]).",
+                     "status", sorted(snap.outbox_by_status.items()))
+        yield _gauge("outbox_pending_messages", "Outbox rows waiting to be sent, by kind.", "kind",
+                     sorted(snap.outbox_by_kind_pending.items()))
+        yield _gauge("outbox_oldest_pending_age_seconds", "Age of the oldest outbox row still waiting (0 when none).",
+                     None, [("", snap.oldest_pending_outbox_seconds)])
+        yield _gauge("shunted_messages", "Inbound messages set aside after failing every attempt (qaflow-mail shunt).",
+                     None, [("", snap.shunted)])
+        yield _gauge("posts", "Posts, by status.", "status", sorted(snap.posts_by_status.items()))
+        yield _gauge("users", "Users, by status.", "status", sorted(snap.users_by_status.items()))
+        yield _gauge("topics", "Topics.", None, [("", snap.topics)])
+        yield _gauge("categories", "Categories.", None, [("", snap.categories)])
+        yield _gauge("bounces", "Delivery failures recorded.", None, [("", snap.bounces)])
+        yield _gauge("bouncing_users", "Users whose mail stopped after too many bounces.", None,
+                     [("", snap.bouncing_users)])
+        yield _gauge("deliveries", "Delivery results on record: outbox rows sent, retried (a temporary failure tried "
+                     "again) and failed, and bounces by kind (outbox rows are pruned after [retention]).", "result",
+                     [(r, snap.deliveries.get(r, 0)) for r in DELIVERY_RESULTS])
+        yield _gauge("digest_last_run_timestamp_seconds", "When a digest pass last ran on any node (Unix time).",
+                     "period", [(p, run.last_run_at.timestamp()) for p, run in sorted(snap.digest_runs.items())])
+        yield _gauge("digest_last_run_digests", "Digests the last pass queued.", "period",
+                     [(p, run.last_digests) for p, run in sorted(snap.digest_runs.items())])
+        digests = CounterMetricFamily(f"{PREFIX}_digests", "Digests queued by all passes.", labels=["period"])
+        for period, run in sorted(snap.digest_runs.items()):
+            digests.add_metric([period], run.digests_total)
+        yield digests
+        scores = snap.bounce_scores
+        yield HistogramMetricFamily(
+            f"{PREFIX}_user_bounce_score", "Users by bounce score (delivery stops at [limits] bounce_score_threshold).",
+            buckets=[(_bucket_label(le), n) for le, n in scores.buckets] or [("+Inf", 0)],
+            sum_value=scores.total,
+        )
 
 
 def prometheus_text(snap: Snapshot) -> str:
     """``snap`` in the Prometheus text exposition format."""
-    lines = [
-        *_family("inbound_messages", "Inbound messages recorded, by disposition.",
-                 (({"disposition": k}, v) for k, v in sorted(snap.inbound_by_disposition.items()))),
-        *_family("outbox_messages", "Outbox rows, by status (sent and failed rows are pruned after [retention]).",
-                 (({"status": k}, v) for k, v in sorted(snap.outbox_by_status.items()))),
-        *_family("outbox_pending_messages", "Outbox rows waiting to be sent, by kind.",
-                 (({"kind": k}, v) for k, v in sorted(snap.outbox_by_kind_pending.items()))),
-        *_family("outbox_oldest_pending_age_seconds", "Age of the oldest outbox row still waiting (0 when none).",
-                 [({}, snap.oldest_pending_outbox_seconds)]),
-        *_family("shunted_messages", "Inbound messages set aside after failing every attempt (qaflow-mail shunt).",
-                 [({}, snap.shunted)]),
-        *_family("posts", "Posts, by status.", (({"status": k}, v) for k, v in sorted(snap.posts_by_status.items()))),
-        *_family("users", "Users, by status.", (({"status": k}, v) for k, v in sorted(snap.users_by_status.items()))),
-        *_family("topics", "Topics.", [({}, snap.topics)]),
-        *_family("categories", "Categories.", [({}, snap.categories)]),
-        *_family("bounces", "Delivery failures recorded.", [({}, snap.bounces)]),
-        *_family("bouncing_users", "Users whose mail stopped after too many bounces.", [({}, snap.bouncing_users)]),
-    ]
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    return generate_latest(registry).decode()

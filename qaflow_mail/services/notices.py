@@ -222,7 +222,7 @@ def unsubscribed_notice(
             "site": {"name": settings.site.name, "base_url": settings.site.base_url},
             "category": category,
             "resubscribe_url": settings.site.base_url
-            if result.category_slug is None or result.digest_mode is not None
+            if result.category_slug is None or result.digest_mode is not None or result.category_private
             else category_url(settings, result.category_slug),
             "request_address": _resubscribe_address(settings, result),
         },

@@ -25,7 +25,8 @@ async def apply_reply_command(
     change = await unsubscribe(session, email=user.email, category_slug=category.slug, now=now)
     status = UnsubscribeStatus.ALREADY if change.previous is SubscriptionMode.MUTE else UnsubscribeStatus.UNSUBSCRIBED
     result = UnsubscribeResult(status, user_id=user.id, email=change.email, category_id=category.id,
-                               category_name=category.name, category_slug=category.slug)
+                               category_name=category.name, category_slug=category.slug,
+                               category_private=category.private)
     notice = unsubscribed_notice(deps.settings, deps.renderer, result, now=now, in_reply_to=in_reply_to)
     await enqueue(session, [notice], now=now)
     return f"reply command {command}: user {user.id} from category {category.slug} ({status})"

@@ -123,6 +123,12 @@ def _unmarked(value: str) -> str:
 # index backwards by post id (ids grow as posts arrive).
 
 SQLITE_RANKED_AT_MOST = 4_000
+# bm25() first counts, over the WHOLE index, the posts each term matches (its IDF). For a word that is a doclist
+# length; for a phrase it means checking word positions in every post holding all its words, about 1 ms per 1,000
+# matches, whatever the window. So a query with a phrase is ranked by bm25 only while the index holds fewer than
+# this many matches for it; beyond, "best" is the cheaper rank: posts whose subject matches every term first, then
+# the others, newest first in each.
+SQLITE_PHRASE_BM25_AT_MOST = 1_000
 POSTGRES_RANKED_AT_MOST = 2_000
 _FIRST_WINDOW = 50
 _WIDEN = 4
@@ -140,6 +146,7 @@ ORDER BY bm25({FTS_TABLE}, 4.0, 1.0), rowid DESC LIMIT :window
 SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :query ORDER BY rowid DESC LIMIT :window
 """,
 }
+_SQLITE_NEWEST = _SQLITE_WINDOW[SearchOrder.NEWEST]
 # Extracts only for the page shown: snippet() runs per row.
 _SQLITE_EXTRACTS = f"""
 SELECT rowid, snippet({FTS_TABLE}, 1, :mark_start, :mark_end, '…', 24)
@@ -176,8 +183,36 @@ _Row = tuple[int, int, str, datetime, str, str]
 
 async def _ranked_ids(session: AsyncSession, sqlite: bool, order: SearchOrder, params: dict[str, object],
                       window: int) -> list[int]:
+    if "subject_query" in params:
+        return await _subject_first_ids(session, params, window)
     sql = _SQLITE_WINDOW[order] if sqlite else _POSTGRES_WINDOW[order]
     return [int(pid) for pid in (await session.scalars(text(sql), params | {"window": window})).all()]
+
+
+async def _subject_first_ids(session: AsyncSession, params: dict[str, object], window: int) -> list[int]:
+    """The first ``window`` ids in the order: subject matches newest first, then the other matches newest first.
+    Two walks of the index backwards by id, each stopping after the rows it needs."""
+    in_subject = [int(pid) for pid in await session.scalars(
+        text(_SQLITE_NEWEST), {"query": params["subject_query"], "window": window})]
+    if len(in_subject) == window:
+        return in_subject
+    taken = set(in_subject)
+    newest = await session.scalars(text(_SQLITE_NEWEST), {"query": params["query"],
+                                                          "window": window + len(in_subject)})
+    rest = [int(pid) for pid in newest if int(pid) not in taken]
+    return (in_subject + rest)[:window]
+
+
+async def _sqlite_best_params(session: AsyncSession, terms: list[Term]) -> dict[str, object]:
+    """The parameters of a "best match" search on SQLite: bm25 over the newest matches, or, for a common phrase,
+    the subject-first rank (see SQLITE_PHRASE_BM25_AT_MOST)."""
+    params: dict[str, object] = {"query": fts5_query(terms)}
+    if any(len(term.words) > 1 for term in terms):
+        common = await session.scalar(text(_SQLITE_FLOOR), params | {"skip": SQLITE_PHRASE_BM25_AT_MOST - 1})
+        if common is not None:
+            return params | {"subject_query": f"{{subject}} : ({params['query']})"}
+    floor = await session.scalar(text(_SQLITE_FLOOR), params | {"skip": SQLITE_RANKED_AT_MOST - 1})
+    return params | {"floor": int(floor or 0)}
 
 
 async def _visible(session: AsyncSession, post_ids: list[int]) -> dict[int, _Row]:
@@ -205,10 +240,8 @@ async def search_posts(
     sqlite = session.get_bind().dialect.name == "sqlite"
     params: dict[str, object]
     if sqlite:
-        params = {"query": fts5_query(terms)}
-        if order is SearchOrder.BEST:
-            floor = await session.scalar(text(_SQLITE_FLOOR), params | {"skip": SQLITE_RANKED_AT_MOST - 1})
-            params["floor"] = int(floor or 0)
+        params = await _sqlite_best_params(session, terms) if order is SearchOrder.BEST else {
+            "query": fts5_query(terms)}
     else:
         params = {"query": tsquery(terms), "ranked": POSTGRES_RANKED_AT_MOST}
     wanted = (page - 1) * per_page + per_page + 1  # one more than the page: is there a next one?

@@ -4,8 +4,9 @@
 - ``unsubscribe_by_token``: the signed token of a List-Unsubscribe link or address turns one subscription to
   ``mute`` (category id 0 means the site's announcements: ``users.announcements_muted``). Idempotent.
   ``check_unsubscribe_token`` says what a token would do, changing nothing.
-- ``rotate_tokens``: a category unsubscribe token carries the user's token generation; raising it (re-subscribing,
-  a confirmed join, ``user rotate-tokens``) voids every earlier link, e.g. one that leaked into a quote.
+- ``rotate_tokens``: every unsubscribe token (a category's, the announcements', a digest's own) carries the user's
+  token generation; raising it (re-subscribing, a confirmed join, ``user rotate-tokens``) voids every earlier
+  link, e.g. one that leaked into a quote.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class UnsubscribeResult:
     category_name: str | None = None
     category_slug: str | None = None
     digest_mode: SubscriptionMode | None = None  # set when the token stops a whole daily or weekly digest
+    category_private: bool = False  # a mail-only category: it has no page to link back to
     detail: str = ""  # for the logs only
 
     @property
@@ -161,6 +163,10 @@ async def check_unsubscribe_token(
     user = await session.get(User, user_id)
     if user is None:
         return UnsubscribeResult(UnsubscribeStatus.INVALID, detail=f"user {user_id} no longer exists")
+    generation = unsubscribe_generation(payload.ids)
+    if generation != user.token_generation:
+        return UnsubscribeResult(UnsubscribeStatus.INVALID,
+                                 detail=f"user {user.id}: a superseded {payload.kind} token (generation {generation})")
     if payload.kind is TokenKind.DIGEST:
         mode = DIGEST_MODE_BY_CODE.get(target_id)
         if mode is None:
@@ -174,12 +180,9 @@ async def check_unsubscribe_token(
     if category is None:
         return UnsubscribeResult(UnsubscribeStatus.INVALID, user_id=user.id, email=user.email,
                                  detail=f"category {category_id} no longer exists")
-    if unsubscribe_generation(payload.ids) != user.token_generation:
-        return UnsubscribeResult(UnsubscribeStatus.INVALID,
-                                 detail=f"user {user.id}: a superseded unsubscribe token "
-                                        f"(generation {unsubscribe_generation(payload.ids)})")
     return UnsubscribeResult(UnsubscribeStatus.VALID, user_id=user.id, email=user.email, category_id=category.id,
-                             category_name=category.name, category_slug=category.slug)
+                             category_name=category.name, category_slug=category.slug,
+                             category_private=category.private)
 
 
 async def unsubscribe_by_token(

@@ -37,11 +37,14 @@ from qaflow_mail.db.models import (
     UserAddress,
     UserStatus,
 )
+from qaflow_mail.deps import Deps
 from qaflow_mail.mail.tokens import TokenKind, verify
 from qaflow_mail.outbound.announcements import announcement_status
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running, running
+from qaflow_mail.server.fanout_worker import FanoutWorker
 from tests.clock import Clock
+from tests.fanout import fanout_done
 from tests.sink import SmtpSink
 from tests.smtp_client import Conversation, send
 from tests.unit.test_dkim_check import dns_for, message, shared_key, sign
@@ -116,6 +119,7 @@ async def announcements(run: Running) -> list[Announcement]:
 
 
 async def outbox(run: Running, kind: OutboxKind) -> list[Outbox]:
+    await fanout_done(run.deps, timeout=20)  # a broadcast is written by the fan-out worker, after the 250
     return await query(run, select(Outbox).where(Outbox.kind == kind.value).order_by(Outbox.id))
 
 
@@ -447,6 +451,7 @@ async def test_a_broadcast_to_1000_users_reaches_the_sink(gateway_for: Any, sett
         await seed(run, users=998)  # + alice + mallory = 1,000 recipients; the muted and the disabled get none
         started = time.perf_counter()
         assert (await deliver(run, signed_announcement())).data_code == 250
+        await fanout_done(run.deps, timeout=30)
         enqueued = time.perf_counter()
         async with sending(run.deps) as sender:
             sender.wake()
@@ -490,7 +495,23 @@ def test_announce_send_and_status_from_the_command_line(
     assert args.func(settings, args) == 0
     status = json.loads(capsys.readouterr().out)
     assert (status["status"], status["verified_by"]) == ("published", "cli")
+    # No gateway runs: the broadcast's fan-out job waits for one, and the status says so.
+    assert (status["queued"], status["sent"], status["failed"]) == (0, 0, 0)
+    assert status["fanout"] == {"written": 0, "finished": False, "error": None}
+
+    async def expand() -> None:
+        engine = create_engine(settings.database.url)
+        try:
+            await FanoutWorker(Deps.build(settings, session_factory(engine)), worker="test").run_once()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(expand())
+    args = _cli("announce", "status", str(sent["id"]), "--json")
+    assert args.func(settings, args) == 0
+    status = json.loads(capsys.readouterr().out)
     assert (status["queued"], status["sent"], status["failed"]) == (2, 0, 0)
+    assert status["fanout"] == {"written": 2, "finished": True, "error": None}
 
     args = _cli("announce", "send", "--from", "bob@example.net", "--subject", "Hi", "--body-file", str(body))
     with pytest.raises(CommandError, match="not an active admin"):

@@ -17,6 +17,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.defaults import ensure_default_categories
 from qaflow_mail.db.models import ConfirmationRequest, SubscriptionMode, Topic, UserStatus
+from qaflow_mail.mail.tokens import TokenKind, sign, unsubscribe_ids
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.http import http_server
 from qaflow_mail.services.subscriptions import subscribe
@@ -85,6 +86,12 @@ def confirm_link(message: SinkMessage) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
+def texts(message: SinkMessage) -> str:
+    """Every text part of a message, decoded, one after the other."""
+    return "\n".join(str(part.get_content()) for part in message.parsed().walk()
+                     if part.get_content_maintype() == "text")
+
+
 async def confirmations(run: Running) -> int:
     async with run.deps.sessions() as session:
         return int(await session.scalar(select(func.count(ConfirmationRequest.id))) or 0)
@@ -132,6 +139,39 @@ async def test_the_link_shows_on_get_confirms_on_post_and_works_once(
     assert leaked == [], "\n".join(leaked)
     assert await mail(forum.run, sender=NEWCOMER, to=reply_to(confirmation), body="yes") == 550
     await deliver(forum.run, sink, 0)  # and nothing more was mailed
+
+
+async def test_a_private_category_is_joined_by_mail_and_no_mail_or_page_links_to_it(
+    forum: Forum, sink: SmtpSink) -> None:
+    """Private means mail only, not invitation only: the web has no Staff (no page, no form), mail joins it."""
+    assert (await http(forum, "/c/staff/follow", method="POST", form={"address": NEWCOMER})).status == 404
+    assert await confirmations(forum.run) == 0
+    assert await mail(forum.run, sender=NEWCOMER, to=f"staff-join@{DOMAIN}", subject="weekly") == 250
+    [confirmation] = await deliver(forum.run, sink, 1)
+    path, _token = confirm_link(confirmation)
+    assert "http://forum.test" in texts(confirmation)
+    assert "/c/staff" not in texts(confirmation)  # it would be a 404: the site's front page instead
+    page = await http(forum, path, method="POST", form={})
+    assert page.status == 200 and "a weekly digest" in page.text and "/c/staff" not in page.text
+    assert (await subscription(forum.run, NEWCOMER))[1] == SubscriptionMode.WEEKLY
+    [welcome] = await deliver(forum.run, sink, 1)
+    assert "Welcome to Staff" in str(welcome.parsed()["Subject"]) and "/c/staff" not in texts(welcome)
+
+    # Leaving by its unsubscribe link: neither its page nor the "you are unsubscribed" mail links to Staff's page.
+    async with forum.run.deps.sessions() as session:
+        user = await queries.user_by_email(session, NEWCOMER)
+        staff = await queries.category_by_slug(session, "staff")
+        assert user is not None and staff is not None
+        token = sign(TokenKind.UNSUBSCRIBE, unsubscribe_ids(user.id, staff.id, user.token_generation),
+                     secret=forum.run.deps.settings.tokens.secret, issued=datetime.now(UTC).date())
+    page = await http(forum, f"/unsubscribe/{token}")
+    assert page.status == 200 and "/c/staff" not in page.text
+    assert await mail(forum.run, sender=NEWCOMER, to=f"unsubscribe+{token}@{DOMAIN}") == 250
+    [notice] = await deliver(forum.run, sink, 1)
+    assert "http://forum.test" in texts(notice) and "/c/staff" not in texts(notice)
+    assert (await subscription(forum.run, NEWCOMER))[1] == SubscriptionMode.MUTE
+    page = await http(forum, f"/unsubscribe/{token}", method="POST", form={})
+    assert page.status == 200 and "/c/staff" not in page.text and "http://forum.test" in page.text
 
 
 async def test_a_leave_link_mutes_the_subscription(

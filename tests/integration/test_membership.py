@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from qaflow_mail.config import Settings
+from qaflow_mail.config import AnnounceSettings, Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import CategorySubscription, SubscriptionMode, User, UserStatus
 from qaflow_mail.outbound.sender import sending
@@ -21,6 +21,11 @@ from tests.smtp_client import make_mail, send
 DOMAIN = "forum.test"
 GENERAL = f"general@{DOMAIN}"
 ALICE, NEWCOMER, VICTIM = "alice@example.org", "newcomer@example.net", "victim@example.com"
+OUR_MTA = "mx.forum.test"
+# What our MTA writes above a message whose From domain passed DMARC: the one thing that lets a -request@ mode or
+# notify change through without a confirmation.
+AUTHENTICATED = {"Authentication-Results": f"{OUR_MTA}; dkim=pass header.d=example.org; "
+                                           "dmarc=pass header.from=example.org"}
 
 
 @pytest.fixture
@@ -34,6 +39,7 @@ def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
         outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        announce=dataclasses.replace(AnnounceSettings(), trusted_authserv_id=OUR_MTA),
     )
 
 
@@ -140,7 +146,8 @@ async def test_automatic_mail_never_triggers_a_confirmation(forum: Running, sink
 
 async def test_request_commands_are_answered_in_one_mail(forum: Running, sink: SmtpSink) -> None:
     body = "mode daily\nnotify all\nstatus\n\n-- \nAlice\nhelp\n"
-    assert await mail(forum, sender=ALICE, to=f"general-request@{DOMAIN}", subject="Re: commands", body=body) == 250
+    assert await mail(forum, sender=ALICE, to=f"general-request@{DOMAIN}", subject="Re: commands", body=body,
+                      headers=AUTHENTICATED) == 250
     [answer] = await deliver(forum, sink, 1)
     text = answer.parsed().get_body(("plain",)).get_content().replace("\r\n", "\n")
     assert "> mode daily\ndone: General is now \"daily\"" in text
@@ -177,3 +184,57 @@ async def test_rotating_tokens_voids_every_earlier_unsubscribe_link(forum: Runni
                    secret=settings.tokens.secret, issued=now.date())
         assert (await check_unsubscribe_token(session, old, settings, now)).status is UnsubscribeStatus.INVALID
         assert (await check_unsubscribe_token(session, new, settings, now)).status is UnsubscribeStatus.VALID
+
+
+async def test_a_forged_mode_or_notify_change_waits_for_the_owner_of_the_address(
+    forum: Running, sink: SmtpSink
+) -> None:
+    async with forum.deps.sessions() as session, session.begin():
+        alice = await queries.user_by_email(session, ALICE)
+        general = await queries.category_by_slug(session, "general")
+        assert alice is not None and general is not None
+        session.add(CategorySubscription(user_id=alice.id, category_id=general.id, mode=SubscriptionMode.EACH.value,
+                                         created_at=datetime.now(UTC)))
+    # Anyone can put Alice's address in a From; without our MTA's word for it, nothing changes yet.
+    forged = make_mail(sender=ALICE, to=f"general-request@{DOMAIN}", subject="mode weekly",
+                       body="notify off\nstatus\nhelp\n")
+    conv = await send(forum.smtp_port, forged, mail_from="mallory@example.net", rcpt_tos=[f"general-request@{DOMAIN}"])
+    assert conv.data_code == 250
+    delivered = await deliver(forum, sink, 3)
+    assert {m.rcpt_tos for m in delivered} == {(ALICE,)}  # the answer and both confirmations
+    [answer] = [m for m in delivered if "Confirm:" not in str(m.parsed()["Subject"])]
+    confirmations = [m for m in delivered if m is not answer]
+    text = answer.parsed().get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.count("a confirmation was sent to you in a separate email") == 2
+    assert "you follow general (each)" in text and "> help" in text  # status and help: answered at once
+    user, mode = await subscription(forum, ALICE)
+    assert user is not None and mode == SubscriptionMode.EACH and user.notify_replies == "direct"
+    subjects = {str(m.parsed()["Subject"]): m for m in confirmations}
+    assert set(subjects) == {"[QAFlow Test] Confirm: General weekly", "[QAFlow Test] Confirm: replies by mail off"}
+
+    # Someone else replying to the confirmation does nothing; Alice replying does it.
+    mode_confirmation = subjects["[QAFlow Test] Confirm: General weekly"]
+    assert await mail(forum, sender="mallory@example.net", to=reply_to(mode_confirmation), body="yes") == 550
+    assert await mail(forum, sender=ALICE, to=reply_to(mode_confirmation), body="yes") == 250
+    [done] = await deliver(forum, sink, 1)
+    assert "weekly digests of General" in done.parsed().get_body(("plain",)).get_content()
+    user, mode = await subscription(forum, ALICE)
+    assert user is not None and mode == SubscriptionMode.WEEKLY and user.notify_replies == "direct"
+    assert await mail(forum, sender=ALICE, to=reply_to(subjects["[QAFlow Test] Confirm: replies by mail off"]),
+                      body="yes") == 250
+    await deliver(forum, sink, 1)
+    user, _mode = await subscription(forum, ALICE)
+    assert user is not None and user.notify_replies == "off"
+
+
+async def test_an_authentication_results_header_written_by_someone_else_is_no_proof(
+    forum: Running, sink: SmtpSink
+) -> None:
+    # Only the topmost Authentication-Results counts, and only our MTA's: the sender's own is ignored.
+    spoofed = {"Authentication-Results": "mx.elsewhere.example; dmarc=pass header.from=example.org"}
+    assert await mail(forum, sender=ALICE, to=f"general-request@{DOMAIN}", body="notify all",
+                      headers=spoofed) == 250
+    subjects = sorted(str(m.parsed()["Subject"]) for m in await deliver(forum, sink, 2))
+    assert "[QAFlow Test] Confirm: replies by mail all" in subjects
+    user, _mode = await subscription(forum, ALICE)
+    assert user is not None and user.notify_replies == "direct"

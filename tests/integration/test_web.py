@@ -6,23 +6,29 @@ from __future__ import annotations
 import json
 import mailbox
 import re
+import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from time import monotonic
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from qaflow_mail.config import Settings
+from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Attachment, Category, Outbox, Post, PostStatus, SubscriptionMode, Topic, User
 from qaflow_mail.server.app import Running
+from qaflow_mail.server.web.freshness import UNKNOWN, CommitWatch, FreshnessMemo
 from qaflow_mail.server.web.views import is_robot
+from qaflow_mail.services import search as search_service
 from qaflow_mail.services.search import fts5_query, parse_query, tsquery
 from qaflow_mail.services.subscriptions import subscribe
+from qaflow_mail.services.topics import TopicFreshness
 from qaflow_mail.urls import topic_url
 from tests.integration.test_cli import cli
 from tests.smtp_client import make_mail, send
@@ -248,6 +254,96 @@ async def test_a_cached_page_follows_every_change_at_once(forum: WebForum) -> No
     assert "/c/general" not in (await forum.get("/")).text
 
 
+async def test_a_repeated_topic_page_asks_the_database_nothing_until_anyone_commits(forum: WebForum) -> None:
+    """On SQLite a repeated topic page runs no statement at all (the server's own connection says, by ``PRAGMA
+    data_version``, that nobody committed); a commit by another node (here: an engine of its own on the same
+    database) shows on the very next request. On PostgreSQL every request reads the freshness."""
+    topic_id = await start_thread(forum)
+    engine = forum.run.deps.sessions.kw["bind"]
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        deadline = monotonic() + 10  # the outbox sender may still be writing: wait for a quiet moment
+        while True:
+            statements.clear()
+            first = await forum.get(f"/t/{topic_id}", method="HEAD")
+            if engine.dialect.name != "sqlite" or not statements or monotonic() > deadline:
+                break
+        assert first.status == 200
+        assert bool(statements) == (engine.dialect.name != "sqlite"), statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    other_node = create_engine(forum.run.deps.settings.database.url)
+    try:
+        async with session_factory(other_node)() as session, session.begin():
+            author_id = await session.scalar(select(Post.author_id).where(Post.message_id == "a1@client.test"))
+            await session.execute(update(User).where(User.id == author_id).values(display_name="Renamed Elsewhere"))
+        renamed = await forum.get(f"/t/{topic_id}")
+        assert "Renamed Elsewhere" in renamed.text and renamed.headers["ETag"] != first.headers["ETag"]
+        async with session_factory(other_node)() as session, session.begin():
+            await session.execute(update(Category).where(Category.slug == "general").values(private=True))
+        assert (await forum.get(f"/t/{topic_id}", method="HEAD")).status == 404
+    finally:
+        await other_node.dispose()
+
+
+async def test_the_listing_pages_follow_a_commit_by_another_node_at_once(forum: WebForum) -> None:
+    """The latest-topics and category pages are remembered while nobody commits (SQLite): a commit by another node
+    (an engine of its own on the same database) shows on the very next request, and so does a private category."""
+    topic_id = await start_thread(forum)
+    for path in ("/", "/c/general"):
+        assert (await forum.get(path)).status == 200
+        assert (await forum.get(path)).status == 200  # the second answer may come from memory
+    other_node = create_engine(forum.run.deps.settings.database.url)
+    try:
+        async with session_factory(other_node)() as session, session.begin():
+            await session.execute(update(Topic).where(Topic.id == topic_id).values(subject="Renamed on node B"))
+        for path in ("/", "/c/general"):
+            assert "Renamed on node B" in (await forum.get(path)).text
+        async with session_factory(other_node)() as session, session.begin():
+            await session.execute(update(Category).where(Category.slug == "general").values(private=True))
+        assert (await forum.get("/c/general")).status == 404
+        assert "Renamed on node B" not in (await forum.get("/")).text
+    finally:
+        await other_node.dispose()
+
+
+def test_commit_watch_forgets_on_any_commit_and_never_keeps_a_raced_read(tmp_path: Path) -> None:
+    path = tmp_path / "watched.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    assert CommitWatch.for_url("postgresql+asyncpg://postgres@127.0.0.1/x") is None
+    assert CommitWatch.for_url("sqlite+aiosqlite:///:memory:") is None
+    memo = FreshnessMemo(CommitWatch.for_url(f"sqlite+aiosqlite:///{path}"))
+    fresh = TopicFreshness(topic_id=1, last_post_at=datetime.now(UTC), key="k")
+    try:
+        recalled = memo.recall(1)
+        assert recalled.freshness is UNKNOWN
+        memo.remember(recalled, 1, fresh)
+        memo.remember(memo.recall(2), 2, None)  # "not visible" is remembered too
+        writer.execute("SELECT x FROM t").fetchall()  # reading commits nothing
+        assert memo.recall(1).freshness == fresh and memo.recall(2).freshness is None
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert memo.recall(1).freshness is UNKNOWN and memo.recall(2).freshness is UNKNOWN
+        raced = memo.recall(1)  # a query starts; someone commits; another request notices; the query ends
+        writer.execute("INSERT INTO t VALUES (2)")
+        memo.recall(3)
+        memo.remember(raced, 1, fresh)
+        assert memo.recall(1).freshness is UNKNOWN
+    finally:
+        memo.close()
+        writer.close()
+    unreadable = FreshnessMemo(CommitWatch(str(tmp_path / "no such folder" / "x.db")))
+    recalled = unreadable.recall(1)
+    unreadable.remember(recalled, 1, fresh)
+    assert recalled.version is None and unreadable.recall(1).freshness is UNKNOWN
+
+
 # --- attachments --------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +412,24 @@ async def test_search_finds_words_phrases_and_prefixes(forum: WebForum) -> None:
     assert newest.status == 200
     assert newest.text.index("that <mark>parsed</mark>") < newest.text.index("to <mark>parse</mark> mail")
     no_addresses((await forum.get("/search?q=alice")).text)
+
+
+async def test_a_common_phrase_is_ranked_subject_first(forum: WebForum, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite, bm25 over a phrase costs a walk of every match in the index; past a bound (here: any match at
+    all) "best" puts posts whose subject holds the phrase first, then the rest, newest first in each."""
+    monkeypatch.setattr(search_service, "SQLITE_PHRASE_BM25_AT_MOST", 1)
+    topic_id = await start_thread(forum)
+    assert await forum.mail(BOB, f"general@{DOMAIN}", subject="Daily routine", body="Every morning I parse mail.",
+                            message_id="<body1@client.test>") == 250
+    other_id = await topic_id_of(forum, "body1@client.test")
+    best = (await forum.get('/search?q="parse+mail"')).text
+    newest = (await forum.get('/search?q="parse+mail"&order=newest')).text
+    for page in (best, newest):
+        assert page.count(f"/t/{topic_id}#p") == 3 and f"/t/{other_id}#p" in page and "<mark>" in page
+    assert newest.index(f"/t/{other_id}#p") < newest.index(f"/t/{topic_id}#p")
+    if forum.run.deps.settings.database.url.startswith("sqlite"):
+        assert best.index(f"/t/{topic_id}#p") < best.index(f"/t/{other_id}#p")
+    assert "Nothing matches" in (await forum.get('/search?q="mail+parse"')).text
 
 
 @pytest.mark.parametrize("typed", ['"', "*", "AND", "NOT", "(", "a OR", "NEAR(", "x:y", "'", "\\", "%00", "💥",

@@ -29,3 +29,15 @@ def test_join_mode_from_subject_or_first_line() -> None:
     assert join_mode("Re: join weekly", "") == "weekly"
     assert join_mode("", "\nsubscribe daily\n") == "daily"
     assert join_mode("Please add me", "Hello!") is None
+
+
+def test_every_way_a_reply_may_say_leave_is_a_leave_command_here_too() -> None:
+    from qaflow_mail.mail.commands import ReplyCommand, reply_command
+
+    for line in ("unsubscribe", "Unsubscribe me, please", "stop", "remove me from this list", "Abmelden!",
+                 "darme de baja"):
+        assert reply_command(line) is ReplyCommand.UNSUBSCRIBE
+        [command] = parse_commands("", line)
+        assert (command.verb, command.argument, command.error) == (Verb.LEAVE, None, ""), line
+    assert [c.verb for c in parse_commands("Re: unsubscribe", "status\n")] == [Verb.LEAVE, Verb.STATUS]
+    assert parse_line("stop the daemon") is None and parse_line("leave") == parse_commands("", "leave")[0]

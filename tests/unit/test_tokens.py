@@ -202,3 +202,18 @@ def test_secrets_must_not_be_a_bare_string() -> None:
     token = sign(TokenKind.REPLY, (1, 2), secret="s", issued=ISSUED)
     with pytest.raises(TypeError):
         verify(token, kind=TokenKind.REPLY, secrets="s", today=ISSUED, max_age_days=None)
+
+
+@pytest.mark.parametrize("kind", [TokenKind.UNSUBSCRIBE, TokenKind.DIGEST])
+def test_tokens_that_stop_mail_carry_a_generation_and_generation_0_is_the_old_spelling(kind: TokenKind) -> None:
+    plain = sign(kind, (5, 1), secret=SECRET, issued=ISSUED)
+    assert sign(kind, tokens.unsubscribe_ids(5, 1, 0), secret=SECRET, issued=ISSUED) == plain
+    assert sign(TokenKind.DIGEST, tokens.digest_ids(5, "daily", 0), secret=SECRET, issued=ISSUED) == sign(
+        TokenKind.DIGEST, (5, 1), secret=SECRET, issued=ISSUED)
+    rotated = sign(kind, (5, 1, 3), secret=SECRET, issued=ISSUED)
+    assert _verify(rotated, kind).ids == (5, 1, 3) and tokens.unsubscribe_generation((5, 1, 3)) == 3
+    assert tokens.unsubscribe_generation(_verify(plain, kind).ids) == 0
+    other = TokenKind.DIGEST if kind is TokenKind.UNSUBSCRIBE else TokenKind.UNSUBSCRIBE
+    assert _reason(rotated, other) is TokenError.WRONG_KIND
+    with pytest.raises(ValueError):
+        sign(TokenKind.REPLY, (5, 1, 3), secret=SECRET, issued=ISSUED)  # only the kinds that stop mail

@@ -11,7 +11,7 @@ from qaflow_mail.services.membership import commands_by_mail
 async def apply_commands(ctx: Context) -> Context | Outcome:
     assert isinstance(ctx.destination, Request)
     results = await commands_by_mail(ctx.session, ctx.deps, slug=ctx.destination.category_slug, parsed=ctx.parsed,
-                                     now=ctx.now)
+                                     raw=ctx.raw, now=ctx.now)
     if isinstance(results, Refusal):
         return rejected(results)
     return accepted(reason="commands: " + "; ".join(f"{r.line} -> {r.outcome}" for r in results)[:1000])

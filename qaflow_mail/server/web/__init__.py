@@ -14,7 +14,9 @@ from qaflow_mail.server.web import attachments, feeds, mbox, posts, search, site
 from qaflow_mail.server.web.common import (
     CATEGORIES,
     DEPS,
+    LISTINGS,
     STYLESHEET,
+    TOPIC_FRESHNESS,
     TOPIC_PAGES,
     VIEWS,
     CategoryList,
@@ -22,6 +24,7 @@ from qaflow_mail.server.web.common import (
 )
 from qaflow_mail.server.web.confirm import add_confirm_routes
 from qaflow_mail.server.web.follow import add_follow_routes
+from qaflow_mail.server.web.freshness import CommitWatch, FreshnessMemo, ListingMemo
 from qaflow_mail.server.web.page_cache import PageCache
 from qaflow_mail.server.web.views import ViewCounter, flushing
 from qaflow_mail.services.topics import add_views
@@ -42,13 +45,22 @@ async def _count_views(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _close_freshness(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[TOPIC_FRESHNESS].close()
+    app[LISTINGS].close()
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the forum's pages; ``app[DEPS]`` must be set."""
     app[STYLESHEET] = Stylesheet.load()
     app[VIEWS] = ViewCounter(monotonic)
     app[CATEGORIES] = CategoryList()
     app[TOPIC_PAGES] = PageCache()
+    app[TOPIC_FRESHNESS] = FreshnessMemo(CommitWatch.for_url(app[DEPS].settings.database.url))
+    app[LISTINGS] = ListingMemo(CommitWatch.for_url(app[DEPS].settings.database.url))
     app.cleanup_ctx.append(_count_views)
+    app.cleanup_ctx.append(_close_freshness)
     router = app.router
     router.add_get("/", topics.index)
     router.add_get("/latest.atom", feeds.latest)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.render import TEMPLATES_DIR
+from qaflow_mail.server.web.freshness import FreshnessMemo, ListingMemo
 from qaflow_mail.server.web.page_cache import PageCache
 from qaflow_mail.server.web.views import ViewCounter
 from qaflow_mail.services.topics import CategoryInfo, forum_state, public_category_names, topic_counts
@@ -97,6 +98,8 @@ class CategoryList:
 
 CATEGORIES = web.AppKey("categories", CategoryList)
 TOPIC_PAGES = web.AppKey("topic_pages", PageCache)
+TOPIC_FRESHNESS = web.AppKey("topic_freshness", FreshnessMemo)
+LISTINGS = web.AppKey("listings", ListingMemo)
 # Bounds the age of what a topic page shows but its freshness key leaves out: the author card's post count.
 TOPIC_PAGE_MAX_AGE = timedelta(seconds=60)
 

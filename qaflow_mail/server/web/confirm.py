@@ -21,7 +21,6 @@ from qaflow_mail.server.web.common import DEPS
 from qaflow_mail.server.web.standalone import standalone_page
 from qaflow_mail.services import membership
 from qaflow_mail.services.subscriptions import mask_email
-from qaflow_mail.urls import category_url
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     if isinstance(pending, Refusal):
         return _refused(request, pending)
     return standalone_page(request, PageTemplate.MEMBERSHIP_CONFIRM, {
-        "action": pending.kind.value, "target": pending.target, "mode": pending.mode.value,
+        "action": pending.kind.value, "target": pending.target, "mode": pending.mode,
         "email": mask_email(pending.email), "action_url": request.path,
     })
 
@@ -59,12 +58,9 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
     if isinstance(done, Refusal):
         return _refused(request, done)
     deps.outbox_wakeup()  # the "you now follow" mail
-    settings = deps.settings
-    slug = done.slug
     return standalone_page(request, PageTemplate.MEMBERSHIP_DONE, {
-        "action": done.kind.value, "target": done.target, "mode": "" if done.mode is None else done.mode.value,
-        "email": mask_email(done.user.email),
-        "page": settings.site.base_url if slug is None else category_url(settings, slug),
+        "action": done.kind.value, "target": done.target, "mode": done.mode or "",
+        "email": mask_email(done.user.email), "page": done.page,
     })
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.db.models import ANNOUNCEMENTS_SLUG
 from qaflow_mail.mail.compose import clean_header_text
 from qaflow_mail.server.web.common import (
     CATEGORIES,
     DEPS,
+    LISTINGS,
     STYLESHEET,
+    TOPIC_FRESHNESS,
     TOPIC_PAGE_MAX_AGE,
     TOPIC_PAGES,
     TOPICS_PER_PAGE,
@@ -27,10 +31,13 @@ from qaflow_mail.server.web.common import (
     render_html,
     validators,
 )
+from qaflow_mail.server.web.freshness import UNKNOWN
 from qaflow_mail.server.web.page_cache import CachedPage
 from qaflow_mail.server.web.post_body import RASTER_TYPES, render_body
 from qaflow_mail.services import topics
-from qaflow_mail.services.topics import AttachmentInfo, TopicView
+from qaflow_mail.services.topics import AttachmentInfo, TopicFreshness, TopicView
+
+T = TypeVar("T")
 
 
 def attachment_path(attachment: AttachmentInfo) -> str:
@@ -48,12 +55,26 @@ def mailto_reply(address: str, *, in_reply_to: str, subject: str) -> str:
             f"&subject={quote(subject, safe='')}")
 
 
+async def _remembered(request: web.Request, key: object, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """What `read` answers, from memory while nobody has committed since it was read (SQLite), else read now."""
+    memo = request.app[LISTINGS]
+    recalled = memo.recall(key)
+    if recalled.value is not UNKNOWN:
+        return cast(T, recalled.value)
+    async with request.app[DEPS].sessions() as session:
+        value = await read(session)
+    memo.remember(recalled, key, value)
+    return value
+
+
 async def index(request: web.Request) -> web.StreamResponse:
-    deps = request.app[DEPS]
     page = page_number(request)
-    async with deps.sessions() as session:
-        listing = await topics.latest_topics(session, page=page, per_page=TOPICS_PER_PAGE)
-        categories = await request.app[CATEGORIES].get(session)
+
+    async def read(session: AsyncSession) -> tuple[Any, Any]:
+        return (await topics.latest_topics(session, page=page, per_page=TOPICS_PER_PAGE),
+                await request.app[CATEGORIES].get(session))
+
+    listing, categories = await _remembered(request, ("index", page), read)
     if page > 1 and not listing.rows:
         return not_found(request, "page")
     return render(request, WebPage.INDEX, {"listing": listing, "categories": categories, "category": None,
@@ -63,12 +84,18 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def category(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     page = page_number(request)
-    async with deps.sessions() as session:
-        found = await topics.public_category(session, request.match_info["slug"])
+    slug = request.match_info["slug"]
+
+    async def read(session: AsyncSession) -> tuple[Any, Any, Any]:
+        found = await topics.public_category(session, slug)
         if found is None:
-            return not_found(request, "category")
-        listing = await topics.latest_topics(session, category_id=found.id, page=page, per_page=TOPICS_PER_PAGE)
-        categories = await request.app[CATEGORIES].get(session)
+            return None, None, None
+        return (found, await topics.latest_topics(session, category_id=found.id, page=page, per_page=TOPICS_PER_PAGE),
+                await request.app[CATEGORIES].get(session))
+
+    found, listing, categories = await _remembered(request, ("category", slug, page), read)
+    if found is None:
+        return not_found(request, "category")
     if page > 1 and not listing.rows:
         return not_found(request, "page")
     return render(request, WebPage.CATEGORY, {
@@ -113,24 +140,36 @@ def _post_context(view: TopicView) -> list[dict[str, Any]]:
     return posts
 
 
+async def _freshness(request: web.Request, topic_id: int) -> TopicFreshness | None:
+    """The topic's freshness: remembered on this node until anyone commits (SQLite), else read in one query."""
+    memo = request.app[TOPIC_FRESHNESS]
+    recalled = memo.recall(topic_id)
+    if recalled.freshness is not UNKNOWN:
+        return recalled.freshness
+    async with request.app[DEPS].sessions() as session:
+        fresh = await topics.topic_freshness(session, topic_id)
+    memo.remember(recalled, topic_id, fresh)
+    return fresh
+
+
 async def topic(request: web.Request) -> web.StreamResponse:
-    """The topic page: one small query says whether the page in memory is still the page; else it is rendered."""
+    """The topic page: its freshness says whether the page in memory is still the page; else it is rendered."""
     deps = request.app[DEPS]
     topic_id = _topic_id(request)
     if topic_id is None:
         return not_found(request, "topic")
+    fresh = await _freshness(request, topic_id)
+    if fresh is None:
+        return not_found(request, "topic")
+    stamp = validators(fresh.last_post_at, fresh.key, request.app[STYLESHEET].name)
+    _count_view(request, topic_id)
+    if not_modified(request, stamp):
+        return answer_304(stamp)
     pages = request.app[TOPIC_PAGES]
+    cached = pages.get(topic_id, fresh.key, deps.clock())
+    if cached is not None:
+        return html_response(cached, headers=stamp)
     async with deps.sessions() as session:
-        fresh = await topics.topic_freshness(session, topic_id)
-        if fresh is None:
-            return not_found(request, "topic")
-        stamp = validators(fresh.last_post_at, fresh.key, request.app[STYLESHEET].name)
-        _count_view(request, topic_id)
-        if not_modified(request, stamp):
-            return answer_304(stamp)
-        cached = pages.get(topic_id, fresh.key, deps.clock())
-        if cached is not None:
-            return html_response(cached, headers=stamp)
         view = await topics.topic_with_posts(session, topic_id)
         if view is None or not view.posts:
             return not_found(request, "topic")

@@ -16,6 +16,8 @@ from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
     Announcement,
     Disposition,
+    FanoutJob,
+    FanoutKind,
     InboundMessage,
     Outbox,
     OutboxKind,
@@ -189,7 +191,7 @@ async def test_past_the_confirmation_rate_an_announcement_is_held_silently(
 async def test_a_proven_announcement_is_published_and_broadcast(
     make_context: MakeContext, dkim_deps: Deps, session: AsyncSession, admin: User
 ) -> None:
-    bob = await queries.add_user(session, email=BOB, now=NOW)
+    await queries.add_user(session, email=BOB, now=NOW)
     ctx = await announcer(announcement(make_context, dkim_deps, signed=True))
 
     result = await publish_or_hold(ctx)
@@ -205,7 +207,11 @@ async def test_a_proven_announcement_is_published_and_broadcast(
     [published] = await announcements(session)
     assert (published.status, published.verified_by, published.post_id) == (
         AnnouncementStatus.PUBLISHED.value, VerifiedBy.DKIM.value, post.id)
-    assert bob.email in {row.recipient for row in await outbox(session, OutboxKind.ANNOUNCEMENT)}
+    # The broadcast is a fan-out job written in the same transaction (the worker writes bob's outbox row later).
+    job = await session.scalar(select(FanoutJob).where(FanoutJob.kind == FanoutKind.ANNOUNCEMENT.value))
+    assert job is not None and job.target_id == published.id and job.finished_at is None
+    assert await outbox(session, OutboxKind.ANNOUNCEMENT) == []
+    assert "2 recipients" in result.reason  # the admin and bob
 
 
 # --- apply_confirmation -------------------------------------------------------------------------------------------
