@@ -1,4 +1,5 @@
-"""Waiting, with a deadline, until the fan-out worker has expanded every job into outbox rows."""
+"""Driving the real outbound path from a test: wait (with a deadline) until the fan-out worker has expanded every
+job into outbox rows, then drain the outbox to an SMTP sink with the real sender."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import time
 
 from qaflow_mail.deps import Deps
+from qaflow_mail.outbound.sender import sending
 from qaflow_mail.services.fanout_jobs import unfinished
+from tests.sink import SinkMessage, SmtpSink
 
 
 async def fanout_done(deps: Deps, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (a deadline, not a sleep)
@@ -20,3 +23,18 @@ async def fanout_done(deps: Deps, timeout: float = 10.0) -> None:  # noqa: ASYNC
         if time.monotonic() > deadline:
             raise AssertionError(f"fan-out: {left} job(s) unfinished after {timeout}s")
         await asyncio.sleep(0.01)  # poll interval of the deadline loop
+
+
+async def delivered(deps: Deps, sink: SmtpSink, expected: int) -> list[SinkMessage]:
+    """Fan out, drain the outbox to `sink`; exactly `expected` new messages must arrive. Returns them."""
+    before = len(sink.messages)
+    await fanout_done(deps)
+    async with sending(deps) as sender:
+        await sender.flush()
+    messages = await sink.wait_for(before + expected)
+    assert len(messages) == before + expected, [(m.rcpt_tos, m.parsed()["Subject"]) for m in messages[before:]]
+    return messages[before:]
+
+
+def by_recipient(messages: list[SinkMessage]) -> dict[str, SinkMessage]:
+    return {message.rcpt_tos[0]: message for message in messages}

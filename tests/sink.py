@@ -101,6 +101,10 @@ class SmtpSink:
 
     # -- control ---------------------------------------------------------------------------------------------
 
+    def as_relay(self) -> dict[str, object]:
+        """The `[outbound]` values that make the gateway deliver to this sink."""
+        return {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": self.port}
+
     def fail_with(self, code: int, text: str, only: Collection[str] | None = None) -> None:
         """Answer RCPT with `code text` for the addresses in `only` (all when None) until `accept_all()`."""
         self._failure = (code, text, None if only is None else frozenset(a.lower() for a in only))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from tests.dovecot import INSTALL_HINT, Dovecot, missing_binaries
+from tests.sink import SmtpSink
 
 DovecotFactory = Callable[..., Dovecot]
 
@@ -37,3 +38,10 @@ def dovecot_factory() -> Iterator[DovecotFactory]:
 def dovecot(dovecot_factory: DovecotFactory) -> Dovecot:
     """A throwaway Dovecot: IMAP and IMAPS on free loopback ports, user `test`, an empty INBOX."""
     return dovecot_factory()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    """A real SMTP server on loopback that keeps what it receives (the gateway's relay in `transport = "smtp"`)."""
+    async with SmtpSink() as server:
+        yield server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,9 +12,8 @@ from sqlalchemy import select
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import CategorySubscription, Post, SubscriptionMode
-from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
-from tests.fanout import fanout_done
+from tests.fanout import by_recipient, delivered
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -26,17 +24,11 @@ TOKEN_RE = re.compile(r"(?:reply|unsubscribe|bounces|confirm|moderate)\+[a-z2-7]
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
         site=dataclasses.replace(settings.site, base_url="https://forum.test"),
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
     )
 
 
@@ -55,13 +47,7 @@ async def forum(gateway: Running) -> Running:
 
 
 async def deliver(run: Running, sink: SmtpSink, expected: int) -> dict[str, SinkMessage]:
-    before = len(sink.messages)
-    await fanout_done(run.deps)
-    async with sending(run.deps) as sender:
-        await sender.flush()
-    messages = await sink.wait_for(before + expected)
-    assert len(messages) == before + expected
-    return {m.rcpt_tos[0]: m for m in messages[before:]}
+    return by_recipient(await delivered(run.deps, sink, expected))
 
 
 async def post(run: Running, raw: bytes | object, *, sender: str, rcpt: str) -> None:

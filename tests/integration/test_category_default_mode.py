@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
@@ -28,16 +27,10 @@ DOMAIN = "forum.test"
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
     )
 
 

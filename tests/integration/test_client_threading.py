@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,16 +45,10 @@ def s_nail() -> str:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
     )
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,12 +59,6 @@ def printed_records(dkim_key: Path, tmp_path: Path) -> dict[str, str]:
     assert {("forum.test", "MX"), ("forum.test", "TXT"), ("_dmarc.forum.test", "TXT"),
             (f"{SELECTOR}._domainkey.forum.test", "TXT")} <= types
     return {r["name"]: r["value"] for r in data["records"] if r["type"] == "TXT"}
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
 
 
 @pytest.fixture

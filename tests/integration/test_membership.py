@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +13,7 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.models import CategorySubscription, SubscriptionMode, User, UserStatus
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
-from tests.fanout import fanout_done
+from tests.fanout import delivered, fanout_done
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -29,16 +28,10 @@ AUTHENTICATED = {"Authentication-Results": f"{OUR_MTA}; dkim=pass header.d=examp
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
         announce=dataclasses.replace(AnnounceSettings(), trusted_authserv_id=OUR_MTA),
     )
 
@@ -54,13 +47,7 @@ async def forum(gateway: Running) -> Running:
 
 
 async def deliver(run: Running, sink: SmtpSink, expected: int) -> list[SinkMessage]:
-    before = len(sink.messages)
-    await fanout_done(run.deps)
-    async with sending(run.deps) as sender:
-        await sender.flush()
-    messages = await sink.wait_for(before + expected)
-    assert len(messages) == before + expected, [m.parsed()["Subject"] for m in messages[before:]]
-    return messages[before:]
+    return await delivered(run.deps, sink, expected)
 
 
 async def mail(run: Running, *, sender: str, to: str, subject: str = "", body: str = "",

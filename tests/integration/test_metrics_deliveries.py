@@ -5,7 +5,6 @@ prometheus-client's own parser."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import aiohttp
@@ -28,17 +27,11 @@ NODE = "node-a"
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
         site=dataclasses.replace(settings.site, node_name=NODE),
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
     )
 
 

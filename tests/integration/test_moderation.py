@@ -4,7 +4,6 @@ unmailed until approved; our MTA's spam verdict holds, a sender's own spam heade
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,10 +12,9 @@ from sqlalchemy import select
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import CategorySubscription, HeldPost, Post, PostStatus, SubscriptionMode
-from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
 from qaflow_mail.services import moderation
-from tests.fanout import fanout_done
+from tests.fanout import by_recipient, delivered
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -27,17 +25,11 @@ MTA = "mx.forum.test"
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink) -> Settings:
     return dataclasses.replace(
         settings,
         announce=dataclasses.replace(settings.announce, trusted_authserv_id=MTA),
-        outbound=dataclasses.replace(settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port),
+        outbound=dataclasses.replace(settings.outbound, **sink.as_relay()),
     )
 
 
@@ -54,13 +46,7 @@ async def forum(gateway: Running) -> Running:
 
 
 async def deliver(run: Running, sink: SmtpSink, expected: int) -> dict[str, SinkMessage]:
-    before = len(sink.messages)
-    await fanout_done(run.deps)
-    async with sending(run.deps) as sender:
-        await sender.flush()
-    messages = await sink.wait_for(before + expected)
-    assert len(messages) == before + expected, [(m.rcpt_tos, m.parsed()["Subject"]) for m in messages[before:]]
-    return {m.rcpt_tos[0]: m for m in messages[before:]}
+    return by_recipient(await delivered(run.deps, sink, expected))
 
 
 async def status_of(run: Running, message_id: str) -> str:

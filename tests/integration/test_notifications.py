@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -31,10 +30,9 @@ from qaflow_mail.mail.compose import to_bytes
 from qaflow_mail.mail.tokens import TokenKind, sign, verify
 from qaflow_mail.outbound.fanout import Placeholders, Recipient
 from qaflow_mail.outbound.notify import NotificationBuilder, Threading, build_messages, notification_message_id
-from qaflow_mail.outbound.sender import sending
 from qaflow_mail.server.app import Running
 from qaflow_mail.services.notifications import notify_followers
-from tests.fanout import fanout_done
+from tests.fanout import delivered, fanout_done
 from tests.sink import SinkMessage, SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -43,12 +41,6 @@ GENERAL = f"general@{DOMAIN}"
 ALICE, BOB, CAROL, CAROL_ALT = "alice@example.org", "bob@example.net", "carol@example.com", "carol.alt@example.com"
 DAVE, ERIN, FRANK, GINA = "dave@example.org", "erin@example.org", "frank@example.org", "gina@example.org"
 STRANGER = "stranger@example.biz"
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
 
 
 @pytest.fixture
@@ -91,14 +83,7 @@ async def forum(gateway: Running) -> Running:
 
 
 async def deliver(run: Running, sink: SmtpSink, expected: int) -> list[SinkMessage]:
-    """Drain the outbox to the sink with the real sender; exactly ``expected`` new messages must arrive."""
-    before = len(sink.messages)
-    await fanout_done(run.deps)
-    async with sending(run.deps) as sender:
-        await sender.flush()
-    messages = await sink.wait_for(before + expected)
-    assert len(messages) == before + expected
-    return messages[before:]
+    return await delivered(run.deps, sink, expected)
 
 
 async def user_id(run: Running, address: str) -> int:

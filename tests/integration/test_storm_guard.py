@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -34,12 +33,6 @@ DOMAIN = "forum.test"
 GENERAL = f"general@{DOMAIN}"
 HUMAN, ADMIN = "human@example.org", "admin@example.org"
 BOTS = ("away-bot@example.net", "vacation-bot@example.com")
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    async with SmtpSink() as server:
-        yield server
 
 
 @pytest.fixture
