@@ -191,7 +191,8 @@ async def hold(
     category = await session.get(Category, topic.category_id)
     author = await session.get(User, post.author_id)
     assert category is not None and author is not None
-    messages = [_moderator_mail(deps, post=post, held=held, category=category, author=author, moderator=m, now=now)
+    messages = [moderator_mail(deps, post=post, category=category, author=author, moderator=m, reason=held.reason,
+                               mail_key=f"moderate:{post.id}", now=now)
                 for m in await moderators(session, category.id)]
     messages.append(_author_mail(deps, post=post, author=author, category=category, outcome="held", reason="",
                                  in_reply_to=None if parsed is None or parsed.message_id_synthesized
@@ -206,9 +207,12 @@ def _site(settings: Settings) -> dict[str, str]:
     return {"name": settings.site.name, "base_url": settings.site.base_url}
 
 
-def _moderator_mail(
-    deps: Deps, *, post: Post, held: HeldPost, category: Category, author: User, moderator: User, now: datetime
+def moderator_mail(
+    deps: Deps, *, post: Post, category: Category, author: User, moderator: User, reason: str, mail_key: str,
+    now: datetime,
 ) -> OutgoingMessage:
+    """One moderator's mail about a held post: its text, why it waits, and a signed address to answer APPROVE or
+    REJECT to. `mail_key` names the mail (its Message-ID and outbox dedupe key): one per key is ever queued."""
     settings = deps.settings
     token = sign(TokenKind.MODERATE, (post.id, moderator.id), secret=settings.tokens.secret, issued=now.date())
     reply_to = moderate_address(settings, token)
@@ -218,16 +222,16 @@ def _moderator_mail(
         "category": {"name": category.name, "slug": category.slug},
         "post": {"id": post.id, "subject": post.subject, "author_name": author_name(author),
                  "author_email": author.email},
-        "reason": held.reason,
+        "reason": reason,
         "quoted_lines": lines[:QUOTED_LINES],
         "omitted_lines": max(len(lines) - QUOTED_LINES, 0),
         "moderate_address": reply_to,
     })
-    message_id = make_message_id("moderate", f"{post.id}.{moderator.id}", domain=settings.site.domain,
-                                 salt=settings.site.message_id_salt)
+    message_id = make_message_id("moderate", f"{mail_key.replace(':', '.')}.{moderator.id}",
+                                 domain=settings.site.domain, salt=settings.site.message_id_salt)
     raw = site_notice(settings, to=moderator.email, rendered=rendered, message_id=message_id, in_reply_to=None,
                       now=now, reply_to=reply_to)
-    return OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=f"moderate:{post.id}:{moderator.id}",
+    return OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=f"{mail_key}:{moderator.id}",
                            message_id=message_id, envelope_from=user_bounce_address(settings, moderator.id, now=now),
                            recipient=moderator.email, raw=raw, user_id=moderator.id, post_id=post.id)
 

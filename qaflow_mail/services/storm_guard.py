@@ -22,15 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import LimitsSettings
-from qaflow_mail.db.models import Category, HeldPost, ModerationDecision, OutboxKind, Post, PostStatus, Topic, User
+from qaflow_mail.db.models import Category, HeldPost, ModerationDecision, Post, PostStatus, Topic, User
 from qaflow_mail.deps import Deps
-from qaflow_mail.mail.compose import make_message_id
-from qaflow_mail.mail.tokens import TokenKind, sign
-from qaflow_mail.outbound.outbox import OutgoingMessage, enqueue
-from qaflow_mail.outbound.render import MailTemplate, author_name
-from qaflow_mail.outbound.site_notice import site_notice, user_bounce_address
-from qaflow_mail.services.moderation import moderators
-from qaflow_mail.urls import moderate_address
+from qaflow_mail.outbound.outbox import enqueue
+from qaflow_mail.services.moderation import moderator_mail, moderators
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +76,13 @@ async def hold_storm(session: AsyncSession, deps: Deps, *, post: Post, reason: s
     category = await session.get(Category, topic.category_id)
     author = await session.get(User, post.author_id)
     assert category is not None and author is not None
-    notices = [_notice(deps, post=post, topic=topic, category=category, author=author, moderator=moderator,
-                       reason=reason, now=now)
+    # One mail a topic a day: later held replies in the topic share the key, so the outbox adds none.
+    told = (f"{reason}. Further replies in this topic that look the same are held without another notice today: "
+            "see the moderation queue.")
+    notices = [moderator_mail(deps, post=post, category=category, author=author, moderator=moderator, reason=told,
+                              mail_key=f"storm:{topic.id}:{now.date().isoformat()}", now=now)
                for moderator in await moderators(session, category.id)]
     await enqueue(session, notices, now=now)
     log.warning("storm.held post_id=%s topic_id=%s author_id=%s reason=%s", post.id, topic.id, author.id, reason)
 
 
-def _notice(
-    deps: Deps, *, post: Post, topic: Topic, category: Category, author: User, moderator: User, reason: str,
-    now: datetime,
-) -> OutgoingMessage:
-    """The moderation mail for the first held reply of the day; its key makes later ones in the topic add none."""
-    settings = deps.settings
-    token = sign(TokenKind.MODERATE, (post.id, moderator.id), secret=settings.tokens.secret, issued=now.date())
-    reply_to = moderate_address(settings, token)
-    lines = post.body_text.splitlines()
-    rendered = deps.renderer.render(MailTemplate.NOTICE_MODERATE, {
-        "site": {"name": settings.site.name, "base_url": settings.site.base_url},
-        "category": {"name": category.name, "slug": category.slug},
-        "post": {"id": post.id, "subject": post.subject, "author_name": author_name(author),
-                 "author_email": author.email},
-        "reason": f"{reason}. Further replies in this topic that look the same are held without another notice "
-                  f"today: see the moderation queue.",
-        "quoted_lines": lines[:QUOTED_LINES],
-        "omitted_lines": max(len(lines) - QUOTED_LINES, 0),
-        "moderate_address": reply_to,
-    })
-    day = now.date().isoformat()
-    message_id = make_message_id("storm", f"{topic.id}.{day}.{moderator.id}", domain=settings.site.domain,
-                                 salt=settings.site.message_id_salt)
-    raw = site_notice(settings, to=moderator.email, rendered=rendered, message_id=message_id, in_reply_to=None,
-                      now=now, reply_to=reply_to)
-    return OutgoingMessage(kind=OutboxKind.NOTICE, dedupe_key=f"storm:{topic.id}:{day}:{moderator.id}",
-                           message_id=message_id, envelope_from=user_bounce_address(settings, moderator.id, now=now),
-                           recipient=moderator.email, raw=raw, user_id=moderator.id, post_id=post.id)
