@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py --heavy 2
 	$(BIN)/python bench/outbox_drain.py
 	$(BIN)/python bench/notify_fanout.py
+	$(BIN)/python bench/digests.py
 	$(BIN)/python bench/memory.py
 
 clean:

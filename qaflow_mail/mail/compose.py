@@ -304,8 +304,8 @@ def transfer_encoding(body: str) -> str:
     """
     if body.isascii() and all(len(line) <= MAX_LINE_OCTETS for line in body.encode("ascii").splitlines()):
         return "7bit"
-    visible = [ch for ch in body if not ch.isspace()]
-    non_ascii = sum(1 for ch in visible if not ch.isascii())
+    visible = "".join(body.split())  # str.split() drops exactly the characters str.isspace() calls space
+    non_ascii = len(visible) - len(visible.encode("ascii", "ignore"))
     return "base64" if non_ascii * 2 > len(visible) else "quoted-printable"
 
 

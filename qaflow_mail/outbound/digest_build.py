@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -166,6 +167,7 @@ class DigestContext:
         }
 
 
+@lru_cache(maxsize=8192)  # pure, and a batch's digests show the same posts over and over
 def excerpt(text: str, *, lines: int = EXCERPT_LINES, chars: int = EXCERPT_CHARS) -> str:
     """The first few non-blank lines of a post, at most `chars` characters, cut at a word with an ellipsis."""
     kept = [" ".join(line.split()) for line in text.replace("\r\n", "\n").split("\n") if line.strip()][:lines]
@@ -177,6 +179,7 @@ def excerpt(text: str, *, lines: int = EXCERPT_LINES, chars: int = EXCERPT_CHARS
     return joined + (" …" if more else "")
 
 
+@lru_cache(maxsize=8192)
 def _local(moment: datetime, tz: ZoneInfo) -> str:
     local = moment.astimezone(tz)
     return f"{local:%a} {local.day} {local:%b %Y}, {local:%H:%M}"
