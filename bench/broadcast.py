@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from notify_fanout import prepare_schema
 from sqlalchemy import insert, select
 
 from qaflow_mail.commands.announce import send_announcement
 from qaflow_mail.config import OutboundSettings, Settings, SiteSettings, TokensSettings
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
-from qaflow_mail.db.models import Base, CategorySubscription, Post, SubscriptionMode, Topic, User, UserStatus
+from qaflow_mail.db.engine import create_engine, session_factory
+from qaflow_mail.db.models import CategorySubscription, Post, SubscriptionMode, Topic, User, UserStatus
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.digest_run import run_digests
 from qaflow_mail.outbound.render import Renderer
@@ -49,17 +50,6 @@ class CountingSink:
         if len(self.recipients) >= self.expected:
             self.done.set()
         return "250 2.0.0 Queued"
-
-
-async def prepare_schema(url: str) -> None:
-    if url.startswith("sqlite"):
-        await asyncio.to_thread(upgrade, url)
-        return
-    engine = create_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
 
 
 def users(prefix: str, count: int, created: datetime) -> list[dict[str, Any]]:

@@ -27,9 +27,11 @@ from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from notify_fanout import prepare_schema
+
 from qaflow_mail.config import Settings, SiteSettings, TokensSettings
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
-from qaflow_mail.db.models import Base, Category, CategorySubscription, Outbox, Post, SubscriptionMode, Topic, User
+from qaflow_mail.db.engine import create_engine, session_factory
+from qaflow_mail.db.models import Category, CategorySubscription, Outbox, Post, SubscriptionMode, Topic, User
 from qaflow_mail.outbound.digest_run import run_digests
 from qaflow_mail.outbound.digest_schedule import DigestSchedule, Period, window_end
 from qaflow_mail.outbound.render import Renderer
@@ -45,17 +47,6 @@ def rss_mb() -> float:
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-async def prepare_schema(url: str) -> None:
-    if url.startswith("sqlite"):
-        await asyncio.to_thread(upgrade, url)
-        return
-    engine = create_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
-    await engine.dispose()
 
 
 def followed(user: int, categories: int) -> list[int]:

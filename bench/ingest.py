@@ -128,7 +128,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-async def prepare(url: str) -> None:
+async def prepare(url: str, *, members_only_category: bool = False) -> None:
+    """A migrated, empty database with the open category `general` (and, if asked, the closed `members`) and
+    the senders registered."""
     await asyncio.to_thread(upgrade, url)
     engine = create_engine(url)
     async with engine.begin() as conn:
@@ -137,6 +139,8 @@ async def prepare(url: str) -> None:
             await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     async with session_factory(engine)() as session, session.begin():
         await queries.add_category(session, slug="general", name="General", allow_strangers=True)
+        if members_only_category:
+            await queries.add_category(session, slug="members", name="Members", allow_strangers=False)
         now = datetime.now(UTC)
         for address in SENDERS:
             await queries.add_user(session, email=address, now=now)

@@ -22,20 +22,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosmtplib
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import CATEGORY, DOMAIN, SENDERS, blast, mixed_messages
+from ingest import CATEGORY, DOMAIN, SENDERS, blast, mixed_messages, prepare
 
-from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
-from qaflow_mail.db.models import Base, Disposition, InboundMessage
+from qaflow_mail.db.engine import create_engine, session_factory
+from qaflow_mail.db.models import Disposition, InboundMessage
 from tests.serve_process import ServeProcess
 
 MEMBERS_ONLY = f"members@{DOMAIN}"
@@ -94,22 +92,6 @@ async def send_all(port: int, messages: list[bytes], sender: str, to: str) -> tu
     return Counter(replies), time.perf_counter() - started
 
 
-async def prepare(url: str) -> None:
-    await asyncio.to_thread(upgrade, url)
-    engine = create_engine(url)
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    async with session_factory(engine)() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
-        await queries.add_category(session, slug="members", name="Members", allow_strangers=False)
-        now = datetime.now(UTC)
-        for address in SENDERS:
-            await queries.add_user(session, email=address, now=now)
-    await engine.dispose()
-
-
 async def refused_raw_bytes(url: str) -> tuple[int, int]:
     """(refused messages recorded, bytes of raw mail they keep)."""
     engine = create_engine(url)
@@ -134,7 +116,7 @@ async def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"
-        await prepare(url)
+        await prepare(url, members_only_category=True)
         server = ServeProcess(Path(tmp), database_url=url, domain=DOMAIN,
                               extra={"smtp": {"max_message_size": size + MB}})
         server.start()
