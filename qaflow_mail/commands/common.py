@@ -18,6 +18,8 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.deps import Deps
 from qaflow_mail.services.bulk_import import BulkReport
+from qaflow_mail.services.categories import UnknownCategory
+from qaflow_mail.services.users import UnknownUser
 
 # flufl.bounce logs every detector it runs at INFO: noise on a terminal, thousands of lines over a corpus.
 _CHATTY_LOGGERS = ("flufl.bounce",)
@@ -99,3 +101,17 @@ async def with_deps(settings: Settings, work: Callable[[Deps], Awaitable[T]]) ->
         return await work(Deps.build(settings, session_factory(engine)))
     finally:
         await engine.dispose()
+
+
+def unknown_user(exc: UnknownUser) -> CommandError:
+    return CommandError(f"{exc} (add one with `qaflow-mail user add EMAIL`)")
+
+
+async def explained(work: Awaitable[T]) -> T:
+    """``work``, with an unknown user or category turned into the command's one-line error."""
+    try:
+        return await work
+    except UnknownUser as exc:
+        raise unknown_user(exc) from None
+    except UnknownCategory as exc:
+        raise CommandError(f"{exc} (see `qaflow-mail category list`)") from None

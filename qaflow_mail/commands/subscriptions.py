@@ -17,37 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from qaflow_mail.commands.common import (
     CommandError,
     Subparsers,
+    explained,
     print_bulk_report,
     print_json,
     read_input,
     run_in_session,
 )
-from qaflow_mail.commands.users import unknown_user
 from qaflow_mail.config import Settings
 from qaflow_mail.db.models import SubscriptionMode
 from qaflow_mail.services import subscriptions
 from qaflow_mail.services.bulk_import import BulkReport, bulk_subscribe
-from qaflow_mail.services.categories import UnknownCategory, find_category
+from qaflow_mail.services.categories import find_category
 from qaflow_mail.services.subscriptions import SubscriptionChange
-from qaflow_mail.services.users import UnknownUser
 
 MODES = [mode.value for mode in SubscriptionMode]
 
 T = TypeVar("T")
 
 
-async def _explained(work: Awaitable[T]) -> T:
-    """``work``, with an unknown user or category turned into the command's one-line error."""
-    try:
-        return await work
-    except UnknownUser as exc:
-        raise unknown_user(exc) from None
-    except UnknownCategory as exc:
-        raise CommandError(f"{exc} (see `qaflow-mail category list`)") from None
-
-
 def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    return run_in_session(settings, lambda session: _explained(work(session)))
+    return run_in_session(settings, lambda session: explained(work(session)))
 
 
 def cmd_subscribe(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from qaflow_mail.commands.common import (
     CommandError,
     Subparsers,
+    explained,
     iso,
     print_bulk_report,
     print_json,
@@ -36,10 +37,6 @@ from qaflow_mail.services.subscriptions import rotate_tokens
 from qaflow_mail.services.users import InvalidEmail, UnknownUser, UserExists
 
 CLEAR_TIMEZONE = ("", "default")
-
-
-def unknown_user(exc: UnknownUser) -> CommandError:
-    return CommandError(f"{exc} (add one with `qaflow-mail user add EMAIL`)")
 
 
 def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
@@ -97,10 +94,7 @@ def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_user_show(settings: Settings, args: argparse.Namespace) -> int:
     async def work(session: AsyncSession) -> dict[str, Any]:
-        try:
-            details = await users.user_details(session, args.email)
-        except UnknownUser as exc:
-            raise unknown_user(exc) from None
+        details = await explained(users.user_details(session, args.email))
         user = details.user
         return {
             "id": user.id,
@@ -184,10 +178,7 @@ def _set_notify_replies(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("give --timezone or --notify-replies, one at a time")
 
     async def work(session: AsyncSession) -> str:
-        try:
-            user = await users.find_user(session, args.email)
-        except UnknownUser as exc:
-            raise unknown_user(exc) from None
+        user = await explained(users.find_user(session, args.email))
         user.notify_replies = NotifyReplies(args.notify_replies).value
         return user.email
 
@@ -199,10 +190,7 @@ def _set_notify_replies(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_user_rotate_tokens(settings: Settings, args: argparse.Namespace) -> int:
     """`user rotate-tokens EMAIL`: every unsubscribe link mailed to the user so far stops working."""
     async def work(session: AsyncSession) -> tuple[str, int]:
-        try:
-            user = await users.find_user(session, args.email)
-        except UnknownUser as exc:
-            raise unknown_user(exc) from None
+        user = await explained(users.find_user(session, args.email))
         return user.email, rotate_tokens(user)
 
     email, generation = run_in_session(settings, work)
@@ -216,11 +204,8 @@ def _set_account(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("give --timezone on its own")
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        try:
-            user = await users.set_flags(session, args.email, disabled=args.disabled, admin=args.admin,
-                                         name=args.name)
-        except UnknownUser as exc:
-            raise unknown_user(exc) from None
+        user = await explained(users.set_flags(session, args.email, disabled=args.disabled, admin=args.admin,
+                                               name=args.name))
         return {"email": user.email, "status": user.status, "admin": user.is_admin, "name": user.display_name}
 
     data = run_in_session(settings, work)
@@ -232,10 +217,7 @@ def _set_account(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_user_erase(settings: Settings, args: argparse.Namespace) -> int:
     """`user erase EMAIL`: forget the person, keep their posts under "Removed user"."""
     async def work(session: AsyncSession) -> users.ErasedUser:
-        try:
-            return await users.erase_user(session, args.email)
-        except UnknownUser as exc:
-            raise unknown_user(exc) from None
+        return await explained(users.erase_user(session, args.email))
 
     erased = run_in_session(settings, work)
     print(f"user {erased.user_id} erased: {erased.addresses} address(es) and {erased.subscriptions} subscription(s) "
