@@ -2,9 +2,9 @@
 (not only to subscribers of the `announcements` category).
 
 The fan-out renders and composes the message once, with placeholder tokens (see ``fanout``); each recipient
-costs two token signatures and a byte-level fill, not a render. Rows go to the outbox in batches of
-[announce] batch_size, in the caller's transaction, with dedupe key ``announce:<announcement id>:<user id>``:
-a re-run of the same broadcast adds nothing.
+costs two token signatures and a byte-level fill, not a render. A fan-out job writes the rows to the outbox in
+slices of [announce] batch_size, one transaction each, with dedupe key ``announce:<announcement id>:<user id>``:
+a re-run of the same slice adds nothing.
 
 The broadcast has one Message-ID for everyone, mapped to the announcement's post in ``message_refs``; List-Id
 ``announcements.<domain>``, ``List-Post: NO``, and a List-Unsubscribe whose token carries category id 0, which
@@ -212,45 +212,11 @@ class BroadcastBuilder:
         return fan_out(self, self.prototype, recipients)
 
 
-async def enqueue_broadcast(
-    session: AsyncSession,
-    *,
-    settings: Settings,
-    renderer: Renderer,
-    announcement: Announcement,
-    post: Post,
-    author: User,
-    now: datetime,
-) -> int:
-    """Write the broadcast of `announcement` to the outbox in the caller's transaction, in batches of
-    [announce] batch_size. Returns the number of messages handed to the outbox."""
-    builder = BroadcastBuilder(settings, renderer, announcement=announcement, post=post, author=author, now=now)
-    await session.execute(
-        dialect_insert(session, MessageRef)
-        .values(message_id=builder.message_id, post_id=post.id, user_id=None, kind=MESSAGE_REF_KIND)
-        .on_conflict_do_nothing(index_elements=["message_id"])
-    )
-    batch = max(1, settings.announce.batch_size)
-    handed = 0
-    after_id = 0
-    while True:
-        page = await _audience_page(session, after_id=after_id, limit=batch)
-        if not page:
-            break
-        messages = builder.messages([recipient for recipient, _ in page],
-                                    {recipient.user_id: generation for recipient, generation in page})
-        await enqueue(session, messages, now=now, chunk=batch)
-        handed += len(messages)
-        after_id = page[-1][0].user_id
-    log.info("announce.enqueued announcement_id=%s post_id=%s recipients=%d", announcement.id, post.id, handed)
-    return handed
-
-
 async def enqueue_broadcast_batch(
     session: AsyncSession, *, settings: Settings, renderer: Renderer, announcement: Announcement, post: Post,
     author: User, now: datetime, after_user_id: int, limit: int,
 ) -> NotifyBatch:
-    """One slice of ``enqueue_broadcast``: the audience after ``after_user_id``, ``limit`` of them (a fan-out job
+    """One slice of the broadcast: the audience after ``after_user_id``, ``limit`` of them (a fan-out job
     runs the slices in turn, one transaction each, and resumes after the last user id done). ``now`` must be the
     job's own time, so every slice renders and signs alike."""
     builder = BroadcastBuilder(settings, renderer, announcement=announcement, post=post, author=author, now=now)

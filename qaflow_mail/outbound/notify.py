@@ -97,11 +97,6 @@ def notification_message_id(post_id: int, *, domain: str, salt: str) -> str:
 # Queries
 
 
-async def each_subscribers(session: AsyncSession, *, category_id: int, exclude_user_id: int) -> list[Recipient]:
-    return [recipient for recipient, _ in await _each_subscribers(session, category_id=category_id,
-                                                                  exclude_user_id=exclude_user_id)]
-
-
 async def _each_subscribers(
     session: AsyncSession, *, category_id: int, exclude_user_id: int, after_user_id: int = 0, limit: int | None = None
 ) -> list[tuple[Recipient, int]]:
@@ -367,23 +362,12 @@ async def enqueue_post_notifications(
     session: AsyncSession, *, settings: Settings, renderer: Renderer, post: Post, now: datetime
 ) -> int:
     """Outbox rows for every "each" subscriber of ``post``'s category and every asker (see ``askers``), except
-    its author, in the caller's transaction. A held post is never mailed. Returns how many messages were handed
-    to the outbox (a re-run hands the same ones again and the outbox's dedupe keys skip them)."""
-    if post.status != PostStatus.PUBLISHED.value:
-        return 0
-    topic_category = await session.scalar(select(Topic.category_id).where(Topic.id == post.topic_id))
-    if topic_category is None:
-        raise LookupError(f"post {post.id} has no topic")
-    followers = await _each_subscribers(session, category_id=topic_category, exclude_user_id=post.author_id)
-    following = {recipient.user_id for recipient, _ in followers}
-    asking = [(r, g) for r, g in await askers(session, post, category_id=topic_category)
-              if r.user_id not in following]
-    handed = 0
-    for why, group in (("follow", followers), ("asked", asking)):
-        if group:
-            handed += await _enqueue_group(session, settings=settings, renderer=renderer, post=post, now=now,
-                                           why=why, group=group)
-    return handed
+    its author, in the caller's transaction: the whole fan-out as one slice. A held post is never mailed. Returns
+    how many messages were handed to the outbox (a re-run hands the same ones again and the outbox's dedupe keys
+    skip them)."""
+    whole = await enqueue_post_notifications_batch(session, settings=settings, renderer=renderer, post=post, now=now,
+                                                   after_user_id=0, limit=None)
+    return whole.handed
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,19 +379,21 @@ class NotifyBatch:
 
 async def enqueue_post_notifications_batch(
     session: AsyncSession, *, settings: Settings, renderer: Renderer, post: Post, now: datetime, after_user_id: int,
-    limit: int,
+    limit: int | None,
 ) -> NotifyBatch:
     """One resumable slice of ``enqueue_post_notifications``: the next ``limit`` "each" subscribers with a user id
-    above ``after_user_id``, and the askers whose ids fall in the same range (so each person is told once, as a
-    follower when they are one). Running every slice in turn notifies exactly whom the whole call would."""
+    above ``after_user_id`` (all of them when ``limit`` is None), and the askers whose ids fall in the same range
+    (so each person is told once, as a follower when they are one). Running every slice in turn notifies exactly
+    whom the whole call would."""
     if post.status != PostStatus.PUBLISHED.value:
         return NotifyBatch(handed=0, last_user_id=after_user_id, done=True)
     topic_category = await session.scalar(select(Topic.category_id).where(Topic.id == post.topic_id))
     if topic_category is None:
         raise LookupError(f"post {post.id} has no topic")
+    size = None if limit is None else max(1, limit)
     followers = await _each_subscribers(session, category_id=topic_category, exclude_user_id=post.author_id,
-                                        after_user_id=after_user_id, limit=max(1, limit))
-    done = len(followers) < max(1, limit)
+                                        after_user_id=after_user_id, limit=size)
+    done = size is None or len(followers) < size
     upper = None if done else followers[-1][0].user_id
     following = {recipient.user_id for recipient, _ in followers}
     asking = [(r, g) for r, g in await askers(session, post, category_id=topic_category)

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.sender import default_worker_name
 from qaflow_mail.services.fanout_jobs import (
-    BATCH_SIZE,
     LEASE_SECONDS,
     ExpandedBatch,
     claim,
@@ -32,11 +31,11 @@ _FAILURE_PAUSE_CAP = 60.0
 
 
 class FanoutWorker:
-    def __init__(self, deps: Deps, *, worker: str, batch_size: int = BATCH_SIZE,
+    def __init__(self, deps: Deps, *, worker: str, batch_size: int | None = None,
                  lease_seconds: float = LEASE_SECONDS) -> None:
         self.deps = deps
         self.worker = worker
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # None: each kind's own (see services.fanout_jobs.expand_batch)
         self.lease_seconds = lease_seconds
         self.expanded: list[ExpandedBatch] = []  # every batch this worker committed, in order
         self._wakeup = asyncio.Event()
@@ -117,7 +116,7 @@ class FanoutWorker:
 
 @asynccontextmanager
 async def fanning_out(
-    deps: Deps, *, worker: str | None = None, batch_size: int = BATCH_SIZE, lease_seconds: float = LEASE_SECONDS,
+    deps: Deps, *, worker: str | None = None, batch_size: int | None = None, lease_seconds: float = LEASE_SECONDS,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
 ) -> AsyncIterator[FanoutWorker]:
     """Run a FanoutWorker in the background for the duration of the block, woken by ``deps.outbox_wakeup``."""

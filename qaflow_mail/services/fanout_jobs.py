@@ -101,10 +101,11 @@ async def _retake(session: AsyncSession, job_id: int, *, worker: str, now: datet
 
 
 async def expand_batch(
-    session: AsyncSession, deps: Deps, *, job_id: int, worker: str, now: datetime, limit: int = BATCH_SIZE,
+    session: AsyncSession, deps: Deps, *, job_id: int, worker: str, now: datetime, limit: int | None = None,
     lease_seconds: float = LEASE_SECONDS,
 ) -> ExpandedBatch | None:
-    """Write the next batch of ``job_id``'s outbox rows and move its cursor, in the caller's transaction.
+    """Write the next batch of ``job_id``'s outbox rows and move its cursor, in the caller's transaction. A batch
+    is ``limit`` recipients, by default BATCH_SIZE for a post and ``[announce] batch_size`` for a broadcast.
 
     Returns None when ``worker`` no longer holds the job (its claim ran out and another worker took it, or it is
     finished): the caller must then stop working on it.
@@ -119,11 +120,12 @@ async def expand_batch(
         if post is not None:  # a deleted post tells nobody
             # The job's own time, not the clock's: a resumed job renders and signs as its first batch did.
             batch = await notify_followers_batch(session, deps, post, now=job.created_at, after_user_id=after,
-                                                 limit=limit)
+                                                 limit=BATCH_SIZE if limit is None else limit)
             handed, last, done = batch.handed, batch.last_user_id, batch.done
     elif job.kind == FanoutKind.ANNOUNCEMENT.value:
         broadcast = await _broadcast_batch(session, deps, announcement_id=job.target_id, now=job.created_at,
-                                           after_user_id=after, limit=limit)
+                                           after_user_id=after,
+                                           limit=deps.settings.announce.batch_size if limit is None else limit)
         if broadcast is not None:  # an announcement (or its post) deleted since tells nobody
             handed, last, done = broadcast.handed, broadcast.last_user_id, broadcast.done
     else:

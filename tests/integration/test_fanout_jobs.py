@@ -28,6 +28,7 @@ from qaflow_mail.db.models import (
 from qaflow_mail.deps import Deps
 from qaflow_mail.server.app import Running, running
 from qaflow_mail.server.fanout_worker import FanoutWorker, fanning_out
+from qaflow_mail.services.announcements import publish_text
 from qaflow_mail.services.fanout_jobs import ExpandedBatch, claim, enqueue, expand_batch
 from tests.clock import Clock
 from tests.fanout import fanout_done
@@ -180,3 +181,27 @@ async def test_two_workers_never_expand_the_same_batch(settings: Settings) -> No
         assert chain[0].after_user_id == 0 and chain[-1].done
         assert all(prev.last_user_id == nxt.after_user_id for prev, nxt in itertools.pairwise(chain))
         assert sum(x.handed for x in chain) == 200
+
+
+async def test_a_batch_is_the_kinds_own_size_unless_given(settings: Settings) -> None:
+    """Without a limit a post's job expands BATCH_SIZE followers a batch and a broadcast [announce] batch_size."""
+    settings = dataclasses.replace(settings, announce=dataclasses.replace(settings.announce, batch_size=7))
+    async with running(settings, fanout=False) as run:
+        deps = run.deps
+        await seed(deps, followers=30)
+        async with deps.sessions() as session, session.begin():
+            admin = await queries.add_user(session, email="admin@example.org", is_admin=True, now=datetime.now(UTC))
+            await publish_text(session, deps, author=admin, subject="Maintenance", text="Tonight.",
+                               now=datetime.now(UTC))
+        assert await post_topic(run, "q1@client.test") == 250
+        now = datetime.now(UTC)
+        handed: dict[str, int] = {}
+        for _ in range(2):
+            async with deps.sessions() as session, session.begin():
+                job = await claim(session, worker="a", now=now, lease_seconds=60)
+                assert job is not None
+                kind = job.kind
+                batch = await expand_batch(session, deps, job_id=job.id, worker="a", now=now)
+                assert batch is not None
+                handed[kind] = batch.handed
+        assert handed == {FanoutKind.ANNOUNCEMENT.value: 7, FanoutKind.POST.value: 30}
