@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -238,43 +237,6 @@ async def reattach_waiting(session: AsyncSession) -> int:
         )
     ).all()
     return sum([await reattach_orphans(session, parent=parent) for parent in parents])
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSummary:
-    id: int
-    category: str
-    subject: str
-    author_email: str
-    post_count: int
-    created_at: datetime
-    last_post_at: datetime
-
-
-async def list_topics(session: AsyncSession, *, category_slug: str | None = None) -> list[TopicSummary]:
-    post_counts = select(Post.topic_id, func.count(Post.id).label("n")).group_by(Post.topic_id).subquery()
-    stmt = (
-        select(Topic, Category.slug, User.email, post_counts.c.n)
-        .join(Category, Category.id == Topic.category_id)
-        .join(User, User.id == Topic.author_id)
-        .outerjoin(post_counts, post_counts.c.topic_id == Topic.id)
-        .order_by(Topic.last_post_at.desc(), Topic.id.desc())
-    )
-    if category_slug:
-        stmt = stmt.where(Category.slug == category_slug.lower())
-    rows = (await session.execute(stmt)).all()
-    return [
-        TopicSummary(
-            id=topic.id,
-            category=slug,
-            subject=topic.subject,
-            author_email=email,
-            post_count=n or 0,
-            created_at=topic.created_at,
-            last_post_at=topic.last_post_at,
-        )
-        for topic, slug, email, n in rows
-    ]
 
 
 async def topic_posts(session: AsyncSession, topic_id: int) -> list[tuple[Post, str]]:
