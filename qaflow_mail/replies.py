@@ -84,6 +84,13 @@ CONFIRMATION_EXPIRED = SmtpReply(550, "5.1.1", "This confirmation has expired; s
 
 # --- size (5.3.4) -----------------------------------------------------------------------------------------------
 TOO_BIG = SmtpReply(552, "5.3.4", "Message too big for this forum")
+
+
+def too_big(limit: int | None) -> SmtpReply:
+    """TOO_BIG with the size limit in it, as the listener says it."""
+    return TOO_BIG.with_text(f"{TOO_BIG.text} (at most {limit} bytes)")
+
+
 TOO_MANY_ATTACHMENTS = SmtpReply(552, "5.3.4", "Too many attachments")
 ATTACHMENT_TOO_BIG = SmtpReply(552, "5.3.4", "Attachment too large")
 

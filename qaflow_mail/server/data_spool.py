@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from aiosmtpd.smtp import MISSING
 
-from qaflow_mail.replies import TOO_BIG
+from qaflow_mail.replies import too_big
 
 _END = b"\r\n.\r\n"
 # Bytes the stream buffer holds (and a read returns) at most; a longer line is taken in pieces.
@@ -114,7 +114,7 @@ class SpooledData:
         if size is None:
             spool.close()
             server._set_post_data_state()
-            await server.push(str(TOO_BIG.with_text(f"{TOO_BIG.text} (at most {self.data_size_limit} bytes)")))
+            await server.push(str(too_big(self.data_size_limit)))
             return
         self.spool, self.spool_size = spool, size
         envelope.content = envelope.original_content = None

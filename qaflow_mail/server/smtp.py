@@ -26,12 +26,12 @@ from qaflow_mail.replies import (
     MAIL_BACKLOG,
     RCPT_OK,
     TEMPORARY_FAILURE,
-    TOO_BIG,
     TOO_MANY_CONNECTIONS,
     TOO_MANY_JUNK_COMMANDS,
     TOO_MANY_RECIPIENTS,
     UNKNOWN_RECIPIENT,
     SmtpReply,
+    too_big,
 )
 from qaflow_mail.server.data_spool import SpooledData
 from qaflow_mail.server.latency import node_label, observed
@@ -50,7 +50,7 @@ class EnhancedSizeReplies:
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else str(status)
         if text.startswith("552 Error"):
-            status = str(TOO_BIG.with_text(f"{TOO_BIG.text} (at most {self.data_size_limit} bytes)"))
+            status = str(too_big(self.data_size_limit))
         await super().push(status)  # type: ignore[misc]
 
 
