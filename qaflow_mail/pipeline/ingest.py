@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import LimitsSettings
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 # What of a refused message's raw bytes is kept: its header block and this much of the body.
 REFUSED_RAW_BODY_BYTES = 64 * 1024
-# PostgreSQL errors that pass on retry: statement or lock timeout, server shutting down or starting, too many
-# connections, disk full, out of memory.
-_TEMPORARY_SQLSTATES = frozenset({"57014", "55P03", "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +57,6 @@ async def parse(raw: bytes, deps: Deps | None = None) -> ParsedMail:
     InputRefused otherwise), so one message never stalls the others."""
     limits = deps.settings.limits if deps is not None else LimitsSettings()
     return await parse_untrusted(raw, limits)
-
-
-def is_temporary(error: BaseException) -> bool:
-    """A failure that may pass on retry (→ 451): the database or the network, including a statement that ran
-    past [database] statement_timeout; never the message itself."""
-    if shunting.is_temporary(error):
-        return True
-    return isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) in _TEMPORARY_SQLSTATES
 
 
 def bounded_raw(raw: bytes) -> bytes:
@@ -197,7 +186,7 @@ async def ingest(
     except InputRefused as refusal:
         return await _refuse_input(deps, raw, parsed, envelope_from, recipients, source, refusal)
     except Exception as error:
-        if is_temporary(error):
+        if shunting.is_temporary(error):
             raise
         return await _count_failure(deps, raw, parsed, envelope_from, recipients, source, error)
     deps.outbox_wakeup()

@@ -64,11 +64,19 @@ class Shunted:
     reason: str
 
 
+# PostgreSQL errors that pass on retry: statement or lock timeout, server shutting down or starting, too many
+# connections, disk full, out of memory.
+_TEMPORARY_SQLSTATES = frozenset({"57014", "55P03", "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300"})
+
+
 def is_temporary(error: BaseException) -> bool:
-    """Whether a failure may pass on retry: the database or the network, not the message."""
+    """Whether a failure may pass on retry (→ 451): the database or the network, including a statement that ran
+    past [database] statement_timeout; never the message itself."""
     if isinstance(error, OperationalError | InterfaceError | PoolTimeout | OSError | asyncio.TimeoutError):
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    if not isinstance(error, DBAPIError):
+        return False
+    return error.connection_invalidated or getattr(error.orig, "sqlstate", None) in _TEMPORARY_SQLSTATES
 
 
 def describe(error: BaseException) -> str:
