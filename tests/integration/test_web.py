@@ -23,7 +23,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Attachment, Category, Outbox, Post, PostStatus, SubscriptionMode, Topic, User
 from qaflow_mail.server.app import Running
-from qaflow_mail.server.web.freshness import UNKNOWN, CommitWatch, FreshnessMemo
+from qaflow_mail.server.web.freshness import MAX_TOPICS, UNKNOWN, CommitWatch, FreshnessMemo
 from qaflow_mail.server.web.views import is_robot
 from qaflow_mail.services import search as search_service
 from qaflow_mail.services.search import fts5_query, parse_query, tsquery
@@ -319,29 +319,29 @@ def test_commit_watch_forgets_on_any_commit_and_never_keeps_a_raced_read(tmp_pat
     writer.execute("CREATE TABLE t (x INTEGER)")
     assert CommitWatch.for_url("postgresql+asyncpg://postgres@127.0.0.1/x") is None
     assert CommitWatch.for_url("sqlite+aiosqlite:///:memory:") is None
-    memo = FreshnessMemo(CommitWatch.for_url(f"sqlite+aiosqlite:///{path}"))
+    memo = FreshnessMemo(CommitWatch.for_url(f"sqlite+aiosqlite:///{path}"), MAX_TOPICS)
     fresh = TopicFreshness(topic_id=1, last_post_at=datetime.now(UTC), key="k")
     try:
         recalled = memo.recall(1)
-        assert recalled.freshness is UNKNOWN
+        assert recalled.value is UNKNOWN
         memo.remember(recalled, 1, fresh)
         memo.remember(memo.recall(2), 2, None)  # "not visible" is remembered too
         writer.execute("SELECT x FROM t").fetchall()  # reading commits nothing
-        assert memo.recall(1).freshness == fresh and memo.recall(2).freshness is None
+        assert memo.recall(1).value == fresh and memo.recall(2).value is None
         writer.execute("INSERT INTO t VALUES (1)")
-        assert memo.recall(1).freshness is UNKNOWN and memo.recall(2).freshness is UNKNOWN
+        assert memo.recall(1).value is UNKNOWN and memo.recall(2).value is UNKNOWN
         raced = memo.recall(1)  # a query starts; someone commits; another request notices; the query ends
         writer.execute("INSERT INTO t VALUES (2)")
         memo.recall(3)
         memo.remember(raced, 1, fresh)
-        assert memo.recall(1).freshness is UNKNOWN
+        assert memo.recall(1).value is UNKNOWN
     finally:
         memo.close()
         writer.close()
-    unreadable = FreshnessMemo(CommitWatch(str(tmp_path / "no such folder" / "x.db")))
+    unreadable = FreshnessMemo(CommitWatch(str(tmp_path / "no such folder" / "x.db")), MAX_TOPICS)
     recalled = unreadable.recall(1)
     unreadable.remember(recalled, 1, fresh)
-    assert recalled.version is None and unreadable.recall(1).freshness is UNKNOWN
+    assert recalled.version is None and unreadable.recall(1).value is UNKNOWN
 
 
 # --- attachments --------------------------------------------------------------------------------------------------

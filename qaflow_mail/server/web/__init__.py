@@ -24,7 +24,7 @@ from qaflow_mail.server.web.common import (
 )
 from qaflow_mail.server.web.confirm import add_confirm_routes
 from qaflow_mail.server.web.follow import add_follow_routes
-from qaflow_mail.server.web.freshness import CommitWatch, FreshnessMemo, ListingMemo
+from qaflow_mail.server.web.freshness import MAX_LISTINGS, MAX_TOPICS, CommitWatch, FreshnessMemo, ListingMemo
 from qaflow_mail.server.web.page_cache import PageCache
 from qaflow_mail.server.web.views import ViewCounter, flushing
 from qaflow_mail.services.topics import add_views
@@ -57,8 +57,9 @@ def add_routes(app: web.Application) -> None:
     app[VIEWS] = ViewCounter(monotonic)
     app[CATEGORIES] = CategoryList()
     app[TOPIC_PAGES] = PageCache()
-    app[TOPIC_FRESHNESS] = FreshnessMemo(CommitWatch.for_url(app[DEPS].settings.database.url))
-    app[LISTINGS] = ListingMemo(CommitWatch.for_url(app[DEPS].settings.database.url))
+    watch = CommitWatch.for_url(app[DEPS].settings.database.url)
+    app[TOPIC_FRESHNESS] = FreshnessMemo(watch, MAX_TOPICS)
+    app[LISTINGS] = ListingMemo(watch, MAX_LISTINGS)
     app.cleanup_ctx.append(_count_views)
     app.cleanup_ctx.append(_close_freshness)
     router = app.router

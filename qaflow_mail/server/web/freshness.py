@@ -15,12 +15,15 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from sqlalchemy.engine import make_url
 
 from qaflow_mail.services.topics import TopicFreshness
 
 MAX_TOPICS = 4096
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Unknown(Enum):
@@ -65,75 +68,39 @@ class CommitWatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Recalled:
-    """What the memo knows of a topic at ``version``: its freshness, None (not visible) or UNKNOWN."""
+class Recalled(Generic[V]):
+    """What a memo knows of a key at ``version``: the value read, or UNKNOWN."""
 
     version: int | None
-    freshness: TopicFreshness | Unknown | None
+    value: V | Unknown
 
 
-class FreshnessMemo:
-    """Topic freshness (or "not visible") as read from the database, valid until the next commit by anyone.
+class CommitMemo(Generic[K, V]):
+    """Values read from the database (a topic's freshness, a listing page's rows), by key, valid until the next
+    commit by anyone.
 
     An entry is only stored under the version read before its query ran, so it is never older than that version;
-    any later commit changes the version and drops it.
+    any later commit changes the version and drops everything.
     """
 
-    def __init__(self, watch: CommitWatch | None, max_topics: int = MAX_TOPICS) -> None:
-        self._watch = watch
-        self._max_topics = max_topics
-        self._version: int | None = None
-        self._known: dict[int, TopicFreshness | None] = {}
-
-    def recall(self, topic_id: int) -> Recalled:
-        version = self._watch.version() if self._watch is not None else None
-        if version != self._version or version is None:
-            self._known.clear()
-            self._version = version
-        if version is None or topic_id not in self._known:
-            return Recalled(version=version, freshness=UNKNOWN)
-        return Recalled(version=version, freshness=self._known[topic_id])
-
-    def remember(self, recalled: Recalled, topic_id: int, freshness: TopicFreshness | None) -> None:
-        if recalled.version is None or recalled.version != self._version:
-            return  # someone committed while the query ran: the next request reads again
-        if len(self._known) >= self._max_topics:
-            self._known.clear()
-        self._known[topic_id] = freshness
-
-    def close(self) -> None:
-        self._known.clear()
-        if self._watch is not None:
-            self._watch.close()
-
-
-@dataclass(frozen=True, slots=True)
-class RecalledListing:
-    version: int | None
-    value: object
-
-
-class ListingMemo:
-    """What a listing page (latest topics, a category) read from the database, by page, valid until the next
-    commit by anyone: the same rule as FreshnessMemo, for the pages whose whole content is one read."""
-
-    def __init__(self, watch: CommitWatch | None, max_entries: int = 256) -> None:
+    def __init__(self, watch: CommitWatch | None, max_entries: int) -> None:
         self._watch = watch
         self._max_entries = max_entries
         self._version: int | None = None
-        self._known: dict[object, object] = {}
+        self._known: dict[K, V] = {}
 
-    def recall(self, key: object) -> RecalledListing:
+    def recall(self, key: K) -> Recalled[V]:
         version = self._watch.version() if self._watch is not None else None
         if version != self._version or version is None:
             self._known.clear()
             self._version = version
-        return RecalledListing(version=version, value=self._known.get(key, UNKNOWN) if version is not None
-                               else UNKNOWN)
+        if version is None or key not in self._known:
+            return Recalled(version=version, value=UNKNOWN)
+        return Recalled(version=version, value=self._known[key])
 
-    def remember(self, recalled: RecalledListing, key: object, value: object) -> None:
+    def remember(self, recalled: Recalled[V], key: K, value: V) -> None:
         if recalled.version is None or recalled.version != self._version:
-            return
+            return  # someone committed while the query ran: the next request reads again
         if len(self._known) >= self._max_entries:
             self._known.clear()
         self._known[key] = value
@@ -142,3 +109,9 @@ class ListingMemo:
         self._known.clear()
         if self._watch is not None:
             self._watch.close()
+
+
+# A topic's freshness (None: not visible), by topic id; a listing page's rows, by (page kind, slug, number).
+FreshnessMemo = CommitMemo[int, TopicFreshness | None]
+ListingMemo = CommitMemo[tuple[object, ...], object]
+MAX_LISTINGS = 256

@@ -55,7 +55,7 @@ def mailto_reply(address: str, *, in_reply_to: str, subject: str) -> str:
             f"&subject={quote(subject, safe='')}")
 
 
-async def _remembered(request: web.Request, key: object, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+async def _remembered(request: web.Request, key: tuple[object, ...], read: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """What `read` answers, from memory while nobody has committed since it was read (SQLite), else read now."""
     memo = request.app[LISTINGS]
     recalled = memo.recall(key)
@@ -144,8 +144,8 @@ async def _freshness(request: web.Request, topic_id: int) -> TopicFreshness | No
     """The topic's freshness: remembered on this node until anyone commits (SQLite), else read in one query."""
     memo = request.app[TOPIC_FRESHNESS]
     recalled = memo.recall(topic_id)
-    if recalled.freshness is not UNKNOWN:
-        return recalled.freshness
+    if recalled.value is not UNKNOWN:
+        return recalled.value
     async with request.app[DEPS].sessions() as session:
         fresh = await topics.topic_freshness(session, topic_id)
     memo.remember(recalled, topic_id, fresh)
