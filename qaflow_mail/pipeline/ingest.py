@@ -17,7 +17,6 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from qaflow_mail.config import LimitsSettings
 from qaflow_mail.db.models import Disposition, InboundMessage, Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, classify
@@ -52,11 +51,10 @@ def combine(outcomes: Sequence[Outcome]) -> SmtpReply:
     return OK
 
 
-async def parse(raw: bytes, deps: Deps | None = None) -> ParsedMail:
-    """Parsing is CPU work on untrusted input: in a worker process with a deadline, within [limits] (raises
-    InputRefused otherwise), so one message never stalls the others."""
-    limits = deps.settings.limits if deps is not None else LimitsSettings()
-    return await parse_untrusted(raw, limits)
+async def parse(raw: bytes, deps: Deps) -> ParsedMail:
+    """Parsing is CPU work on untrusted input: in a worker process with a deadline, within the configured [limits]
+    (raises InputRefused otherwise), so one message never stalls the others."""
+    return await parse_untrusted(raw, deps.settings.limits)
 
 
 def bounded_raw(raw: bytes) -> bytes:

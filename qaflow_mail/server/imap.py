@@ -419,7 +419,7 @@ class ImapPoller:
         return result_counts
 
     async def _ingest(self, raw: bytes) -> IngestResult:
-        parsed = await parse(raw)
+        parsed = await parse(raw, self.deps)
         recipients = recipients_from_headers(parsed, domain=self.deps.settings.site.domain)
         if not recipients:
             log.warning("imap.no_recipient message_id=%s", parsed.message_id)
