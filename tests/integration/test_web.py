@@ -30,6 +30,7 @@ from qaflow_mail.services.search import fts5_query, parse_query, tsquery
 from qaflow_mail.services.subscriptions import subscribe
 from qaflow_mail.services.topics import TopicFreshness
 from qaflow_mail.urls import topic_url
+from tests.fanout import fanout_done
 from tests.integration.test_cli import cli
 from tests.smtp_client import make_mail, send
 from tests.web_forum import ALICE, BOB, CAROL, DOMAIN, WebForum, web_forum
@@ -123,6 +124,7 @@ async def test_the_link_in_the_notification_opens_the_topic(forum: WebForum) -> 
     # Every mail links the topic with urls.topic_url ("Read it: …/t/N"); that path is the page.
     path = urlsplit(topic_url(forum.run.deps.settings, topic_id)).path
     assert path == f"/t/{topic_id}" and (await forum.get(path)).status == 200
+    await fanout_done(forum.run.deps)  # notifications are written by the fan-out worker, after the 250
     async with forum.run.deps.sessions() as session:
         raws = (await session.scalars(select(Outbox.raw).where(Outbox.kind == "notification"))).all()
     assert raws  # notifications about the thread went out (to Carol, and to Alice about replies to her)
