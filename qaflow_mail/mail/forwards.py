@@ -106,6 +106,8 @@ def _is_outlook_header_block(lines: list[str], index: int) -> bool:
 
 def _forward_start(lines: list[str], *, subject_says_forward: bool) -> tuple[int, int] | None:
     """(index of the separator line, index where the forwarded part starts), or None."""
+    if not subject_says_forward and not any(len(line) <= 1000 and _FORWARD_LINE_RE.match(line) for line in lines):
+        return None  # without a forward line only the Subject could make it a forward: no line need be classified
     for index, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith(">") or (len(line) <= 1000 and classify_line(line) == EMBEDDED

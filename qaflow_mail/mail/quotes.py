@@ -9,6 +9,7 @@ backtracking regexes, so the cost stays linear in the number of lines.
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
@@ -372,13 +373,37 @@ _HEADER_RES = (
 )
 
 
+# A line holding none of the markers' first needles can only match the markers that have no needle.
+_ANY_NEEDLE_RE = re.compile("|".join(re.escape(m.needles[0]) for m in _EMBEDDED_MARKERS if m.needles))
+_MARKERS_WITHOUT_NEEDLES = tuple(m for m in _EMBEDDED_MARKERS if not m.needles)
+# Lines up to this long are remembered: a body is classified twice (forward, then reply) and many lines repeat.
+_CACHED_LINE_LENGTH = 200
+
+
 def _is_signature(line: str) -> bool:
     stripped = _MARKDOWN_LINK_RE.sub(r"\1", line) if "](" in line else line
     return any(r.search(stripped) for r in _SIGNATURE_RES)
 
 
+def _is_embedded_marker(line: str) -> bool:
+    lowered = line.lower()
+    markers = _EMBEDDED_MARKERS if _ANY_NEEDLE_RE.search(lowered) else _MARKERS_WITHOUT_NEEDLES
+    return any(m.may_match(lowered) and m.regex.search(line) for m in markers)
+
+
 def classify_line(line: str) -> str:
     """One letter for what a line is: e, d, s, b (embedded-mail marker), h (header), q or t."""
+    if len(line) <= _CACHED_LINE_LENGTH:
+        return _classify_short_line(line)
+    return _classify(line)
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify_short_line(line: str) -> str:
+    return _classify(line)
+
+
+def _classify(line: str) -> str:
     if _EMPTY_RE.search(line):
         return EMPTY
     if _DELIMITER_RE.search(line):
@@ -388,10 +413,7 @@ def classify_line(line: str) -> str:
             return DELIMITER
         if _is_signature(line):
             return SIGNATURE
-        if any(r.search(line) for r in _EMBEDDED_RES):
-            return EMBEDDED
-        lowered = line.lower()
-        if any(m.may_match(lowered) and m.regex.search(line) for m in _EMBEDDED_MARKERS):
+        if any(r.search(line) for r in _EMBEDDED_RES) or _is_embedded_marker(line):
             return EMBEDDED
         if any(r.search(line) for r in _HEADER_RES):
             return EMAIL_HEADER
