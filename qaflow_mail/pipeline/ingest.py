@@ -17,16 +17,18 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.db.group_commit import group_commit
 from qaflow_mail.db.models import Disposition, InboundMessage, Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, classify
-from qaflow_mail.mail.content import Content
+from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.pipeline import Context, Outcome, rejected, run, shunted
 from qaflow_mail.pipeline.cpu import InputRefused, extract_untrusted, header_block_size, parse_untrusted
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
 from qaflow_mail.replies import OK, UNKNOWN_RECIPIENT, SmtpReply
 from qaflow_mail.services import shunt as shunting
+from qaflow_mail.services.inbound import duplicate_reason
 from qaflow_mail.services.notices import answers_by_mail, queue_rejection_notice
 
 log = logging.getLogger(__name__)
@@ -84,47 +86,52 @@ async def _process(
     source: Source, content: Content | None = None,
 ) -> dict[str, Outcome]:
     now = deps.clock()
+
+    async def in_transaction(session: AsyncSession) -> dict[str, Outcome]:
+        return await _process_in(session, deps, raw, parsed, envelope_from, routed, source, content, now)
+
+    # On SQLite several messages share one transaction (and its fsync); each is answered after it commits.
+    return await group_commit(deps.sessions).run(in_transaction)
+
+
+async def _process_in(
+    session: AsyncSession, deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str,
+    routed: Sequence[tuple[str, Destination | None]], source: Source, content: Content | None, now: datetime,
+) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
-    async with deps.sessions() as session, session.begin():
-        connection = await session.connection()
-        if connection.dialect.name == "sqlite":
-            # SQLite's driver begins no transaction before a SAVEPOINT (whose RELEASE would then commit), and a read
-            # that later turns into a write fails at once when another writer came between: take the write lock
-            # first (waiting up to busy_timeout), so each message's transaction is one and serialised.
-            await connection.exec_driver_sql("BEGIN IMMEDIATE")
-        # One message makes at most one post: a reply token is tried first, then an announcement, then the
-        # categories in the order given; the first that takes the message makes the post, and every later post
-        # address shares its outcome. A refusal (e.g. a stranger in a members-only category) moves on to the next.
-        post_targets = sorted(
-            ((rcpt, dest, order) for rcpt, dest in routed if (order := _post_order(dest)) is not None),
-            key=lambda item: item[2],
-        )
+    # One message makes at most one post: a reply token is tried first, then an announcement, then the
+    # categories in the order given; the first that takes the message makes the post, and every later post
+    # address shares its outcome. A refusal (e.g. a stranger in a members-only category) moves on to the next.
+    post_targets = sorted(
+        ((rcpt, dest, order) for rcpt, dest in routed if (order := _post_order(dest)) is not None),
+        key=lambda item: item[2],
+    )
 
-        async def route(rcpt: str, destination: Destination) -> Outcome:
-            ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
-                          recipient=rcpt, destination=destination, source=source, now=now, content=content)
-            # A refusal stores nothing (no staged user, no notice): its writes roll back to this savepoint.
-            savepoint = await session.begin_nested()
-            outcome = await run(steps_for(destination, source), ctx)
-            await (savepoint.commit() if outcome.accepted else savepoint.rollback())
-            return outcome
+    async def route(rcpt: str, destination: Destination) -> Outcome:
+        ctx = Context(deps=deps, session=session, raw=raw, parsed=parsed, envelope_from=envelope_from,
+                      recipient=rcpt, destination=destination, source=source, now=now, content=content)
+        # A refusal stores nothing (no staged user, no notice): its writes roll back to this savepoint.
+        savepoint = await session.begin_nested()
+        outcome = await run(steps_for(destination, source), ctx)
+        await (savepoint.commit() if outcome.accepted else savepoint.rollback())
+        return outcome
 
-        taken: Outcome | None = None
-        for rcpt, destination, _order in post_targets:
-            assert destination is not None
-            outcomes[rcpt] = taken if taken is not None else await route(rcpt, destination)
-            if taken is None and outcomes[rcpt].accepted:
-                taken = outcomes[rcpt]
-        for rcpt, destination in routed:
-            if destination is None or not has_route(destination):
-                outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}")
-            elif _post_order(destination) is None:
-                outcomes[rcpt] = await route(rcpt, destination)
-        await _answer_refusal(session, deps, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
-                              envelope_from=envelope_from, source=source, now=now)
-        session.add(_record(raw, parsed, envelope_from, [rcpt for rcpt, _ in routed], source, now, outcomes,
-                            None if taken is None else taken.post_id))
-        await shunting.forget_failures(session, parsed.sha256)
+    taken: Outcome | None = None
+    for rcpt, destination, _order in post_targets:
+        assert destination is not None
+        outcomes[rcpt] = taken if taken is not None else await route(rcpt, destination)
+        if taken is None and outcomes[rcpt].accepted:
+            taken = outcomes[rcpt]
+    for rcpt, destination in routed:
+        if destination is None or not has_route(destination):
+            outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}")
+        elif _post_order(destination) is None:
+            outcomes[rcpt] = await route(rcpt, destination)
+    await _answer_refusal(session, deps, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
+                          envelope_from=envelope_from, source=source, now=now)
+    session.add(_record(raw, parsed, envelope_from, [rcpt for rcpt, _ in routed], source, now, outcomes,
+                        None if taken is None else taken.post_id))
+    await shunting.forget_failures(session, parsed.sha256)
     return outcomes
 
 
@@ -203,15 +210,21 @@ async def _ingest(
 ) -> dict[str, Outcome]:
     routed = [(rcpt, known[rcpt] if rcpt in known else await classify_recipient(deps, rcpt)) for rcpt in recipients]
     content = None
-    if parsed.size >= deps.settings.limits.cpu_inline_size and any(_post_order(d) is not None for _, d in routed):
-        # A large body is read (trimmed, sanitised) before the transaction, never while it holds the write lock.
-        content = await extract_untrusted(parsed, deps.settings.limits)
+    if any(_post_order(d) is not None for _, d in routed) and not await _seen_before(deps, parsed.message_id):
+        # The body is read (trimmed, sanitised) before the transaction, never while it holds the write lock; not
+        # for a message taken already (a retry, a shunted one), which the transaction only acknowledges.
+        content = await extract_untrusted(parsed, deps.settings.limits, extract_content)
     try:
         return await _process(deps, raw, parsed, envelope_from, routed, source, content)
     except IntegrityError:
         # A concurrent delivery of the same message won the race; running again finds it a duplicate.
         log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
         return await _process(deps, raw, parsed, envelope_from, routed, source, content)
+
+
+async def _seen_before(deps: Deps, message_id: str) -> bool:
+    async with deps.sessions() as session:
+        return await duplicate_reason(session, message_id) is not None
 
 
 async def _refuse_input(

@@ -31,7 +31,7 @@ async def _scrubbed(ctx: Context, content: Content) -> Content:
 
 async def extract_body(ctx: Context) -> Context | Outcome:
     # Trimming and HTML sanitising are CPU work on untrusted input: in a worker process, with a deadline.
-    # A large body was read before the transaction (ingest); a small one is read here.
+    # ingest reads the body before the transaction; a caller that did not is served here.
     extracted = ctx.content or await extract_untrusted(ctx.parsed, ctx.deps.settings.limits, extract_content)
     content = await _scrubbed(ctx, extracted)
     if content.is_empty and not ctx.parsed.attachments:
