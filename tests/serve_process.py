@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -71,8 +72,9 @@ def _children_of(pid: int) -> list[int]:
 
 class ServeProcess:
     def __init__(self, directory: Path, *, database_url: str, domain: str = "forum.test",
-                 extra: Mapping[str, Mapping[str, object]] | None = None) -> None:
+                 extra: Mapping[str, Mapping[str, object]] | None = None, nofile_limit: int | None = None) -> None:
         self.directory = directory
+        self.nofile_limit = nofile_limit  # RLIMIT_NOFILE, soft and hard (so the server cannot raise it)
         self.database_url = database_url
         self.domain = domain
         self.extra = extra or {}
@@ -105,9 +107,13 @@ class ServeProcess:
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "qaflow_mail", "--config", str(config_path), "serve"],
-                cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=self._limit_files,
             )
         self._wait_for_banner(timeout)
+
+    def _limit_files(self) -> None:
+        if self.nofile_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_limit, self.nofile_limit))
 
     def _wait_for_banner(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
