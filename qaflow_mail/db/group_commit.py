@@ -27,7 +27,8 @@ Work = Callable[[AsyncSession], Awaitable[T]]
 
 # More work in one transaction saves fsyncs but makes the first caller of a batch wait for all the others.
 MAX_BATCH = 16
-# Writers outside this queue (another process: a command, a second node; a web request) wait for the write lock in
+# Writers outside this queue (the fan-out worker and the outbox sender, whose long transactions would hold up the
+# messages queued behind them; a command; another process) wait for the write lock in
 # SQLite's busy handler, which retries every 100 ms once it has waited a while. Batches that follow one another
 # would never leave it a gap, so after holding the lock this long without a break the queue lets go of it for
 # longer than one such retry: nobody waits much more than two seconds because of this process.

@@ -30,7 +30,6 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, case, literal, or_, select, update
@@ -38,7 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.dialect import insert as dialect_insert
-from qaflow_mail.db.group_commit import group_commit
 from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus, UTCDateTime
 from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
 from qaflow_mail.outbound.mailer import DELIVERY_KEY, DeliveryError, Mailer
@@ -297,8 +295,9 @@ class _SentRecorder:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    self.recorded |= await group_commit(self.deps.sessions).run(partial(
-                        mark_sent, ids=[row_id for row_id, _ in batch], now=self.deps.clock(), worker=self.worker))
+                    async with self.deps.sessions() as session, session.begin():
+                        self.recorded |= await mark_sent(session, [row_id for row_id, _ in batch],
+                                                         now=self.deps.clock(), worker=self.worker)
                 finally:
                     for _, done in batch:
                         if not done.done():
@@ -345,10 +344,9 @@ async def drain_once(
     settings = deps.settings
     outbound = settings.outbound
     started = time.monotonic()
-    # On SQLite the sender's writes take their turn with the listeners' (db.group_commit): neither starves.
-    writes = group_commit(deps.sessions)
-    rows = await writes.run(partial(claim, worker=worker, now=deps.clock(), limit=outbound.batch_size,
-                                    lease_seconds=lease_seconds))
+    async with deps.sessions() as session, session.begin():
+        rows = await claim(session, worker=worker, now=deps.clock(), limit=outbound.batch_size,
+                           lease_seconds=lease_seconds)
     if not rows:
         return DrainStats()
 
@@ -374,13 +372,9 @@ async def drain_once(
             log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
 
     now = deps.clock()
-
-    async def record_failures(session: AsyncSession) -> tuple[set[int], set[int], set[int]]:
+    async with deps.sessions() as session, session.begin():
         retried, given_up = await mark_retry(session, temporary, now=now, settings=settings, worker=worker)
         failed = await mark_failed(session, permanent, now=now, settings=settings, worker=worker)
-        return retried, given_up, failed
-
-    retried, given_up, failed = await writes.run(record_failures)
 
     stats = DrainStats(claimed=len(rows), sent=len(sent), retried=len(retried), failed=len(failed) + len(given_up))
     log.info("outbox.drained worker=%s claimed=%d sent=%d retried=%d failed=%d ms=%d", worker, stats.claimed,

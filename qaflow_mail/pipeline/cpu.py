@@ -17,6 +17,7 @@ import email.policy
 import gc
 import logging
 import multiprocessing
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -82,6 +83,66 @@ def mime_shape(message: Message) -> tuple[int, int]:
     return deepest, parts
 
 
+_BOUNDARY_RE = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE)
+
+
+def _declared_boundary(lines: list[bytes], start: int) -> tuple[bytes | None, int]:
+    """The boundary that the header block starting at `start` declares for a multipart part (None: not one), and
+    the index of the line after the block."""
+    end, content_type, in_content_type = start, b"", False
+    while end < len(lines) and lines[end].strip():
+        line = lines[end]
+        if line[:1] in (b" ", b"\t"):
+            if in_content_type:
+                content_type += b" " + line.strip()
+        else:
+            in_content_type = line[:13].lower() == b"content-type:"
+            if in_content_type:
+                content_type = line[13:].strip()
+        end += 1
+    if not content_type.lower().startswith(b"multipart/"):
+        return None, end
+    found = _BOUNDARY_RE.search(content_type)
+    return (found.group(1) or found.group(2) if found else None), end
+
+
+def multipart_depth(raw: bytes, limit: int) -> int:
+    """How deep multipart parts nest, read in one pass over the lines (the parser's own walk is quadratic in the
+    depth): a header block at the top or right after a delimiter line that declares a multipart boundary opens a
+    level; a delimiter of an enclosing boundary closes the levels inside it. Stops once past `limit`."""
+    lines = raw.split(b"\n")
+    stack: list[bytes] = []
+    level_of: dict[bytes, int] = {}
+    boundary, index = _declared_boundary(lines, 0)
+    if boundary is not None:
+        stack.append(boundary)
+        level_of[boundary] = 0
+    deepest = len(stack)
+    while index < len(lines) and stack and deepest <= limit:
+        line = lines[index].rstrip()
+        index += 1
+        if not line.startswith(b"--"):
+            continue
+        name = line[2:]
+        closing = name.endswith(b"--") and name[:-2] in level_of
+        if closing:
+            name = name[:-2]
+        level = level_of.get(name)
+        if level is None:
+            continue
+        for inner in stack[level + (0 if closing else 1):]:
+            level_of.pop(inner, None)
+        del stack[level + (0 if closing else 1):]
+        if closing:
+            continue
+        boundary, index = _declared_boundary(lines, index)
+        if boundary is not None and boundary not in level_of:
+            level_of[boundary] = len(stack)
+            stack.append(boundary)
+            deepest = max(deepest, len(stack))
+    return deepest
+
+
 def structure_refusal(raw: bytes, limits: LimitsSettings) -> str | None:
     """Why the message's structure is beyond [limits] (None: within them). Linear in the input."""
     header_size = header_block_size(raw)
@@ -93,6 +154,8 @@ def structure_refusal(raw: bytes, limits: LimitsSettings) -> str | None:
     delimiters = raw.count(b"\n--") + 1
     if containers <= limits.max_mime_depth and delimiters <= limits.max_mime_parts:
         return None
+    if containers > limits.max_mime_depth and multipart_depth(raw, limits.max_mime_depth) > limits.max_mime_depth:
+        return f"MIME parts nested deeper than {limits.max_mime_depth} levels"
     try:
         tree = email.message_from_bytes(raw, policy=email.policy.compat32)
         depth, parts = mime_shape(tree)

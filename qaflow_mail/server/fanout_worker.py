@@ -13,11 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from qaflow_mail.db.group_commit import group_commit
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.sender import default_worker_name
 from qaflow_mail.services.fanout_jobs import (
@@ -56,21 +52,17 @@ class FanoutWorker:
     async def run_once(self) -> int:
         """Claim one job and expand it to the end (or until stopped or it is taken away); the batches committed."""
         deps = self.deps
-        writes = group_commit(deps.sessions)  # on SQLite: in turn with the listeners' writes, never starved
-
-        async def claim_one(session: AsyncSession) -> int | None:
+        async with deps.sessions() as session, session.begin():
             job = await claim(session, worker=self.worker, now=deps.clock(), lease_seconds=self.lease_seconds)
-            return None if job is None else job.id
-
-        job_id = await writes.run(claim_one)
+            job_id = None if job is None else job.id
         if job_id is None:
             return 0
         batches = 0
         try:
             while not self._stopping:
-                batch = await writes.run(partial(
-                    expand_batch, deps=deps, job_id=job_id, worker=self.worker, now=deps.clock(),
-                    limit=self.batch_size, lease_seconds=self.lease_seconds))
+                async with deps.sessions() as session, session.begin():
+                    batch = await expand_batch(session, deps, job_id=job_id, worker=self.worker, now=deps.clock(),
+                                               limit=self.batch_size, lease_seconds=self.lease_seconds)
                 if batch is None:
                     log.warning("fanout.claim_lost job_id=%s worker=%s", job_id, self.worker)
                     break
@@ -82,8 +74,9 @@ class FanoutWorker:
                     break
         except Exception as error:
             log.exception("fanout.batch_failed job_id=%s worker=%s", job_id, self.worker)
-            await writes.run(partial(record_failure, job_id=job_id, worker=self.worker, now=deps.clock(),
-                                     error=f"{type(error).__name__}: {error}"))
+            async with deps.sessions() as session, session.begin():
+                await record_failure(session, job_id=job_id, worker=self.worker, now=deps.clock(),
+                                     error=f"{type(error).__name__}: {error}")
         return batches
 
     async def _run(self) -> None:
