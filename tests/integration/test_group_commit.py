@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -17,17 +17,10 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.group_commit import LET_GO_SECONDS, MAX_HOLD_SECONDS, GroupCommit, group_commit
 from qaflow_mail.db.models import User
+from tests.integration import test_kill9
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
+sessions = test_kill9.sessions  # the fixture: a session factory on the test database
 
 
 def add_user(email: str, *, fail: bool = False) -> Callable[[AsyncSession], Awaitable[str]]:
