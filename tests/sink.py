@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -123,6 +124,15 @@ class SmtpSink:
         except TimeoutError:
             raise AssertionError(f"sink: {len(self.messages)} message(s) after {timeout}s, expected {count}") from None
         return list(self.messages)
+
+    async def hung_up(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (the API)
+        """Return once every client connection has ended, so whatever a client finished sending before it went
+        away (a sender killed mid-stream) is among `messages`; fail the test after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while any(s._handler_coroutine is not None and not s._handler_coroutine.done() for s in self._sessions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sink: a client connection still open after {timeout}s")
+            await asyncio.sleep(0.01)  # poll interval of the deadline loop
 
     # -- life cycle ------------------------------------------------------------------------------------------
 

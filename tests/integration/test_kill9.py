@@ -202,6 +202,7 @@ async def test_the_outbox_killed_while_draining_sends_again_only_what_was_on_the
             await deliver_until_250(server, mail.as_bytes(), AUTHOR)
             await until(lambda: _more_than(sink, followers // 4), timeout=30, what="delivery under way")
             server.kill()
+            await sink.hung_up()  # a message whose end of DATA was already sent is recorded by now
             at_kill = len(sink.messages)
             sent_at_kill = await _sent_rows(sessions)
             await asyncio.to_thread(server.start)
