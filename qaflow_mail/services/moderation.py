@@ -178,10 +178,18 @@ async def hold_reason(
     return None
 
 
-async def hold(
-    session: AsyncSession, deps: Deps, *, post: Post, reason: str, parsed: ParsedMail | None, now: datetime
-) -> HeldPost:
-    """Hold ``post``: status held, its reason kept, one mail to each moderator, and the author told once."""
+@dataclass(frozen=True, slots=True)
+class PutOnHold:
+    """A post just held, and what the mails about it name."""
+
+    held: HeldPost
+    topic: Topic
+    category: Category
+    author: User
+
+
+async def put_on_hold(session: AsyncSession, *, post: Post, reason: str, now: datetime) -> PutOnHold:
+    """Mark ``post`` held with its reason (a pending HeldPost row); who is told, and how, is the caller's."""
     post.status = PostStatus.HELD.value
     held = HeldPost(post_id=post.id, reason=reason[:2000], held_at=now, decision=ModerationDecision.PENDING.value)
     session.add(held)
@@ -191,6 +199,15 @@ async def hold(
     category = await session.get(Category, topic.category_id)
     author = await session.get(User, post.author_id)
     assert category is not None and author is not None
+    return PutOnHold(held=held, topic=topic, category=category, author=author)
+
+
+async def hold(
+    session: AsyncSession, deps: Deps, *, post: Post, reason: str, parsed: ParsedMail | None, now: datetime
+) -> HeldPost:
+    """Hold ``post``: status held, its reason kept, one mail to each moderator, and the author told once."""
+    put = await put_on_hold(session, post=post, reason=reason, now=now)
+    held, category, author = put.held, put.category, put.author
     messages = [moderator_mail(deps, post=post, category=category, author=author, moderator=m, reason=held.reason,
                                mail_key=f"moderate:{post.id}", now=now)
                 for m in await moderators(session, category.id)]

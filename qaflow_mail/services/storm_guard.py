@@ -22,10 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import LimitsSettings
-from qaflow_mail.db.models import Category, HeldPost, ModerationDecision, Post, PostStatus, Topic, User
+from qaflow_mail.db.models import Post
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.outbox import enqueue
-from qaflow_mail.services.moderation import moderator_mail, moderators
+from qaflow_mail.services.moderation import moderator_mail, moderators, put_on_hold
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,8 @@ async def _ping_pong(session: AsyncSession, post: Post, *, limits: LimitsSetting
 
 async def hold_storm(session: AsyncSession, deps: Deps, *, post: Post, reason: str, now: datetime) -> None:
     """Hold ``post`` for moderation and tell the moderators, once per topic and day."""
-    post.status = PostStatus.HELD.value
-    session.add(HeldPost(post_id=post.id, reason=reason[:2000], held_at=now,
-                         decision=ModerationDecision.PENDING.value))
-    await session.flush()
-    topic = await session.get(Topic, post.topic_id)
-    assert topic is not None
-    category = await session.get(Category, topic.category_id)
-    author = await session.get(User, post.author_id)
-    assert category is not None and author is not None
+    put = await put_on_hold(session, post=post, reason=reason, now=now)
+    topic, category, author = put.topic, put.category, put.author
     # One mail a topic a day: later held replies in the topic share the key, so the outbox adds none.
     told = (f"{reason}. Further replies in this topic that look the same are held without another notice today: "
             "see the moderation queue.")
