@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from qaflow_mail.cli import build_parser
-from qaflow_mail.commands.common import CommandError
+from qaflow_mail.commands.common import CommandError, in_session
 from qaflow_mail.config import ConfigError, ImapSettings, Settings, load_settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
@@ -66,15 +66,6 @@ def cli(settings: Settings, *argv: str) -> int:
     return status
 
 
-async def in_db(settings: Settings, work: Any) -> Any:
-    engine = create_engine(settings.database.url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            return await work(session)
-    finally:
-        await engine.dispose()
-
-
 async def forum_rows(session: AsyncSession) -> tuple[Category, User, User]:
     general = await queries.add_category(session, slug="general", name="General", allow_strangers=False)
     alice = await queries.add_user(session, email=ALICE, display_name="Alice", now=OLD)
@@ -101,7 +92,7 @@ async def test_minted_ids_carry_the_salt_of_this_database_and_stay_the_same_acro
 
     async with running(settings) as first:
         salt = first.deps.settings.site.message_id_salt
-        assert re.fullmatch(r"[0-9a-f]{16}", salt) and await in_db(settings, stored) == salt
+        assert re.fullmatch(r"[0-9a-f]{16}", salt) and await in_session(settings, stored) == salt
         async with first.deps.sessions() as session, session.begin():
             general, alice, _bob = await forum_rows(session)
             post = await add_post(session, general, alice, "q1@client.test", at=NOW)
@@ -115,7 +106,7 @@ async def test_minted_ids_carry_the_salt_of_this_database_and_stay_the_same_acro
     other = dataclasses.replace(settings, database=dataclasses.replace(
         settings.database, url=f"sqlite+aiosqlite:///{tmp_path / 'recreated.db'}"))
     await asyncio.to_thread(upgrade, other.database.url)
-    assert await in_db(other, stored) not in {salt, ""}
+    assert await in_session(other, stored) not in {salt, ""}
 
 
 async def test_a_missing_salt_row_is_written_once_and_the_salt_is_not_a_config_key(
@@ -124,7 +115,7 @@ async def test_a_missing_salt_row_is_written_once_and_the_salt_is_not_a_config_k
     async def drop(session: AsyncSession) -> None:
         await session.execute(delete(Installation))
 
-    await in_db(settings, drop)
+    await in_session(settings, drop)
     engine = create_engine(settings.database.url)
     try:
         sessions = session_factory(engine)
@@ -170,12 +161,12 @@ async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes
                          InboundFailure(sha256="f-new", message_id="f-new", attempts=1, first_failed_at=NOW,
                                         last_failed_at=NOW)])
 
-    await in_db(settings, arrange)
+    await in_session(settings, arrange)
 
     async def run(dry_run: bool) -> Any:
         async def work(session: AsyncSession) -> Any:
             return await prune(session, settings.retention, now=NOW, dry_run=dry_run)
-        return await in_db(settings, work)
+        return await in_session(settings, work)
 
     dry = await run(True)
     assert (dry.outbox_deleted, dry.refused_inbound_trimmed, dry.accepted_inbound_trimmed,
@@ -191,12 +182,12 @@ async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes
             "failures": sorted((await session.scalars(select(InboundFailure.sha256))).all()),
         }
 
-    before = await in_db(settings, state)
+    before = await in_session(settings, state)
     assert before["outbox"] == ["new-sent", "old-failed", "old-pending", "old-sent"]
 
     report = await run(False)
     assert dataclasses.replace(report, dry_run=True) == dry
-    after = await in_db(settings, state)
+    after = await in_session(settings, state)
     assert after["outbox"] == ["new-sent", "old-pending"]
     header = len(b"From: a@example.org\r\nSubject: big\r\n\r\n")
     assert after["raw"] == {"refused-old": header + KEPT_BODY_BYTES, "discarded-old": header + KEPT_BODY_BYTES,
@@ -279,7 +270,7 @@ def test_stats_shows_the_same_figures(settings: Settings, capsys: pytest.Capture
         session.add(Outbox(kind="notice", dedupe_key="k", message_id="k@forum.test", envelope_from="b@f.t",
                            recipient=BOB, raw=b"x", created_at=datetime.now(UTC) - timedelta(seconds=90)))
 
-    asyncio.run(in_db(settings, arrange))
+    asyncio.run(in_session(settings, arrange))
     assert cli(settings, "stats", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["posts_by_status"]["published"] == 1 and data["users_by_status"]["active"] == 2
@@ -303,7 +294,7 @@ def test_category_set_and_remove(settings: Settings, capsys: pytest.CaptureFixtu
                          body_text="Answer", created_at=NOW))
         session.add(CategorySubscription(user_id=bob.id, category_id=general.id))
 
-    asyncio.run(in_db(settings, arrange))
+    asyncio.run(in_session(settings, arrange))
     assert cli(settings, "category", "set", "general", "--name", "General talk", "--allow-strangers") == 0
     assert cli(settings, "category", "set", "general", "--members-only") == 0
 
@@ -312,7 +303,7 @@ def test_category_set_and_remove(settings: Settings, capsys: pytest.CaptureFixtu
         assert found is not None
         return found.name, found.allow_strangers
 
-    assert asyncio.run(in_db(settings, general)) == ("General talk", False)
+    assert asyncio.run(in_session(settings, general)) == ("General talk", False)
     with pytest.raises(CommandError, match="nothing to change"):
         cli(settings, "category", "set", "general")
     with pytest.raises(CommandError, match="1 topic"):
@@ -332,7 +323,7 @@ def test_category_set_and_remove(settings: Settings, capsys: pytest.CaptureFixtu
                   for model in (Topic, Post, CategorySubscription)]
         return slugs, counts[0], counts[1], counts[2]
 
-    assert asyncio.run(in_db(settings, left)) == ([ANNOUNCEMENTS_SLUG], 0, 0, 0)
+    assert asyncio.run(in_session(settings, left)) == ([ANNOUNCEMENTS_SLUG], 0, 0, 0)
 
 
 def test_user_set_show_and_erase(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
@@ -348,7 +339,7 @@ def test_user_set_show_and_erase(settings: Settings, capsys: pytest.CaptureFixtu
                            recipient=ALICE, user_id=alice.id, raw=b"To: alice@example.org"))
         return alice.id
 
-    alice_id = asyncio.run(in_db(settings, arrange))
+    alice_id = asyncio.run(in_session(settings, arrange))
     assert cli(settings, "user", "set", ALICE, "--disable", "--admin", "--name", "Alice A.") == 0
     assert cli(settings, "user", "show", ALICE, "--json") == 0
     shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the `user set` line
@@ -372,7 +363,7 @@ def test_user_set_show_and_erase(settings: Settings, capsys: pytest.CaptureFixtu
         found.append(await session.scalar(select(func.count()).select_from(Post).where(Post.author_id == alice_id)))
         return found
 
-    assert asyncio.run(in_db(settings, traces)) == [
+    assert asyncio.run(in_session(settings, traces)) == [
         f"erased-{alice_id}@erased.invalid", "Removed user", UserStatus.DISABLED, False, b"", 0, 0, 0, 1]
 
 
@@ -383,7 +374,7 @@ def test_user_set_show_and_erase(settings: Settings, capsys: pytest.CaptureFixtu
 def test_imap_poll_once_moves_a_shunted_message_to_the_failed_mailbox(
     settings: Settings, dovecot: Dovecot, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    asyncio.run(in_db(settings, forum_rows))
+    asyncio.run(in_session(settings, forum_rows))
     imap = ImapSettings(host=dovecot.host, port=dovecot.port, ssl=False, username=dovecot.user,
                         password=dovecot.password, processed_mailbox="Done", failed_mailbox="Failed")
     settings = dataclasses.replace(settings, imap=imap,
@@ -399,7 +390,7 @@ def test_imap_poll_once_moves_a_shunted_message_to_the_failed_mailbox(
     async def dispositions(session: AsyncSession) -> list[str]:
         return sorted((await session.scalars(select(InboundMessage.disposition))).all())
 
-    assert asyncio.run(in_db(settings, dispositions)) == [Disposition.ACCEPTED, Disposition.SHUNTED]
+    assert asyncio.run(in_session(settings, dispositions)) == [Disposition.ACCEPTED, Disposition.SHUNTED]
 
     wrong = dataclasses.replace(settings, imap=dataclasses.replace(imap, password="wrong"))
     with pytest.raises(CommandError, match=r"IMAP .*LOGIN"):
