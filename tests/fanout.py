@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qaflow_mail.db.models import CategorySubscription, SubscriptionMode, User
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.services.fanout_jobs import unfinished
@@ -38,3 +43,16 @@ async def delivered(deps: Deps, sink: SmtpSink, expected: int) -> list[SinkMessa
 
 def by_recipient(messages: list[SinkMessage]) -> dict[str, SinkMessage]:
     return {message.rcpt_tos[0]: message for message in messages}
+
+
+async def add_followers(session: AsyncSession, *, category_id: int, count: int, now: datetime) -> None:
+    """`count` users follower00000@example.net … following the category post by post, in two statements."""
+    await session.execute(insert(User), [
+        {"email": f"follower{i:05d}@example.net", "display_name": f"Follower {i}", "created_at": now}
+        for i in range(count)
+    ])
+    ids = (await session.scalars(select(User.id).where(User.email.like("follower%")))).all()
+    await session.execute(insert(CategorySubscription), [
+        {"user_id": uid, "category_id": category_id, "mode": SubscriptionMode.EACH.value, "created_at": now}
+        for uid in ids
+    ])

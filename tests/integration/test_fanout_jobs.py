@@ -10,20 +10,17 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.models import (
-    CategorySubscription,
     FanoutJob,
     FanoutKind,
     Outbox,
     OutboxKind,
     Post,
-    SubscriptionMode,
-    User,
 )
 from qaflow_mail.deps import Deps
 from qaflow_mail.server.app import Running, running
@@ -31,7 +28,7 @@ from qaflow_mail.server.fanout_worker import FanoutWorker, fanning_out
 from qaflow_mail.services.announcements import publish_text
 from qaflow_mail.services.fanout_jobs import ExpandedBatch, claim, enqueue, expand_batch
 from tests.clock import Clock
-from tests.fanout import fanout_done
+from tests.fanout import add_followers, fanout_done
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -45,15 +42,7 @@ async def seed(deps: Deps, *, followers: int = FOLLOWERS) -> tuple[int, int]:
     async with deps.sessions() as session, session.begin():
         general = await queries.add_category(session, slug="general", name="General", allow_strangers=False)
         author = await queries.add_user(session, email=AUTHOR, display_name="Author", now=now)
-        await session.execute(insert(User), [
-            {"email": f"follower{i:05d}@example.net", "display_name": f"Follower {i}", "created_at": now}
-            for i in range(followers)
-        ])
-        ids = (await session.scalars(select(User.id).where(User.email.like("follower%")))).all()
-        await session.execute(insert(CategorySubscription), [
-            {"user_id": uid, "category_id": general.id, "mode": SubscriptionMode.EACH.value, "created_at": now}
-            for uid in ids
-        ])
+        await add_followers(session, category_id=general.id, count=followers, now=now)
     await deps.categories.reload()
     return general.id, author.id
 

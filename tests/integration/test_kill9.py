@@ -19,21 +19,19 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
-    CategorySubscription,
     FanoutJob,
     Outbox,
     OutboxKind,
     OutboxStatus,
     Post,
-    SubscriptionMode,
-    User,
 )
+from tests.fanout import add_followers
 from tests.serve_process import ServeProcess
 from tests.sink import SmtpSink
 from tests.smtp_client import make_mail
@@ -70,15 +68,7 @@ async def seed(sessions: async_sessionmaker[AsyncSession], *, followers: int = 0
         for address in [*SENDERS, AUTHOR]:
             await queries.add_user(session, email=address, now=now)
         if followers:
-            await session.execute(insert(User), [
-                {"email": f"follower{i:05d}@example.net", "display_name": f"Follower {i}", "created_at": now}
-                for i in range(followers)
-            ])
-            ids = (await session.scalars(select(User.id).where(User.email.like("follower%")))).all()
-            await session.execute(insert(CategorySubscription), [
-                {"user_id": uid, "category_id": general.id, "mode": SubscriptionMode.EACH.value, "created_at": now}
-                for uid in ids
-            ])
+            await add_followers(session, category_id=general.id, count=followers, now=now)
 
 
 async def deliver_until_250(server: ServeProcess, raw: bytes, sender: str, *, within: float = 40.0) -> None:
