@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
@@ -20,9 +22,13 @@ from qaflow_mail.config import (
     SmtpSettings,
     TokensSettings,
 )
+from qaflow_mail.db import queries
 from qaflow_mail.db.engine import upgrade
 from qaflow_mail.db.models import Base
 from tests.clock import Clock
+
+if TYPE_CHECKING:
+    from qaflow_mail.server.app import Running
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPORA = REPO_ROOT.parent / "shared" / "corpora"
@@ -124,3 +130,11 @@ async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[object]:
 
     async with running(settings, clock=clock) as run:
         yield run
+
+
+async def open_general(run: Running, *, member: str, display_name: str = "") -> Running:
+    """The running gateway with the category "general", open to strangers, and `member` registered."""
+    async with run.deps.sessions() as session, session.begin():
+        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
+        await queries.add_user(session, email=member, display_name=display_name, now=datetime.now(UTC))
+    return run

@@ -3,14 +3,12 @@ as discarded, never posted. X-Auto-Response-Suppress alone is no sign: Exchange 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from sqlalchemy import func, select
 
-from qaflow_mail.db import queries
 from qaflow_mail.db.models import Disposition, InboundMessage, Outbox, Post
 from qaflow_mail.server.app import Running
+from tests.conftest import open_general
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -20,10 +18,7 @@ ALICE = "alice@example.org"
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
-        await queries.add_user(session, email=ALICE, display_name="Alice", now=datetime.now(UTC))
-    return gateway
+    return await open_general(gateway, member=ALICE, display_name="Alice")
 
 
 def received(n: int) -> dict[str, str]:

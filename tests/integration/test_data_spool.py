@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import random
 import time
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +19,7 @@ from qaflow_mail.server.app import Running
 from qaflow_mail.server.data_spool import STREAM_LIMIT, unstuff
 from qaflow_mail.server.mail_budget import MailBudget
 from qaflow_mail.server.smtp import start_smtp
+from tests.conftest import open_general
 from tests.smtp_client import send
 
 DOMAIN = "forum.test"
@@ -35,10 +35,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
-        await queries.add_user(session, email=ALICE, now=datetime.now(UTC))
-    return gateway
+    return await open_general(gateway, member=ALICE)
 
 
 def awkward_mail(message_id: str) -> bytes:

@@ -9,7 +9,6 @@ import dataclasses
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -17,10 +16,10 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine_for
 from qaflow_mail.db.models import InboundFailure, Post
 from qaflow_mail.server.app import Running
+from tests.conftest import open_general
 from tests.smtp_client import make_mail, send
 
 GENERAL = "general@forum.test"
@@ -37,10 +36,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
-        await queries.add_user(session, email=ALICE, now=datetime.now(UTC))
-    return gateway
+    return await open_general(gateway, member=ALICE)
 
 
 @contextlib.asynccontextmanager

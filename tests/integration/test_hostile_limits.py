@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db import queries
 from qaflow_mail.db.models import Disposition, InboundFailure, InboundMessage, Post
 from qaflow_mail.pipeline.ingest import REFUSED_RAW_BODY_BYTES
 from qaflow_mail.server.app import Running
+from tests.conftest import open_general
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -39,10 +38,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
-        await queries.add_user(session, email=ALICE, now=datetime.now(UTC))
-    return gateway
+    return await open_general(gateway, member=ALICE)
 
 
 def nested_multipart(depth: int) -> bytes:

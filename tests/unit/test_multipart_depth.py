@@ -14,9 +14,8 @@ import pytest
 
 from qaflow_mail.config import LimitsSettings
 from qaflow_mail.pipeline.cpu import multipart_depth, structure_refusal
-from tests.conftest import CORPORA
+from tests.conftest import CORPORA, FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 HEAD = "From: a@example.org\r\nTo: general@forum.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
 
 
@@ -73,7 +72,7 @@ def _never_deeper_than_the_parser(paths: list[Path]) -> int:
 
 
 def test_never_deeper_than_the_parser_on_our_fixtures() -> None:
-    assert _never_deeper_than_the_parser(sorted(FIXTURES.rglob("*.eml"))) >= 10
+    assert _never_deeper_than_the_parser(sorted((FIXTURES / "mail").rglob("*.eml"))) >= 10
 
 
 def test_never_deeper_than_the_parser_on_the_corpora() -> None:
