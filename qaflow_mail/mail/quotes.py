@@ -376,7 +376,8 @@ _HEADER_RES = (
 # A line holding none of the markers' first needles can only match the markers that have no needle.
 _ANY_NEEDLE_RE = re.compile("|".join(re.escape(m.needles[0]) for m in _EMBEDDED_MARKERS if m.needles))
 _MARKERS_WITHOUT_NEEDLES = tuple(m for m in _EMBEDDED_MARKERS if not m.needles)
-# Lines up to this long are remembered: a body is classified twice (forward, then reply) and many lines repeat.
+# Lines up to this long are remembered: a forward's lines are classified twice (the forward check, then the reply
+# split), and short lines (blank, "> ", signatures, quoted notifications) repeat from message to message.
 _CACHED_LINE_LENGTH = 200
 
 

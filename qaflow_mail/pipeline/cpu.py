@@ -192,12 +192,6 @@ def extract_within_limits(parsed: ParsedMail) -> Content | _Refused:
         return _Refused(False, f"{type(error).__name__} while reading the body")
 
 
-def _start_worker() -> None:
-    """A new worker's set-up. Naming this function makes the worker import this module, and with it the parser,
-    trimmer and sanitiser, before its first message: their import is not counted against that message's deadline."""
-    return_large_buffers()
-
-
 # --- in the serving process -----------------------------------------------------------------------------------
 
 class CpuPool:
@@ -207,7 +201,7 @@ class CpuPool:
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
         self._pool = ProcessPool(max_workers=self.workers, context=multiprocessing.get_context("spawn"),
-                                 initializer=_start_worker)
+                                 initializer=return_large_buffers)
 
     async def run(self, function: Callable[..., object], *args: object, deadline: float) -> object:
         future: ProcessFuture[object] = self._pool.schedule(function, args=args, timeout=deadline)
