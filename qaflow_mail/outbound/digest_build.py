@@ -19,12 +19,14 @@ whole, which is refused with ``replies.DIGEST_REPLY``.
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from email.message import EmailMessage
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from qaflow_mail.config import Settings
@@ -33,6 +35,7 @@ from qaflow_mail.mail.addresses import FROM_LOCAL_PART
 from qaflow_mail.mail.compose import ListHeaders, compose, list_id_value, make_message_id, to_bytes
 from qaflow_mail.mail.tokens import TokenKind, digest_ids, sign, unsubscribe_ids
 from qaflow_mail.outbound.digest_schedule import Period
+from qaflow_mail.outbound.fanout import MessagePrototype, simple_address
 from qaflow_mail.outbound.outbox import OutgoingMessage
 from qaflow_mail.outbound.render import Rendered, Renderer
 from qaflow_mail.outbound.site_notice import user_bounce_address
@@ -89,6 +92,50 @@ class SubscriptionWindow:
     category_name: str
     start: datetime  # exclusive
     end: datetime  # inclusive
+
+
+class DigestTokens(Protocol):
+    """The tokens a digest carries: one reply token per topic shown, one unsubscribe token per category."""
+
+    def reply(self, post_id: int) -> str: ...
+
+    def unsubscribe(self, category_id: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTokens:
+    """The recipient's own tokens, signed."""
+
+    settings: Settings
+    recipient: DigestRecipient
+    issued: date
+
+    def reply(self, post_id: int) -> str:
+        return sign(TokenKind.REPLY, (post_id, self.recipient.user_id), secret=self.settings.tokens.secret,
+                    issued=self.issued)
+
+    def unsubscribe(self, category_id: int) -> str:
+        ids = unsubscribe_ids(self.recipient.user_id, category_id, self.recipient.token_generation)
+        return sign(TokenKind.UNSUBSCRIBE, ids, secret=self.settings.tokens.secret, issued=self.issued)
+
+
+class PlaceholderTokens:
+    """Random stand-ins for a recipient's tokens, remembering which post or category each one stands for."""
+
+    def __init__(self, nonce: str) -> None:
+        self.nonce = nonce
+        self.replies: dict[str, int] = {}  # placeholder -> post id
+        self.unsubscribes: dict[str, int] = {}  # placeholder -> category id
+
+    def reply(self, post_id: int) -> str:
+        name = f"qfreply{self.nonce}p{post_id}x"
+        self.replies[name] = post_id
+        return name
+
+    def unsubscribe(self, category_id: int) -> str:
+        name = f"qfunsub{self.nonce}c{category_id}x"
+        self.unsubscribes[name] = category_id
+        return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +241,11 @@ def build_digest(
     posts: Sequence[PostRow],
     settings: Settings,
     issued: date,
+    tokens: DigestTokens | None = None,
 ) -> DigestContext:
     """The digest of one user and period from the posts loaded for a batch (posts outside the user's windows
-    and categories are ignored here). Pure: tokens are signed with `issued` as their issue day."""
+    and categories are ignored here). Pure: tokens are signed with `issued` as their issue day, unless `tokens`
+    gives them (placeholders, for a digest shared by many recipients)."""
     tz = recipient.timezone
     window_of = {w.category_id: w for w in windows}
     earliest = min(w.start for w in windows)
@@ -215,11 +264,10 @@ def build_digest(
         if window is not None and window.start < post.created_at <= window.end:
             by_topic[post.topic_id].append(post)
 
-    secret = settings.tokens.secret
+    token_source = tokens if tokens is not None else SignedTokens(settings, recipient, issued)
 
     def reply_to(post_id: int) -> str:
-        return reply_address(settings, sign(TokenKind.REPLY, (post_id, recipient.user_id), secret=secret,
-                                            issued=issued))
+        return reply_address(settings, token_source.reply(post_id))
 
     def url(topic_id: int) -> str:
         return topic_url(settings, topic_id)
@@ -265,9 +313,7 @@ def build_digest(
         DigestUnsubscribe(category=w.category_name, url=unsubscribe_url(settings, token),
                           mailto=unsubscribe_address(settings, token))
         for w in ordered
-        for token in (sign(TokenKind.UNSUBSCRIBE, unsubscribe_ids(recipient.user_id, w.category_id,
-                                                                 recipient.token_generation),
-                           secret=secret, issued=issued),)
+        for token in (token_source.unsubscribe(w.category_id),)
     )
     return DigestContext(
         period=period, user_id=recipient.user_id, email=recipient.email, name=recipient.name,
@@ -300,16 +346,31 @@ def digest_message(
     settings: Settings, digest: DigestContext, rendered: Rendered, *, now: datetime
 ) -> OutgoingMessage:
     """The composed digest as an outbox row; ValueError for an address compose cannot carry."""
-    domain = settings.site.domain
-    message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=domain,
+    message_id = digest_message_id(digest.user_id, digest.period, digest.window_end, domain=settings.site.domain,
                                    salt=settings.site.message_id_salt)
     stop_token = sign(TokenKind.DIGEST, digest_ids(digest.user_id, digest.period.value, digest.token_generation),
                       secret=settings.tokens.secret, issued=now.date())
+    message = _compose(settings, digest, rendered, message_id=message_id, stop_token=stop_token, now=now)
+    return OutgoingMessage(
+        kind=OutboxKind.DIGEST,
+        dedupe_key=dedupe_key(digest.user_id, digest.period, digest.window_end),
+        message_id=message_id,
+        envelope_from=user_bounce_address(settings, digest.user_id, now=now),
+        recipient=digest.email,
+        raw=to_bytes(message),
+        user_id=digest.user_id,
+    )
+
+
+def _compose(
+    settings: Settings, digest: DigestContext, rendered: Rendered, *, message_id: str, stop_token: str,
+    now: datetime,
+) -> EmailMessage:
+    domain = settings.site.domain
     stop = DigestUnsubscribe(category=f"{digest.period.value} digest", url=unsubscribe_url(settings, stop_token),
                              mailto=unsubscribe_address(settings, stop_token))
-    name = f"{settings.site.name} digest"
-    message = compose(
-        from_name=name,
+    return compose(
+        from_name=f"{settings.site.name} digest",
         from_address=f"{FROM_LOCAL_PART}@{domain}",
         to=digest.email,
         subject=rendered.subject,
@@ -330,13 +391,68 @@ def digest_message(
         ),
         date=now,
     )
-    return OutgoingMessage(
-        kind=OutboxKind.DIGEST,
-        dedupe_key=dedupe_key(digest.user_id, digest.period, digest.window_end),
-        message_id=message_id,
-        envelope_from=user_bounce_address(settings, digest.user_id, now=now),
-        recipient=digest.email,
-        raw=to_bytes(message),
-        user_id=digest.user_id,
-    )
 
+
+class SharedDigest:
+    """One digest built, rendered and composed once for every recipient who would get the same one (same
+    windows, time zone and announcement setting, and no post of their own in it), with placeholders where each
+    recipient's address, name, Message-ID and tokens go. `message_for` fills them in: signing a recipient's
+    tokens and encoding the few lines that hold them, instead of building, rendering and composing again."""
+
+    def __init__(
+        self, *, period: Period, windows: Sequence[SubscriptionWindow], timezone: ZoneInfo, show_announcements: bool,
+        topics: Mapping[int, TopicRow], posts: Sequence[PostRow], settings: Settings, renderer: Renderer,
+        now: datetime,
+    ) -> None:
+        nonce = secrets.token_hex(8)
+        self.settings = settings
+        self.now = now
+        self.period = period
+        self._email = f"qfrcpt{nonce}@placeholder.invalid"
+        self._name = f"qfname{nonce}"
+        self._message_id = f"qfmid{nonce}@placeholder.invalid"
+        self._stop = f"qfstop{nonce}"
+        self._tokens = PlaceholderTokens(nonce)
+        nobody = DigestRecipient(user_id=-1, email=self._email, name=self._name, timezone=timezone,
+                                 show_announcements=show_announcements)
+        self.digest = build_digest(period=period, recipient=nobody, windows=windows, topics=topics, posts=posts,
+                                   settings=settings, issued=now.date(), tokens=self._tokens)
+        self.prototype: MessagePrototype | None = None
+        if not self.digest.is_empty:
+            rendered = render_digest(renderer, self.digest)
+            message = _compose(settings, self.digest, rendered, message_id=self._message_id,
+                               stop_token=self._stop, now=now)
+            self.prototype = MessagePrototype(message, (
+                self._email, self._name, self._message_id, self._stop, *self._tokens.replies,
+                *self._tokens.unsubscribes))
+
+    def message_for(self, recipient: DigestRecipient) -> OutgoingMessage:
+        """This digest for one recipient; ValueError when it cannot be filled in for them (compose them one)."""
+        if self.prototype is None:
+            raise ValueError("an empty digest is not sent")
+        if not simple_address(recipient.email):
+            raise ValueError("an address the shared digest cannot carry as is")
+        settings, digest, now = self.settings, self.digest, self.now
+        secret, issued = settings.tokens.secret, now.date()
+        message_id = digest_message_id(recipient.user_id, self.period, digest.window_end,
+                                       domain=settings.site.domain, salt=settings.site.message_id_salt)
+        tokens = SignedTokens(settings, recipient, issued)
+        values = {
+            self._email: recipient.email,
+            self._name: recipient.name,
+            self._message_id: message_id,
+            self._stop: sign(TokenKind.DIGEST, digest_ids(recipient.user_id, self.period.value,
+                                                          recipient.token_generation), secret=secret, issued=issued),
+        }
+        values.update({name: tokens.reply(post_id) for name, post_id in self._tokens.replies.items()})
+        values.update({name: tokens.unsubscribe(category_id)
+                       for name, category_id in self._tokens.unsubscribes.items()})
+        return OutgoingMessage(
+            kind=OutboxKind.DIGEST,
+            dedupe_key=dedupe_key(recipient.user_id, self.period, digest.window_end),
+            message_id=message_id,
+            envelope_from=user_bounce_address(settings, recipient.user_id, now=now),
+            recipient=recipient.email,
+            raw=self.prototype.fill_values(values),
+            user_id=recipient.user_id,
+        )

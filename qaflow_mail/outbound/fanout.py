@@ -14,10 +14,12 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from markupsafe import escape
 
 from qaflow_mail.mail.addresses import DOT_ATOM
 from qaflow_mail.mail.compose import to_bytes
@@ -58,18 +60,34 @@ class Placeholders:
         return cls(recipient=f"qfrcpt{nonce}@placeholder.invalid", reply_token=f"qfreply{nonce}",
                    unsubscribe_token=f"qfunsub{nonce}")
 
+    def all(self) -> tuple[str, str, str]:
+        return self.recipient, self.reply_token, self.unsubscribe_token
+
 
 @dataclass(frozen=True, slots=True)
 class _Body:
-    cte: str
-    text: str  # decoded, "\n" line endings, placeholders in it
+    encode: Callable[[str], bytes]
+    escape: Callable[[str], str]  # how a value is written into this part (HTML-escaped in text/html)
+    # Runs of lines: bytes encoded once (no placeholder in them), or a template of text pieces whose odd items
+    # are placeholders. Quoted-printable and 7bit work line by line, so a run of lines encodes the same alone as
+    # inside the whole body; base64 does not, and is one template.
+    runs: tuple[bytes | tuple[str, ...], ...]
 
 
 class MessagePrototype:
-    """A composed message cut into byte segments around its body parts, to be filled in per recipient."""
+    """A composed message cut into pieces around its placeholders, to be filled in per recipient.
 
-    def __init__(self, message: EmailMessage, placeholders: Placeholders) -> None:
-        self.placeholders = placeholders
+    The headers are bytes with the placeholders cut out; each body part is runs of lines encoded once, and the
+    few lines that hold a placeholder, filled in and encoded per recipient.
+    """
+
+    def __init__(self, message: EmailMessage, placeholders: Placeholders | Collection[str]) -> None:
+        self.placeholders = placeholders if isinstance(placeholders, Placeholders) else None
+        names = placeholders.all() if isinstance(placeholders, Placeholders) else tuple(placeholders)
+        if not names:
+            raise ValueError("a prototype needs at least one placeholder")
+        self._pattern = re.compile("|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)))
+        self._byte_pattern = re.compile(self._pattern.pattern.encode("ascii"))
         leaves = [part for part in message.walk() if not part.is_multipart()]
         self._bodies: list[_Body] = []
         markers: list[bytes] = []
@@ -79,40 +97,99 @@ class MessagePrototype:
             content = leaf.get_content()
             if not isinstance(content, str) or cte not in _ENCODERS:
                 raise ValueError(f"cannot template a {leaf.get_content_type()} part in {cte}")
-            self._bodies.append(_Body(cte=cte, text=content.replace("\r\n", "\n")))
+            escape = _escape_html if leaf.get_content_type() == "text/html" else _as_is
+            self._bodies.append(_Body(encode=_ENCODERS[cte], escape=escape,
+                                      runs=self._runs(content.replace("\r\n", "\n"), cte)))
             marker = f"qfpart{nonce}x{index}"
             leaf.set_payload(marker)
             markers.append(marker.encode("ascii"))
         data = to_bytes(message)
-        segments: list[bytes] = []
+        segments: list[tuple[bytes, ...]] = []
         for marker_bytes in markers:
             head, found, data = data.partition(marker_bytes)
             if not found or marker_bytes in data:
                 raise ValueError("body marker not found exactly once")
-            segments.append(head)
-        segments.append(data)
+            segments.append(_cut(self._byte_pattern, head))
+        segments.append(_cut(self._byte_pattern, data))
         self._segments = segments
+        self._in_headers = {piece.decode("ascii") for segment in segments for piece in segment[1::2]}
+
+    def _runs(self, text: str, cte: str) -> tuple[bytes | tuple[str, ...], ...]:
+        if cte == "base64":
+            return (_cut(self._pattern, text),)
+        encode = _ENCODERS[cte]
+        runs: list[bytes | tuple[str, ...]] = []
+        run: list[str] = []
+        run_has_placeholder = False
+        for line in _lines(text):
+            has_placeholder = self._pattern.search(line) is not None
+            if run and has_placeholder != run_has_placeholder:
+                joined = "".join(run)
+                runs.append(_cut(self._pattern, joined) if run_has_placeholder else encode(joined))
+                run = []
+            run.append(line)
+            run_has_placeholder = has_placeholder
+        if run:
+            joined = "".join(run)
+            runs.append(_cut(self._pattern, joined) if run_has_placeholder else encode(joined))
+        return tuple(runs)
+
+    def fill_values(self, values: Mapping[str, str]) -> bytes:
+        """The message with each placeholder replaced by its value; ValueError when a value cannot be carried
+        (a header value that is not ASCII, a 7bit part that would no longer be 7bit)."""
+        in_headers = {name.encode("ascii"): values[name].encode("ascii") for name in self._in_headers}
+        out: list[bytes] = []
+        for index, segment in enumerate(self._segments):
+            out += [piece if position % 2 == 0 else in_headers[piece] for position, piece in enumerate(segment)]
+            if index < len(self._bodies):
+                body = self._bodies[index]
+                for run in body.runs:
+                    if isinstance(run, bytes):
+                        out.append(run)
+                    else:
+                        out.append(body.encode("".join(
+                            piece if position % 2 == 0 else body.escape(values[piece])
+                            for position, piece in enumerate(run))))
+        return b"".join(out)
 
     def fill(self, *, recipient: str, reply_token: str, unsubscribe_token: str) -> bytes:
         ph = self.placeholders
-        swaps_text = ((ph.reply_token, reply_token), (ph.unsubscribe_token, unsubscribe_token))
-        swaps_bytes = (
-            (ph.recipient.encode(), recipient.encode("ascii")),
-            (ph.reply_token.encode(), reply_token.encode("ascii")),
-            (ph.unsubscribe_token.encode(), unsubscribe_token.encode("ascii")),
-        )
-        out: list[bytes] = []
-        for index, segment in enumerate(self._segments):
-            for old, new in swaps_bytes:
-                segment = segment.replace(old, new)
-            out.append(segment)
-            if index < len(self._bodies):
-                body = self._bodies[index]
-                text = body.text
-                for old_text, new_text in swaps_text:
-                    text = text.replace(old_text, new_text)
-                out.append(_ENCODERS[body.cte](text))
-        return b"".join(out)
+        if ph is None:
+            raise TypeError("this prototype has named placeholders: fill it with fill_values")
+        return self.fill_values({ph.recipient: recipient, ph.reply_token: reply_token,
+                                 ph.unsubscribe_token: unsubscribe_token})
+
+
+AnyStr = TypeVar("AnyStr", str, bytes)
+
+
+def _cut(pattern: re.Pattern[AnyStr], data: AnyStr) -> tuple[AnyStr, ...]:
+    """`data` cut around the matches of `pattern`: literal pieces at even indexes, the matches at odd ones."""
+    pieces: list[AnyStr] = []
+    last = 0
+    for found in pattern.finditer(data):
+        pieces += [data[last : found.start()], found.group()]
+        last = found.end()
+    pieces.append(data[last:])
+    return tuple(pieces)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of `text`, each with its "\\n" (the last one without, when the text does not end with one)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
+_HTML_SPECIAL_RE = re.compile(r"[&<>\"']")
+
+
+def _escape_html(value: str) -> str:
+    return str(escape(value)) if _HTML_SPECIAL_RE.search(value) else value
+
+
+def _as_is(value: str) -> str:
+    return value
 
 
 def _encode_7bit(text: str) -> bytes:

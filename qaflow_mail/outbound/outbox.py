@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, case, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
@@ -184,8 +184,23 @@ async def _finish(session: AsyncSession, ids: Collection[int], *, worker: str, v
     return set((await session.scalars(stmt)).all())
 
 
+# Built once: it runs for every few messages sent, and building it took longer than executing it.
+_MARK_SENT = (
+    update(Outbox)
+    .where(Outbox.id.in_(bindparam("ids", expanding=True)), Outbox.status == SENDING,
+           Outbox.claimed_by == bindparam("worker", type_=Outbox.claimed_by.type))
+    .values(attempts=Outbox.attempts + 1, claimed_until=None, status=SENT,
+            sent_at=bindparam("sent_at", type_=Outbox.sent_at.type), last_error="")
+    .returning(Outbox.id)
+    .execution_options(synchronize_session=False)
+)
+
+
 async def mark_sent(session: AsyncSession, ids: Collection[int], *, now: datetime, worker: str) -> set[int]:
-    return await _finish(session, ids, worker=worker, values={"status": SENT, "sent_at": now, "last_error": ""})
+    """Record these rows as sent, if `worker` still holds them; returns the ids that it did."""
+    if not ids:
+        return set()
+    return set((await session.scalars(_MARK_SENT, {"ids": list(ids), "worker": worker, "sent_at": now})).all())
 
 
 async def mark_retry(

@@ -217,3 +217,10 @@ def test_tokens_that_stop_mail_carry_a_generation_and_generation_0_is_the_old_sp
     assert _reason(rotated, other) is TokenError.WRONG_KIND
     with pytest.raises(ValueError):
         sign(TokenKind.REPLY, (5, 1, 3), secret=SECRET, issued=ISSUED)  # only the kinds that stop mail
+
+
+def test_base32_is_rfc4648_lower_case_unpadded_for_every_length() -> None:
+    rng = random.Random(5)
+    for length in range(64):
+        raw = bytes(rng.randrange(256) for _ in range(length))
+        assert tokens._base32(raw) == base64.b32encode(raw).decode("ascii").rstrip("=").lower()
