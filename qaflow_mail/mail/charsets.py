@@ -196,34 +196,46 @@ def _q_decode(encoded: str) -> bytes:
     return _QP_HEX_RE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
 
 
-_B64_CHUNK_RE = re.compile(rb"[A-Za-z0-9+/]+=*")
+_B64_CHUNK_RE = re.compile(rb"([A-Za-z0-9+/]+)=*")
 _B64_JUNK_RE = re.compile(rb"[^A-Za-z0-9+/=]")
+_ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"  # what bytes.split() splits on
 
 
-def decode_base64(data: bytes) -> tuple[bytes, bool]:
-    """Lenient base64: junk characters skipped, padding repaired, padded chunks concatenated.
+def decode_base64(data: bytes | str) -> tuple[bytes, bool]:
+    """Lenient base64: junk characters skipped, padding repaired, padded chunks concatenated. A str is read as its
+    ASCII characters (any other is dropped, as by .encode("ascii", errors="ignore")).
 
     Returns (bytes, clean) where clean is False when anything had to be repaired or dropped.
+
+    An attachment's encoded text is copied once (whitespace deleted) and a well-formed chunk is decoded where it
+    lies: no list of its lines, no copy per chunk.
     """
-    compact = b"".join(data.split())
-    alphabet_only = _B64_JUNK_RE.sub(b"", compact)
-    clean = alphabet_only == compact
-    compact = alphabet_only
+    if isinstance(data, str):
+        compact = data.encode("ascii", errors="ignore").translate(None, _ASCII_WHITESPACE)
+    else:
+        compact = data.translate(None, _ASCII_WHITESPACE)
+    clean = True
+    if _B64_JUNK_RE.search(compact) is not None:
+        clean = False
+        compact = _B64_JUNK_RE.sub(b"", compact)
+    view = memoryview(compact)
     out: list[bytes] = []
     consumed = 0
     for match in _B64_CHUNK_RE.finditer(compact):
-        if match.start() != consumed:
+        start, end = match.span()
+        if start != consumed:
             clean = False
-        consumed = match.end()
-        chunk = match.group(0).rstrip(b"=")
-        if len(chunk) % 4 == 1:  # one dangling character carries no full byte
-            chunk = chunk[:-1]
+        consumed = end
+        letters = match.end(1) - start
+        usable = letters - 1 if letters % 4 == 1 else letters  # one dangling character carries no full byte
+        padding = -usable % 4
+        if usable == letters and start + usable + padding == end:
+            chunk: bytes | memoryview = view[start:end]  # padded as it should be: read as it is
+        else:
             clean = False
-        padded = chunk + b"=" * (-len(chunk) % 4)
-        if padded != match.group(0):
-            clean = False
+            chunk = bytes(view[start:start + usable]) + b"=" * padding
         try:
-            out.append(binascii.a2b_base64(padded))
+            out.append(binascii.a2b_base64(chunk))
         except (binascii.Error, ValueError):
             clean = False
     if consumed != len(compact):
@@ -232,7 +244,7 @@ def decode_base64(data: bytes) -> tuple[bytes, bool]:
 
 
 def _b_decode(encoded: str) -> bytes:
-    return decode_base64(encoded.encode("ascii", errors="ignore"))[0]
+    return decode_base64(encoded)[0]
 
 
 def decode_header(value: str, *, fallback: str | None = None) -> str:

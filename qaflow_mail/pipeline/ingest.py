@@ -23,8 +23,9 @@ from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, classify
 from qaflow_mail.mail.content import Content, extract_content
 from qaflow_mail.mail.parse import ParsedMail
+from qaflow_mail.mail.untrusted import header_block_size
 from qaflow_mail.pipeline import Context, Outcome, rejected, run, shunted
-from qaflow_mail.pipeline.cpu import InputRefused, extract_untrusted, header_block_size, parse_untrusted
+from qaflow_mail.pipeline.cpu import InputRefused, extract_untrusted, parse_untrusted
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
 from qaflow_mail.replies import OK, UNKNOWN_RECIPIENT, SmtpReply
 from qaflow_mail.services import shunt as shunting

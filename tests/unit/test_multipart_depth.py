@@ -1,4 +1,4 @@
-"""pipeline.cpu.multipart_depth: the nesting of multipart parts read in one pass over the lines, so a message
+"""mail.untrusted.multipart_depth: the nesting of multipart parts read in one pass over the lines, so a message
 nested a thousand deep is refused without the parser's walk, which is quadratic in the depth. It never finds a
 message deeper than the parser does (the refusal rests on it), here on the project's own mail and, where present,
 on every message of the shared corpora."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qaflow_mail.config import LimitsSettings
-from qaflow_mail.pipeline.cpu import multipart_depth, structure_refusal
+from qaflow_mail.mail.untrusted import multipart_depth, structure_refusal
 from tests.conftest import CORPORA, FIXTURES
 
 HEAD = "From: a@example.org\r\nTo: general@forum.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
