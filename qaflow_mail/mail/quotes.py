@@ -13,6 +13,7 @@ import functools
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 __all__ = [
     "EMBEDDED",
@@ -381,15 +382,87 @@ _MARKERS_WITHOUT_NEEDLES = tuple(m for m in _EMBEDDED_MARKERS if not m.needles)
 _CACHED_LINE_LENGTH = 200
 
 
-def _is_signature(line: str) -> bool:
+Find = Callable[[str], "re.Match[str] | None"]
+
+
+def anchored_at_start(pattern: str) -> bool:
+    """Whether every match of `pattern` begins where a line begins: it starts with "^" and has no "|" outside
+    its groups (a character class or an escape may hold one). Errs towards False."""
+    if not pattern.startswith("^"):
+        return False
+    depth, in_class, escaped = 0, False, False
+    for index, char in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            # "]" right after "[" or "[^" is a member, not the end of the class.
+            in_class = char != "]" or pattern[index - 1] == "[" or pattern[index - 2 : index] == "[^"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return False
+    return True
+
+
+def _on_one_line(regex: re.Pattern[str]) -> Find:
+    """`regex.search` for a string without a line break: a pattern anchored at the start of a line can only match
+    at the string's start, which `match` tries alone; `search` would try every position of the line in vain."""
+    return regex.match if anchored_at_start(regex.pattern) else regex.search
+
+
+@dataclass(frozen=True, slots=True)
+class _LineTests:
+    empty: Find
+    delimiter: Find
+    reply_above: Find
+    signatures: tuple[Find, ...]
+    embedded: tuple[Find, ...]
+    markers: tuple[tuple[_Marker, Find], ...]
+    markers_without_needles: tuple[tuple[_Marker, Find], ...]
+    headers: tuple[Find, ...]
+    quote: Find
+
+    @classmethod
+    def made_with(cls, find: Callable[[re.Pattern[str]], Find]) -> _LineTests:
+        return cls(
+            empty=find(_EMPTY_RE), delimiter=find(_DELIMITER_RE), reply_above=find(_REPLY_ABOVE_RE),
+            signatures=tuple(find(r) for r in _SIGNATURE_RES),
+            embedded=tuple(_needing(_EMBEDDED_NEEDLES.get(r), find(r)) for r in _EMBEDDED_RES),
+            markers=tuple((m, find(m.regex)) for m in _EMBEDDED_MARKERS),
+            markers_without_needles=tuple((m, find(m.regex)) for m in _MARKERS_WITHOUT_NEEDLES),
+            headers=tuple(find(r) for r in _HEADER_RES), quote=find(_QUOTE_RE),
+        )
+
+
+# Case-sensitive patterns that cannot match a line without this word.
+_EMBEDDED_NEEDLES = dict(zip(_SOMEONE_WROTE_ON_DATE_RES, _SOMEONE_WROTE_ON_DATE_NEEDLES, strict=True))
+
+
+def _needing(needle: str | None, find: Find) -> Find:
+    if needle is None:
+        return find
+    return lambda line: find(line) if needle in line else None
+
+
+_ANYWHERE = _LineTests.made_with(lambda regex: regex.search)
+_ONE_LINE = _LineTests.made_with(_on_one_line)
+
+
+def _is_signature(line: str, tests: _LineTests = _ANYWHERE) -> bool:
     stripped = _MARKDOWN_LINK_RE.sub(r"\1", line) if "](" in line else line
-    return any(r.search(stripped) for r in _SIGNATURE_RES)
+    return any(find(stripped) for find in tests.signatures)
 
 
-def _is_embedded_marker(line: str) -> bool:
+def _is_embedded_marker(line: str, tests: _LineTests = _ANYWHERE) -> bool:
     lowered = line.lower()
-    markers = _EMBEDDED_MARKERS if _ANY_NEEDLE_RE.search(lowered) else _MARKERS_WITHOUT_NEEDLES
-    return any(m.may_match(lowered) and m.regex.search(line) for m in markers)
+    markers = tests.markers if _ANY_NEEDLE_RE.search(lowered) else tests.markers_without_needles
+    return any(m.may_match(lowered) and find(line) for m, find in markers)
 
 
 def classify_line(line: str) -> str:
@@ -404,21 +477,23 @@ def _classify_short_line(line: str) -> str:
     return _classify(line)
 
 
-def _classify(line: str) -> str:
-    if _EMPTY_RE.search(line):
+def _classify(line: str, tests: _LineTests | None = None) -> str:
+    if tests is None:
+        tests = _ANYWHERE if "\n" in line else _ONE_LINE
+    if tests.empty(line):
         return EMPTY
-    if _DELIMITER_RE.search(line):
+    if tests.delimiter(line):
         return DELIMITER
     if len(line) <= _MAX_MARKER_LINE:
-        if _REPLY_ABOVE_RE.search(line):
+        if tests.reply_above(line):
             return DELIMITER
-        if _is_signature(line):
+        if _is_signature(line, tests):
             return SIGNATURE
-        if any(r.search(line) for r in _EMBEDDED_RES) or _is_embedded_marker(line):
+        if any(find(line) for find in tests.embedded) or _is_embedded_marker(line, tests):
             return EMBEDDED
-        if any(r.search(line) for r in _HEADER_RES):
+        if any(find(line) for find in tests.headers):
             return EMAIL_HEADER
-    if _QUOTE_RE.search(line):
+    if tests.quote(line):
         return QUOTE
     return TEXT
 
@@ -682,9 +757,11 @@ def _preprocess(text: str) -> str:
         text = regex.sub(_unwrap_marker, text)
     for regex, needle in zip(_SOMEONE_WROTE_ON_DATE_RES, _SOMEONE_WROTE_ON_DATE_NEEDLES, strict=True):
         text = _unwrap_markers(text, regex, needle)
+    lowered = text.lower()
     for marker in _DATE_SOMEONE_MARKERS:
-        if marker.may_match(text.lower()):
+        if marker.may_match(lowered):
             text = _unwrap_line_pairs(text, marker)
+            lowered = text.lower()
     return _split_shared_marker_lines(text).strip()
 
 
