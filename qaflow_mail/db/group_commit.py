@@ -7,6 +7,10 @@ writes roll back alone and it hears of its failure at once), the batch commits o
 caller learn that its work is done: what a caller answers after `run` returns is on disk, as before. The callers
 who arrive while a batch runs form the next one, so a batch is as large as the load makes it.
 
+The other writers of this process (the fan-out worker, the outbox sender) take their turn with `writing`: they
+and the batches queue for the one write lock in first-come order, each woken the moment the one before it has
+committed, instead of meeting inside SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries.
+
 On PostgreSQL, which has row locks and many writers at once, each caller gets its own transaction.
 """
 
@@ -16,7 +20,8 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,6 +60,17 @@ class GroupCommit:
         self._last_commit = -1.0
         bind = sessions.kw.get("bind")
         self.batched = bind is not None and bind.dialect.name == "sqlite"
+        # One turn per event loop (an asyncio lock belongs to one); the gateway writes from one.
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary())
+
+    def turn(self) -> asyncio.Lock:
+        """This process's turn to write (on the running loop): held for a whole write transaction."""
+        loop = asyncio.get_running_loop()
+        lock = self._turns.get(loop)
+        if lock is None:
+            lock = self._turns[loop] = asyncio.Lock()
+        return lock
 
     def _factory(self) -> async_sessionmaker[AsyncSession]:
         sessions = self._sessions()
@@ -93,7 +109,7 @@ class GroupCommit:
         engine = sessions.kw["bind"]
         succeeded: list[tuple[_Job, Any]] = []
         try:
-            async with engine.connect() as connection, connection.begin():
+            async with self.turn(), engine.connect() as connection, connection.begin():
                 # SQLite's driver begins no transaction before a SAVEPOINT (whose RELEASE would then commit), and a
                 # read that later turns into a write fails at once when another writer came between: take the
                 # write lock first (waiting up to busy_timeout).
@@ -131,6 +147,18 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
 
 
 _writers: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], GroupCommit] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
+    """Around a write transaction opened outside the group commit: on SQLite, wait for this process's turn to
+    write and hold it until the block ends (commit included); on PostgreSQL, nothing."""
+    writer = group_commit(sessions)
+    if not writer.batched:
+        yield
+        return
+    async with writer.turn():
+        yield
 
 
 def group_commit(sessions: async_sessionmaker[AsyncSession]) -> GroupCommit:

@@ -316,6 +316,11 @@ def _render_context(
     }
 
 
+# A prototype costs about one composition: for fewer recipients than this, each message is composed outright
+# (most replies notify only the asker).
+PROTOTYPE_FROM = 3
+
+
 def build_messages(
     builder: NotificationBuilder, prototype: MessagePrototype | None, recipients: Sequence[Recipient]
 ) -> list[OutgoingMessage]:
@@ -414,11 +419,12 @@ async def _enqueue_group(
     recipients = [recipient for recipient, _ in group]
     builder = await prepare(session, settings=settings, renderer=renderer, post=post, now=now, why=why,
                             generations={recipient.user_id: generation for recipient, generation in group})
-    try:
-        prototype: MessagePrototype | None = builder.prototype()
-    except ValueError as exc:  # never expected; composing each message is slower but still right
-        log.warning("notify.no_prototype post_id=%s reason=%s", post.id, exc)
-        prototype = None
+    prototype: MessagePrototype | None = None
+    if len(recipients) >= PROTOTYPE_FROM:
+        try:
+            prototype = builder.prototype()
+        except ValueError as exc:  # never expected; composing each message is slower but still right
+            log.warning("notify.no_prototype post_id=%s reason=%s", post.id, exc)
     await record_message_ref(session, message_id=builder.threading.message_id, post_id=post.id)
     handed = 0
     for start in range(0, len(recipients), BATCH):

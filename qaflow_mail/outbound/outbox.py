@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.dialect import insert as dialect_insert
+from qaflow_mail.db.group_commit import writing
 from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus, UTCDateTime
 from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
 from qaflow_mail.outbound.mailer import DELIVERY_KEY, DeliveryError, Mailer
@@ -310,7 +311,7 @@ class _SentRecorder:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    async with self.deps.sessions() as session, session.begin():
+                    async with writing(self.deps.sessions), self.deps.sessions() as session, session.begin():
                         self.recorded |= await mark_sent(session, [row_id for row_id, _ in batch],
                                                          now=self.deps.clock(), worker=self.worker)
                 finally:
@@ -359,7 +360,7 @@ async def drain_once(
     settings = deps.settings
     outbound = settings.outbound
     started = time.monotonic()
-    async with deps.sessions() as session, session.begin():
+    async with writing(deps.sessions), deps.sessions() as session, session.begin():
         rows = await claim(session, worker=worker, now=deps.clock(), limit=outbound.batch_size,
                            lease_seconds=lease_seconds)
     if not rows:
@@ -387,7 +388,7 @@ async def drain_once(
             log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
 
     now = deps.clock()
-    async with deps.sessions() as session, session.begin():
+    async with writing(deps.sessions), deps.sessions() as session, session.begin():
         retried, given_up = await mark_retry(session, temporary, now=now, settings=settings, worker=worker)
         failed = await mark_failed(session, permanent, now=now, settings=settings, worker=worker)
 

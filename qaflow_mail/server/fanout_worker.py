@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from qaflow_mail.db.group_commit import writing
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.sender import default_worker_name
 from qaflow_mail.services.fanout_jobs import (
@@ -52,7 +53,7 @@ class FanoutWorker:
     async def run_once(self) -> int:
         """Claim one job and expand it to the end (or until stopped or it is taken away); the batches committed."""
         deps = self.deps
-        async with deps.sessions() as session, session.begin():
+        async with writing(deps.sessions), deps.sessions() as session, session.begin():
             job = await claim(session, worker=self.worker, now=deps.clock(), lease_seconds=self.lease_seconds)
             job_id = None if job is None else job.id
         if job_id is None:
@@ -60,7 +61,7 @@ class FanoutWorker:
         batches = 0
         try:
             while not self._stopping:
-                async with deps.sessions() as session, session.begin():
+                async with writing(deps.sessions), deps.sessions() as session, session.begin():
                     batch = await expand_batch(session, deps, job_id=job_id, worker=self.worker, now=deps.clock(),
                                                limit=self.batch_size, lease_seconds=self.lease_seconds)
                 if batch is None:
@@ -74,7 +75,7 @@ class FanoutWorker:
                     break
         except Exception as error:
             log.exception("fanout.batch_failed job_id=%s worker=%s", job_id, self.worker)
-            async with deps.sessions() as session, session.begin():
+            async with writing(deps.sessions), deps.sessions() as session, session.begin():
                 await record_failure(session, job_id=job_id, worker=self.worker, now=deps.clock(),
                                      error=f"{type(error).__name__}: {error}")
         return batches
