@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
-from qaflow_mail.db.group_commit import LET_GO_SECONDS, MAX_HOLD_SECONDS, GroupCommit, group_commit
+from qaflow_mail.db.group_commit import LET_GO_SECONDS, MAX_HOLD_SECONDS, GroupCommit, group_commit, writing
 from qaflow_mail.db.models import User
 from tests.integration import test_kill9
 
@@ -142,3 +142,35 @@ async def test_a_writer_outside_the_queue_is_let_in_while_it_is_kept_busy(
     assert waited < MAX_HOLD_SECONDS + LET_GO_SECONDS + 1.0, waited
     async with sessions() as session:
         assert await session.scalar(select(func.count(User.id)).where(User.email == "outsider@example.org")) == 1
+
+
+async def test_the_other_writers_of_the_process_take_turns_with_the_batches(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    writer = group_commit(sessions)
+    if not writer.batched:
+        pytest.skip("PostgreSQL has row locks: writers need no turns")
+    order: list[str] = []
+
+    async def batch_work(session: AsyncSession) -> str:
+        order.append("batch")
+        return await add_user("queued@example.org")(session)
+
+    async def second_writer() -> None:
+        async with writing(sessions):
+            order.append("second writer")
+
+    async with writing(sessions):  # e.g. the fan-out worker's transaction
+        queued = asyncio.create_task(writer.run(batch_work))
+        deadline = time.monotonic() + 5
+        while not writer.turn()._waiters:  # the batch waits for its turn, not in SQLite's busy handler
+            assert time.monotonic() < deadline, "the batch never asked for its turn"
+            await asyncio.sleep(0.01)  # poll interval of the deadline loop
+        second = asyncio.create_task(second_writer())
+        await asyncio.sleep(0)  # lets the second writer queue behind the batch
+        assert not queued.done() and order == []
+        order.append("first writer")
+    assert await queued == "queued@example.org"
+    await second
+    assert order == ["first writer", "batch", "second writer"]  # one at a time, first come first served
+    assert await emails(sessions) == ["queued@example.org"]
