@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from qaflow_mail.config import DatabaseSettings
+from qaflow_mail.db.sqlite_driver import one_trip_dbapi
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -64,6 +65,8 @@ def create_engine(
                 "statement_timeout": str(int(statement_timeout * 1000)),
             },
         }
+    if make_url(url).drivername == "sqlite+aiosqlite":
+        options["module"] = one_trip_dbapi()
     engine = create_async_engine(url, echo=echo, **options)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(int(statement_timeout * 1000)))

@@ -7,7 +7,7 @@ steps for each kind of address lives in ``pipeline.routes``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -86,6 +86,7 @@ class Context:
     parent: Post | None = None
     token_ids: tuple[int, ...] = ()
     candidates: tuple[str, ...] = ()
+    known_ancestors: Mapping[str, int] | None = None  # the placement's lookup of the headers' ancestors
     content: Content | None = None
     announce_verdict: AuthVerdict | None = None
     post: Post | None = None

@@ -14,14 +14,13 @@ TAKEN = (Disposition.ACCEPTED, Disposition.DISCARDED, Disposition.HELD, Disposit
 
 async def duplicate_reason(session: AsyncSession, message_id: str) -> str | None:
     """Why a message with this Message-ID was handled already (posted, or taken), or None when it is new."""
-    if await session.scalar(select(Post.id).where(Post.message_id == message_id)) is not None:
+    posted = select(Post.id).where(Post.message_id == message_id).exists()
+    taken = select(InboundMessage.id).where(
+        InboundMessage.message_id == message_id, InboundMessage.disposition.in_(TAKEN)).exists()
+    was_posted, was_taken = (await session.execute(select(posted, taken))).one()
+    if was_posted:
         return "duplicate: already posted"
-    seen = await session.scalar(
-        select(InboundMessage.id)
-        .where(InboundMessage.message_id == message_id, InboundMessage.disposition.in_(TAKEN))
-        .limit(1)
-    )
-    return None if seen is None else "duplicate: already received"
+    return "duplicate: already received" if was_taken else None
 
 
 async def accepted_since(session: AsyncSession, address: str, since: datetime) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -85,10 +85,12 @@ def dated(date_header: str | None, *, now: datetime) -> datetime:
 async def store_post(
     session: AsyncSession, *, author: User, category: Category, parent: Post | None, parsed: ParsedMail,
     content: Content, source: Source, written_at: datetime, waiting_for: Sequence[str] = (),
+    known_ancestors: Mapping[str, int] | None = None,
 ) -> Post:
     """Create the topic (when `parent` is None and no post of the category waits for one of the same missing
     ancestors, whose topic it joins) and the post; `waiting_for` names ancestors that have not arrived (the post
-    moves under one of them when it does). Posts that were waiting for this one are placed under it."""
+    moves under one of them when it does). Posts that were waiting for this one are placed under it.
+    `known_ancestors` is the lookup of the headers' ancestors the placement made, when it made one."""
     subject = column_line(parsed.subject) or NO_SUBJECT
     waiting = {} if parent is not None else await queries.topics_waiting_for(session, waiting_for,
                                                                              category_id=category.id)
@@ -123,7 +125,9 @@ async def store_post(
     # of them then joins this topic.
     farther = [mid for mid in parent_candidates(message_id=parsed.message_id, in_reply_to=parsed.in_reply_to,
                                                 references=parsed.references) if mid not in waiting_for]
-    known = await queries.posts_by_message_ids(session, farther) if farther else {}
+    if known_ancestors is None:
+        known_ancestors = await queries.posts_by_message_ids(session, farther) if farther else {}
+    known = known_ancestors
     session.add_all(PendingReference(post_id=post.id, message_id=column_line(mid, _ID_CHARS), position=-1 - i)
                     for i, mid in enumerate(mid for mid in farther if mid not in known))
     for att in parsed.attachments:

@@ -3,6 +3,7 @@ topic in the category it was sent to."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -25,6 +26,8 @@ class Placement:
     token_ids: tuple[int, ...] = ()
     # Nearer ancestors that have not arrived yet: the post moves under one of them if it comes.
     candidates: tuple[str, ...] = ()
+    # Every ancestor the headers name that is here (Message-ID → post id), when they were looked up.
+    known_ancestors: Mapping[str, int] | None = None
 
 
 def reply_token_ids(settings: Settings, token: str, *, today: date) -> tuple[int, ...] | None:
@@ -66,9 +69,9 @@ async def place_by_headers(session: AsyncSession, category_slug: str, parsed: Pa
     if choice.parent_post_id is None:
         if candidates and await queries.find_digest_reference(session, candidates) is not None:
             return Refusal(DIGEST_REPLY, "reply to a whole digest")
-        return _postable(Placement(category=category, candidates=candidates))
+        return _postable(Placement(category=category, candidates=candidates, known_ancestors=known))
     parent = await session.get(Post, choice.parent_post_id)
     assert parent is not None
     nearer = candidates[: candidates.index(choice.matched_id)] if choice.matched_id in candidates else ()
     return _postable(Placement(category=await category_of(session, parent) or category, parent=parent,
-                               candidates=nearer))
+                               candidates=nearer, known_ancestors=known))

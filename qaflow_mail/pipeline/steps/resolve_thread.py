@@ -21,4 +21,5 @@ async def resolve_thread(ctx: Context) -> Context | Outcome:
     if isinstance(placement, Refusal):
         return rejected(placement)
     return dataclasses.replace(ctx, category=placement.category, parent=placement.parent,
-                               token_ids=placement.token_ids, candidates=placement.candidates)
+                               token_ids=placement.token_ids, candidates=placement.candidates,
+                               known_ancestors=placement.known_ancestors)

@@ -13,7 +13,7 @@ async def _store(ctx: Context, *, imported: bool) -> Context:
     assert ctx.author is not None and ctx.category is not None and ctx.content is not None
     post = await store(
         ctx.session, author=ctx.author, category=ctx.category, parent=ctx.parent, parsed=ctx.parsed,
-        content=ctx.content, source=ctx.source, waiting_for=ctx.candidates,
+        content=ctx.content, source=ctx.source, waiting_for=ctx.candidates, known_ancestors=ctx.known_ancestors,
         written_at=dated(ctx.parsed.date, now=ctx.now) if imported else ctx.now,
     )
     return dataclasses.replace(ctx, post=post)
