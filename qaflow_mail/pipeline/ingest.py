@@ -21,11 +21,12 @@ from qaflow_mail.db.group_commit import group_commit
 from qaflow_mail.db.models import Disposition, InboundMessage, Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, classify
-from qaflow_mail.mail.content import Content, extract_content
+from qaflow_mail.mail.content import Content
 from qaflow_mail.mail.parse import ParsedMail
 from qaflow_mail.mail.untrusted import header_block_size
 from qaflow_mail.pipeline import Context, Outcome, rejected, run, shunted
-from qaflow_mail.pipeline.cpu import InputRefused, extract_untrusted, parse_untrusted
+from qaflow_mail.pipeline.body import read_body
+from qaflow_mail.pipeline.cpu import InputRefused, parse_untrusted
 from qaflow_mail.pipeline.routes import POST_DESTINATIONS, has_route, steps_for
 from qaflow_mail.replies import OK, UNKNOWN_RECIPIENT, SmtpReply
 from qaflow_mail.services import shunt as shunting
@@ -212,9 +213,9 @@ async def _ingest(
     routed = [(rcpt, known[rcpt] if rcpt in known else await classify_recipient(deps, rcpt)) for rcpt in recipients]
     content = None
     if any(_post_order(d) is not None for _, d in routed) and not await _seen_before(deps, parsed.message_id):
-        # The body is read (trimmed, sanitised) before the transaction, never while it holds the write lock; not
-        # for a message taken already (a retry, a shunted one), which the transaction only acknowledges.
-        content = await extract_untrusted(parsed, deps.settings.limits, extract_content)
+        # The body is read (trimmed, sanitised, our tokens removed) before the transaction, never while it holds
+        # the write lock; not for a message taken already (a retry, a shunted one), which it only acknowledges.
+        content = await read_body(deps, parsed)
     try:
         return await _process(deps, raw, parsed, envelope_from, routed, source, content)
     except IntegrityError:

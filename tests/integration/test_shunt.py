@@ -21,7 +21,7 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Disposition, InboundFailure, InboundMessage, Outbox, OutboxKind, Post, Source
 from qaflow_mail.deps import Deps
-from qaflow_mail.pipeline import ingest as ingest_module
+from qaflow_mail.pipeline import body as body_reader
 from qaflow_mail.pipeline.ingest import ingest, retry_shunted
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.imap import PollCounts, polling
@@ -53,14 +53,14 @@ def poison(subject: str = "Poison") -> bytes:
 @pytest.fixture
 def breaking_trimmer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading the body fails on every message whose subject says Poison, as a bug in the trimmer would."""
-    real = ingest_module.extract_content
+    real = body_reader.extract_content
 
     def extract(parsed: Any) -> Any:
         if "Poison" in parsed.subject:
             raise ValueError("trimmer bug on this input")
         return real(parsed)
 
-    monkeypatch.setattr(ingest_module, "extract_content", extract)
+    monkeypatch.setattr(body_reader, "extract_content", extract)
 
 
 async def rows(forum: Running, model: type) -> list[Any]:
@@ -90,7 +90,7 @@ async def test_a_message_failing_every_time_is_shunted_on_the_third_attempt(
 async def test_a_message_that_passes_on_retry_forgets_its_failures(
     forum: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = ingest_module.extract_content
+    real = body_reader.extract_content
     calls: list[int] = []
 
     def flaky(parsed: Any) -> Any:
@@ -99,7 +99,7 @@ async def test_a_message_that_passes_on_retry_forgets_its_failures(
             raise ValueError("once only")
         return real(parsed)
 
-    monkeypatch.setattr(ingest_module, "extract_content", flaky)
+    monkeypatch.setattr(body_reader, "extract_content", flaky)
     first = await send(forum.smtp_port, poison("Flaky"), mail_from=ALICE, rcpt_tos=[GENERAL])
     assert first.data_code == 451
     assert [f.attempts for f in await rows(forum, InboundFailure)] == [1]
@@ -115,7 +115,7 @@ async def test_a_database_failure_is_temporary_and_never_counted(
     def locked(parsed: Any) -> Any:
         raise OperationalError("INSERT ...", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(ingest_module, "extract_content", locked)
+    monkeypatch.setattr(body_reader, "extract_content", locked)
     for _ in range(4):
         assert (await send(forum.smtp_port, poison(), mail_from=ALICE, rcpt_tos=[GENERAL])).data_code == 451
     assert await rows(forum, InboundFailure) == []

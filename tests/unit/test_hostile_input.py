@@ -30,6 +30,7 @@ from qaflow_mail.mail.parse import parse_message
 from qaflow_mail.mail.quotes import split_reply
 from qaflow_mail.mail.sanitize import html_to_text, sanitize_html
 from qaflow_mail.pipeline import Context
+from qaflow_mail.pipeline import body as body_reader
 from qaflow_mail.pipeline.steps import extract_body as extract_body_step
 
 _CPU_BOUND = 5.0
@@ -250,7 +251,7 @@ async def test_extract_body_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPa
         seen.append(threading.get_ident())
         return extract_content(parsed)
 
-    monkeypatch.setattr(extract_body_step, "extract_content", recording)
+    monkeypatch.setattr(body_reader, "extract_content", recording)
     parsed = parse_message(_mail("Subject: q\r\n", "The answer is 42.\n"))
     ctx = Context(
         deps=cast(Any, SimpleNamespace(settings=Settings())),
