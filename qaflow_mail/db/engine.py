@@ -56,7 +56,8 @@ def create_engine(
 ) -> AsyncEngine:
     _prepare_sqlite_path(url)
     options: dict[str, Any] = {"pool_timeout": statement_timeout}
-    if make_url(url).get_backend_name() == "postgresql":
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
         options["pool_pre_ping"] = True
         options["connect_args"] = {
             "timeout": connect_timeout,
@@ -65,7 +66,7 @@ def create_engine(
                 "statement_timeout": str(int(statement_timeout * 1000)),
             },
         }
-    if make_url(url).drivername == "sqlite+aiosqlite":
+    if parsed.drivername == "sqlite+aiosqlite":
         options["module"] = one_trip_dbapi()
     engine = create_async_engine(url, echo=echo, **options)
     if engine.dialect.name == "sqlite":

@@ -48,37 +48,19 @@ def _execute_on_database_thread(connection: sqlite3.Connection, operation: str, 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     """A buffered cursor whose execute is one call on the database thread; the rows are held here."""
 
-    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    # Plain attributes in place of the base class's properties, which read an aiosqlite cursor this class never
+    # opens (opening one is a trip of its own).
+    __slots__ = ("arraysize", "description", "lastrowid", "rowcount")
 
     def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
         self._soft_closed_memoized = EMPTY_DICT
         self._rows = collections.deque()
-        self._description: Any = None
-        self._rowcount = -1
-        self._lastrowid: int | None = None
-        self._arraysize = 1
-
-    @property
-    def description(self) -> Any:
-        return self._description
-
-    @property
-    def rowcount(self) -> int:
-        return self._rowcount
-
-    @property
-    def lastrowid(self) -> Any:
-        return self._lastrowid
-
-    @property
-    def arraysize(self) -> int:
-        return self._arraysize
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._arraysize = value
+        self.description: Any = None
+        self.rowcount: int = -1
+        self.lastrowid: Any = None
+        self.arraysize = 1
 
     async def _async_soft_close(self) -> None:
         return None  # nothing is open on the database thread between calls
@@ -104,8 +86,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         async with self._adapt_connection._execute_mutex:
             outcome = await on_database_thread(
                 _execute_on_database_thread, connection._conn, operation, parameters, many)
-        self._description, self._rowcount, self._lastrowid, rows = outcome
-        self._rows = collections.deque(rows) if rows else collections.deque()
+        self.description, self.rowcount, self.lastrowid, rows = outcome
+        self._rows = collections.deque(rows or ())
 
     def nextset(self) -> None:
         self._rows.clear()  # sqlite3 has one result set per statement

@@ -87,7 +87,7 @@ class Context:
     token_ids: tuple[int, ...] = ()
     candidates: tuple[str, ...] = ()
     known_ancestors: Mapping[str, int] | None = None  # the placement's lookup of the headers' ancestors
-    content: Content | None = None  # the body as the post shows it (steps.extract_body.read_body)
+    content: Content | None = None  # the body as the post shows it (pipeline.body.read_body)
     announce_verdict: AuthVerdict | None = None
     post: Post | None = None
 

@@ -125,9 +125,9 @@ async def store_post(
     # of them then joins this topic.
     farther = [mid for mid in parent_candidates(message_id=parsed.message_id, in_reply_to=parsed.in_reply_to,
                                                 references=parsed.references) if mid not in waiting_for]
-    if known_ancestors is None:
-        known_ancestors = await queries.posts_by_message_ids(session, farther) if farther else {}
     known = known_ancestors
+    if known is None:
+        known = await queries.posts_by_message_ids(session, farther) if farther else {}
     session.add_all(PendingReference(post_id=post.id, message_id=column_line(mid, _ID_CHARS), position=-1 - i)
                     for i, mid in enumerate(mid for mid in farther if mid not in known))
     for att in parsed.attachments:
