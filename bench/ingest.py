@@ -1,6 +1,7 @@
 """Inbound throughput and latency of the gateway against a bare aiosmtpd that discards, measured in the same run.
 
     python bench/ingest.py [--messages 600] [--clients 4] [--url DATABASE_URL] [--heavy 0]
+                           [--accept inline|queue] [--queue-workers 1] [--offered MSG_PER_S]
 
 A realistic mix (one in five a new topic, the rest replies by In-Reply-To; bodies of 2-20 KB) is sent by
 --clients SMTP clients over loopback, first to a bare aiosmtpd (the reference), then to the gateway on a fresh
@@ -8,6 +9,10 @@ SQLite file (or --url, e.g. postgresql+asyncpg://postgres@127.0.0.1/bench, whose
 Prints messages/s, the ratio to the reference, p50/p99 of end-of-DATA → reply, and the gateway's RSS.
 With --heavy N, N senders keep sending a worst-case HTML mail (1 MB of nested tags) during the gateway run:
 the small messages' latency shows whether hostile input starves the others.
+With --accept queue the listener answers once a message is fsynced to the inbound queue and --queue-workers
+processes run the pipeline: the figures are then the listener's, and the time until every message is stored as a
+post (the queue drained) is printed beside them. With --offered R the clients send R messages a second in all,
+each on its schedule, instead of as fast as replies come (latency at a given load rather than at saturation).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from qaflow_mail.config import (
     DatabaseSettings,
     HttpSettings,
     LimitsSettings,
+    LoggingSettings,
     Settings,
     SiteSettings,
     SmtpSettings,
@@ -82,20 +88,30 @@ def heavy_message(index: int) -> bytes:
             f"Content-Type: text/html\r\n\r\n{body}\r\n").encode()
 
 
-async def blast(port: int, messages: list[tuple[str, bytes]], clients: int) -> tuple[float, list[float], int]:
-    """Send everything over `clients` reused connections; (seconds, latencies of DATA in ms, non-250 count)."""
+async def blast(
+    port: int, messages: list[tuple[str, bytes]], clients: int, offered: float = 0.0,
+) -> tuple[float, list[float], int]:
+    """Send everything over `clients` reused connections (at `offered` messages/s in all, when given); (seconds,
+    latencies of DATA in ms, non-250 count)."""
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     for item in messages:
         queue.put_nowait(item)
     latencies: list[float] = []
     refused = 0
+    sent = 0
+    begun = time.perf_counter()
 
     async def client() -> None:
-        nonlocal refused
+        nonlocal refused, sent
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=120)
         await smtp.connect()
         while not queue.empty():
             sender, raw = queue.get_nowait()
+            if offered:
+                due = begun + sent / offered
+                sent += 1
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
             await smtp.mail(sender)
             await smtp.rcpt(CATEGORY)
             started = time.perf_counter()
@@ -108,9 +124,24 @@ async def blast(port: int, messages: list[tuple[str, bytes]], clients: int) -> t
             latencies.append((time.perf_counter() - started) * 1000)
         await smtp.quit()
 
-    started = time.perf_counter()
+    begun = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return time.perf_counter() - started, latencies, refused
+    return time.perf_counter() - begun, latencies, refused
+
+
+async def wait_until_stored(url: str, count: int, within: float = 600.0) -> float:
+    """Seconds until `count` inbound messages are recorded (the queue worked off)."""
+    engine = create_engine(url)
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < within:
+            async with engine.connect() as conn:
+                if (await conn.scalar(text("SELECT count(*) FROM inbound_messages"))) >= count:
+                    return time.perf_counter() - started
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    raise TimeoutError(f"{count} messages not stored within {within} s")
 
 
 async def keep_sending_heavy(port: int, stop: asyncio.Event, index: int) -> int:
@@ -153,6 +184,9 @@ async def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--url", default="")
     parser.add_argument("--heavy", type=int, default=0)
+    parser.add_argument("--accept", choices=("inline", "queue"), default="inline")
+    parser.add_argument("--queue-workers", type=int, default=1)
+    parser.add_argument("--offered", type=float, default=0.0)
     args = parser.parse_args()
     messages = mixed_messages(args.messages)
 
@@ -162,7 +196,7 @@ async def main() -> int:
     controller = Controller(Discard(), hostname="127.0.0.1", port=port)
     await asyncio.to_thread(controller.start)
     try:
-        bare_seconds, bare_lat, _ = await blast(port, messages, args.clients)
+        bare_seconds, bare_lat, _ = await blast(port, messages, args.clients, args.offered)
     finally:
         await asyncio.to_thread(controller.stop)
     bare_rate = len(messages) / bare_seconds
@@ -172,16 +206,18 @@ async def main() -> int:
         await prepare(url)
         settings = Settings(
             site=SiteSettings(name="Bench", domain=DOMAIN, base_url="http://bench.test", data_dir=tmp),
-            database=DatabaseSettings(url=url), smtp=SmtpSettings(host="127.0.0.1", port=0),
+            database=DatabaseSettings(url=url),
+            smtp=SmtpSettings(host="127.0.0.1", port=0, accept=args.accept, queue_workers=args.queue_workers),
             http=HttpSettings(enabled=False), tokens=TokensSettings(secret="bench-secret"),
-            limits=LimitsSettings(sender_rate_per_hour=100_000),
+            limits=LimitsSettings(sender_rate_per_hour=100_000), logging=LoggingSettings(level="WARNING"),
         )
         async with running(settings) as run:
             stop = asyncio.Event()
             heavy = [asyncio.create_task(keep_sending_heavy(run.smtp_port, stop, i)) for i in range(args.heavy)]
-            seconds, lat, refused = await blast(run.smtp_port, messages, args.clients)
+            seconds, lat, refused = await blast(run.smtp_port, messages, args.clients, args.offered)
             stop.set()
             heavy_sent = sum(await asyncio.gather(*heavy))
+            drained = seconds + await wait_until_stored(url, len(messages) - refused + heavy_sent)
         close_shared_pool()
     rate = len(messages) / seconds
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -190,6 +226,9 @@ async def main() -> int:
     print(f"gateway ({backend}, {args.clients} clients): {rate:,.0f} msg/s = {rate / bare_rate:.3f} x bare; "
           f"DATA->reply p50 {statistics.median(lat):.1f} ms p99 {percentile(lat, 0.99):.1f} ms; "
           f"refused {refused}; peak RSS {rss_mb:.0f} MB" + (f"; heavy mails sent {heavy_sent}" if args.heavy else ""))
+    if args.accept == "queue":
+        print(f"queue ({args.queue_workers} worker processes): every message stored as a post "
+              f"{drained:.1f} s after the first was sent = {len(messages) / drained:,.0f} msg/s through the pipeline")
     return 0
 
 

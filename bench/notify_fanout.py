@@ -35,7 +35,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qaflow_mail.config import DatabaseSettings, OutboundSettings, Settings, SiteSettings, SmtpSettings, TokensSettings
+from qaflow_mail.config import (
+    DatabaseSettings,
+    LoggingSettings,
+    OutboundSettings,
+    Settings,
+    SiteSettings,
+    SmtpSettings,
+    TokensSettings,
+)
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
 from qaflow_mail.db.models import Base, Category, CategorySubscription, Outbox, Post, SubscriptionMode, User
@@ -211,10 +219,10 @@ async def end_to_end(args: argparse.Namespace) -> None:
             site=SiteSettings(name="QAFlow Bench", domain="forum.example", base_url="https://forum.example",
                               data_dir=tempfile.mkdtemp(prefix="qaflow-bench-var-")),
             database=DatabaseSettings(url=url),
-            smtp=SmtpSettings(host="127.0.0.1", port=0),
+            smtp=SmtpSettings(host="127.0.0.1", port=0, accept=args.accept),
             outbound=OutboundSettings(transport="smtp", smtp_port=sink.port, concurrency=args.concurrency,
                                       batch_size=500, poll_interval=0.2),
-            tokens=TokensSettings(secret="bench-secret"),
+            tokens=TokensSettings(secret="bench-secret"), logging=LoggingSettings(level="WARNING"),
         )
         from qaflow_mail.outbound.sender import sending
         from tests.smtp_client import make_mail, send
@@ -265,6 +273,8 @@ if __name__ == "__main__":
     parser.add_argument("--body-kb", type=int, default=2, help="approximate post body size in KB")
     parser.add_argument("--url", help="database URL (default: a new SQLite file in a temporary directory)")
     parser.add_argument("--concurrency", type=int, default=8, help="SMTP connections to the sink (end to end)")
+    parser.add_argument("--accept", choices=("inline", "queue"), default="inline",
+                        help='[smtp] accept: "queue" runs the pipeline and the fan-out in a worker process')
     parser.add_argument("--end-to-end-only", action="store_true", help="skip the import and in-transaction parts")
     arguments = parser.parse_args()
     if arguments.recipients + 1 > arguments.lines:

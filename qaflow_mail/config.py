@@ -61,6 +61,12 @@ class SmtpSettings:
     in_flight_wait: float = 20.0  # seconds a message waits for room within max_bytes_in_flight; then 452 4.3.1
     spool_threshold: int = 1024 * 1024  # DATA beyond this many bytes is spooled to a temporary file
     spool_dir: str = ""  # where spooled DATA goes; empty: the system's temporary directory
+    # "inline": the pipeline runs before the reply (refusals are SMTP replies); "queue": the message is written to
+    # queue_dir and fsynced, answered 250, and taken by the queue workers (refusals are told by mail).
+    accept: str = "inline"
+    queue_dir: str = ""  # empty: <data_dir>/queue (Settings.__post_init__)
+    queue_workers: int = 1  # processes that take queued mail; 0: a task of the serve process itself
+    queue_concurrency: int = 4  # messages one queue worker takes at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +246,8 @@ class Settings:
         if not self.outbound.outbox_dir:
             object.__setattr__(self, "outbound", dataclasses.replace(
                 self.outbound, outbox_dir=str(data_dir / "outbox")))
+        if not self.smtp.queue_dir:
+            object.__setattr__(self, "smtp", dataclasses.replace(self.smtp, queue_dir=str(data_dir / "queue")))
         if not self.site.base_url:
             object.__setattr__(self, "site", dataclasses.replace(self.site, base_url=listener_url(self.http)))
 
@@ -420,6 +428,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("[site] domain must be a bare domain name")
     if settings.smtp.max_message_size <= 0:
         raise ConfigError("[smtp] max_message_size must be positive")
+    if settings.smtp.accept not in {"inline", "queue"}:
+        raise ConfigError('[smtp] accept must be "inline" or "queue"')
+    if settings.smtp.queue_workers < 0 or settings.smtp.queue_concurrency <= 0:
+        raise ConfigError("[smtp] queue_workers must be 0 or more and queue_concurrency positive")
     if settings.announce.require not in {"dkim_or_confirm", "dkim", "confirm"}:
         raise ConfigError('[announce] require must be "dkim_or_confirm", "dkim" or "confirm"')
     if settings.subscriptions.default_mode not in {"each", "daily", "weekly"}:

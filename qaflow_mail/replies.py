@@ -41,6 +41,8 @@ class SmtpReply:
 # --- taken ------------------------------------------------------------------------------------------------------
 OK = SmtpReply(250, "2.0.0", "Message accepted", notice=None)
 RCPT_OK = SmtpReply(250, "2.1.5", "Recipient ok", notice=None)
+# [smtp] accept = "queue": the message is on disk in the inbound queue; the pipeline takes it after the reply.
+QUEUED = SmtpReply(250, "2.0.0", "Message accepted for delivery", notice=None)
 # The pipeline failed on this message every time: it is kept for the forum's admins instead of retried for days.
 SHUNTED = SmtpReply(250, "2.0.0", "Message accepted and kept for the forum's admins", notice=None)
 

@@ -85,12 +85,13 @@ def _post_order(destination: Destination | None) -> int | None:
 
 async def _process(
     deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, routed: Sequence[tuple[str, Destination | None]],
-    source: Source, content: Content | None = None,
+    source: Source, content: Content | None, answer_by_mail: bool,
 ) -> dict[str, Outcome]:
     now = deps.clock()
 
     async def in_transaction(session: AsyncSession) -> dict[str, Outcome]:
-        return await _process_in(session, deps, raw, parsed, envelope_from, routed, source, content, now)
+        return await _process_in(session, deps, raw, parsed, envelope_from, routed, source, content, now,
+                                 answer_by_mail)
 
     # On SQLite several messages share one transaction (and its fsync); each is answered after it commits.
     return await group_commit(deps.sessions).run(in_transaction)
@@ -99,6 +100,7 @@ async def _process(
 async def _process_in(
     session: AsyncSession, deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str,
     routed: Sequence[tuple[str, Destination | None]], source: Source, content: Content | None, now: datetime,
+    answer_by_mail: bool,
 ) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
     # One message makes at most one post: a reply token is tried first, then an announcement, then the
@@ -129,8 +131,9 @@ async def _process_in(
             outcomes[rcpt] = rejected(UNKNOWN_RECIPIENT, f"unknown recipient {rcpt}")
         elif _post_order(destination) is None:
             outcomes[rcpt] = await route(rcpt, destination)
-    await _answer_refusal(session, deps, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
-                          envelope_from=envelope_from, source=source, now=now)
+    if answer_by_mail:
+        await _answer_refusal(session, deps, parsed=parsed, raw=raw, outcomes=list(outcomes.values()),
+                              envelope_from=envelope_from, now=now)
     session.add(_record(raw, parsed, envelope_from, [rcpt for rcpt, _ in routed], source, now, outcomes,
                         None if taken is None else taken.post_id))
     await shunting.forget_failures(session, parsed.sha256)
@@ -139,10 +142,10 @@ async def _process_in(
 
 async def _answer_refusal(
     session: AsyncSession, deps: Deps, *, parsed: ParsedMail, raw: bytes, outcomes: Sequence[Outcome],
-    envelope_from: str, source: Source, now: datetime,
+    envelope_from: str, now: datetime,
 ) -> None:
-    """A notice for a message no recipient took, when its source has no SMTP reply to tell the sender."""
-    if not answers_by_mail(source) or not outcomes or any(o.accepted for o in outcomes):
+    """A notice for a message no recipient took, when no SMTP reply tells the sender."""
+    if not outcomes or any(o.accepted for o in outcomes):
         return
     refusal = next((o for o in outcomes if o.notify_sender), None)
     if refusal is not None:
@@ -177,19 +180,23 @@ def _record(
 async def ingest(
     raw: bytes, *, envelope_from: str, recipients: Sequence[str], source: Source, deps: Deps,
     parsed: ParsedMail | None = None, destinations: Mapping[str, Destination | None] | None = None,
+    answer_by_mail: bool | None = None,
 ) -> IngestResult:
     """Run one message through the pipeline and commit. Raises on a failure the sender must retry (→ 4xx); a
     message that failed [limits] shunt_after_failures times is shunted instead (→ 250, kept for the admins).
 
     A listener that has parsed the message already (IMAP reads its recipients from it) passes `parsed`; one that
-    classified the recipients already (SMTP, at RCPT) passes `destinations`.
+    classified the recipients already (SMTP, at RCPT) passes `destinations`. A refusal is told by mail when
+    `answer_by_mail` (default: when the source has no SMTP reply, see services.notices; the inbound queue, whose
+    250 went out before, says True).
     """
     started = time.perf_counter()
     source = Source(source)
+    by_mail = answers_by_mail(source) if answer_by_mail is None else answer_by_mail
     try:
         if parsed is None:
             parsed = await parse(raw, deps)
-        outcomes = await _ingest(deps, raw, parsed, envelope_from, recipients, source, destinations or {})
+        outcomes = await _ingest(deps, raw, parsed, envelope_from, recipients, source, destinations or {}, by_mail)
     except InputRefused as refusal:
         return await _refuse_input(deps, raw, parsed, envelope_from, recipients, source, refusal)
     except Exception as error:
@@ -208,7 +215,7 @@ async def ingest(
 
 async def _ingest(
     deps: Deps, raw: bytes, parsed: ParsedMail, envelope_from: str, recipients: Sequence[str], source: Source,
-    known: Mapping[str, Destination | None],
+    known: Mapping[str, Destination | None], answer_by_mail: bool,
 ) -> dict[str, Outcome]:
     routed = [(rcpt, known[rcpt] if rcpt in known else await classify_recipient(deps, rcpt)) for rcpt in recipients]
     content = None
@@ -217,11 +224,11 @@ async def _ingest(
         # the write lock; not for a message taken already (a retry, a shunted one), which it only acknowledges.
         content = await read_body(deps, parsed)
     try:
-        return await _process(deps, raw, parsed, envelope_from, routed, source, content)
+        return await _process(deps, raw, parsed, envelope_from, routed, source, content, answer_by_mail)
     except IntegrityError:
         # A concurrent delivery of the same message won the race; running again finds it a duplicate.
         log.info("inbound.retry_after_conflict message_id=%s", parsed.message_id)
-        return await _process(deps, raw, parsed, envelope_from, routed, source, content)
+        return await _process(deps, raw, parsed, envelope_from, routed, source, content, answer_by_mail)
 
 
 async def _seen_before(deps: Deps, message_id: str) -> bool:

@@ -25,6 +25,7 @@ from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
 from qaflow_mail.server.lmtp import start_lmtp
 from qaflow_mail.server.mail_budget import MailBudget
+from qaflow_mail.server.queue_worker import queue_processes, queue_working
 from qaflow_mail.server.scheduler import scheduling
 from qaflow_mail.server.smtp import start_smtp
 
@@ -67,8 +68,9 @@ async def running(
     dkim_dnsfunc: Callable[..., bytes | None] | None = None, fanout: bool = True,
 ) -> AsyncIterator[Running]:
     """Start the SMTP listener (and LMTP when enabled), the fan-out worker that turns posts into outbox rows
-    (unless `fanout` is False) and, with `background`, everything else `serve` runs (outbox sender, HTTP
-    endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
+    (unless `fanout` is False), the queue workers with [smtp] accept = "queue" (worker processes, which then run
+    the fan-out, or with queue_workers = 0 a task here) and, with `background`, everything else `serve` runs
+    (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
     `clock` and `dkim_dnsfunc` stand in for the real time and DNS (tests)."""
     async with AsyncExitStack() as stack:
         engine = create_engine_for(settings.database)
@@ -77,7 +79,13 @@ async def running(
         settings = await with_installation(settings, sessions)  # the Message-ID salt of this database
         deps = Deps.build(settings, sessions, clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
-        if fanout:
+        queue_workers = settings.smtp.queue_workers if settings.smtp.accept == "queue" else 0
+        if queue_workers:
+            # The worker processes run the pipeline and the fan-out; this one takes mail and serves the web.
+            await stack.enter_async_context(queue_processes(settings))
+        elif settings.smtp.accept == "queue":
+            await stack.enter_async_context(queue_working(deps))
+        if fanout and not queue_workers:
             await stack.enter_async_context(
                 fanning_out(deps, lease_seconds=settings.outbound.fanout_lease_seconds)
             )

@@ -3,7 +3,8 @@
 - ``/healthz``: 200 "ok" when a trivial query returns within HEALTH_TIMEOUT seconds, else 503 with the reason's
   kind (never the database URL or its error text, which may name hosts and users).
 - ``/metrics``: the figures of ``services.metrics`` in the Prometheus text format, read from the database at each
-  scrape, and this process's request latency (``server.latency``); 503 when the database does not answer.
+  scrape, this process's request latency (``server.latency``) and, with [smtp] accept = "queue", the inbound
+  queue's depth; 503 when the database does not answer.
 - ``request_timing``: the middleware that times every HTTP request into that latency histogram.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from qaflow_mail.server.inbound_queue import InboundQueue
 from qaflow_mail.server.latency import latency_text, node_label, observed
 from qaflow_mail.server.web.common import DEPS
 from qaflow_mail.services.metrics import CONTENT_TYPE, database_ok, prometheus_text, snapshot
@@ -48,9 +50,24 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         log.warning("http.metrics_failed error=%s", type(exc).__name__)
         return web.Response(text=f"database unavailable ({type(exc).__name__})\n", status=503,
                             content_type="text/plain")
+    if deps.settings.smtp.accept == "queue":
+        body += await asyncio.to_thread(queue_text, InboundQueue(deps.settings.smtp.queue_dir))
     response = web.Response(text=body + latency_text())
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
+
+
+def queue_text(queue: InboundQueue) -> str:
+    """The inbound queue's depth and oldest message, in the Prometheus text format."""
+    waiting, oldest = queue.depth()
+    return (
+        "# HELP qaflow_inbound_queue_messages Accepted messages waiting for the pipeline.\n"
+        "# TYPE qaflow_inbound_queue_messages gauge\n"
+        f"qaflow_inbound_queue_messages {waiting}\n"
+        "# HELP qaflow_inbound_queue_oldest_seconds Age of the oldest message waiting for the pipeline.\n"
+        "# TYPE qaflow_inbound_queue_oldest_seconds gauge\n"
+        f"qaflow_inbound_queue_oldest_seconds {oldest:.1f}\n"
+    )
 
 
 @web.middleware

@@ -24,6 +24,7 @@ from qaflow_mail.replies import (
     BAD_TOKEN,
     IDLE_TIMEOUT,
     MAIL_BACKLOG,
+    QUEUED,
     RCPT_OK,
     TEMPORARY_FAILURE,
     TOO_MANY_CONNECTIONS,
@@ -34,6 +35,7 @@ from qaflow_mail.replies import (
     too_big,
 )
 from qaflow_mail.server.data_spool import SpooledData
+from qaflow_mail.server.inbound_queue import InboundQueue
 from qaflow_mail.server.latency import node_label, observed
 from qaflow_mail.server.log_guard import guard_logs, redact_tokens
 from qaflow_mail.server.mail_budget import MailBudget
@@ -149,6 +151,8 @@ class GatewayHandler:
     def __init__(self, deps: Deps, budget: MailBudget | None = None) -> None:
         self.deps = deps
         self.budget = budget or MailBudget(deps.settings.smtp.max_bytes_in_flight)
+        smtp = deps.settings.smtp
+        self.queue = InboundQueue(smtp.queue_dir) if smtp.accept == "queue" else None
         # Each accepted RCPT's destination, so DATA does not classify the addresses again.
         self._destinations: weakref.WeakKeyDictionary[Envelope, dict[str, Destination]] = weakref.WeakKeyDictionary()
 
@@ -190,7 +194,21 @@ class GatewayHandler:
             else:
                 content = envelope.original_content or b""
                 raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+            if self.queue is not None:
+                return await self._enqueue(self.queue, raw, envelope)
             return await self._run_pipeline(raw, envelope)
+
+    async def _enqueue(self, queue: InboundQueue, raw: bytes, envelope: Envelope) -> SmtpReply:
+        """[smtp] accept = "queue": the message on disk, fsynced, is all a 250 waits for."""
+        self._destinations.pop(envelope, None)
+        try:
+            name = await asyncio.to_thread(queue.put, raw, mail_from=envelope.mail_from or "",
+                                           rcpt_tos=list(envelope.rcpt_tos), source=self.source.value)
+        except OSError:
+            log.exception("%s.queue_failed mail_from=%s", self.source, envelope.mail_from)
+            return TEMPORARY_FAILURE
+        log.info("%s.queued name=%s size=%d rcpts=%d", self.source, name, len(raw), len(envelope.rcpt_tos))
+        return QUEUED
 
     async def _run_pipeline(self, raw: bytes, envelope: Envelope) -> IngestResult | SmtpReply:
         database = self.deps.settings.database

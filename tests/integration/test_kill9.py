@@ -1,7 +1,8 @@
 """`kill -9` of a real `qaflow-mail serve` process, mid-stream, then a restart: a 250 means stored, once.
 
 - Ingest: several SMTP clients blast messages and retry what got no answer (as an MTA does); the server is killed
-  twice while they do. Every message that got a 250 is stored exactly once, and nothing is stored twice.
+  twice while they do. Every message that got a 250 is stored exactly once, and nothing is stored twice: with the
+  pipeline before the reply, and with [smtp] accept = "queue" (the worker process killed with serve).
 - Fan-out: killed while posts to 1,000 followers are being expanded; after the restart each follower has exactly
   one outbox row per post.
 - Outbox to an SMTP relay: killed while it drains; after the restart everything is delivered, and only messages
@@ -88,11 +89,13 @@ async def deliver_until_250(server: ServeProcess, raw: bytes, sender: str, *, wi
         await asyncio.sleep(0.05)  # an MTA's retry delay, shortened
 
 
+@pytest.mark.parametrize("accept", ["inline", "queue"])
 async def test_every_250_is_stored_exactly_once_across_two_kills(
-    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession]
+    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession], accept: str
 ) -> None:
     await seed(sessions)
-    server = ServeProcess(tmp_path, database_url=database_url, domain=DOMAIN)
+    # "queue": the 250 follows the fsync of the queue file, and the worker process stores the post after it.
+    server = ServeProcess(tmp_path, database_url=database_url, domain=DOMAIN, extra={"smtp": {"accept": accept}})
     await asyncio.to_thread(server.start)
     total, clients = 160, 6
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -119,12 +122,19 @@ async def test_every_250_is_stored_exactly_once_across_two_kills(
             server.kill()
             await asyncio.to_thread(server.start)
 
+    async def stored_posts() -> Counter[str]:
+        async with sessions() as session:
+            return Counter((await session.scalars(select(Post.message_id))).all())
+
+    async def all_answered_stored() -> bool:
+        return set(answered) <= set(await stored_posts())
+
     try:
         await asyncio.gather(killer(), *(client(n) for n in range(clients)))
+        await until(all_answered_stored, timeout=60, what="every answered message stored")
     finally:
         await asyncio.to_thread(server.stop)
-    async with sessions() as session:
-        stored = Counter((await session.scalars(select(Post.message_id))).all())
+    stored = await stored_posts()
     assert sorted(answered) == sorted(f"blast{i}@client.test" for i in range(total))
     assert [mid for mid, count in stored.items() if count > 1] == []
     assert set(answered) <= set(stored)

@@ -1,0 +1,231 @@
+"""The queue workers: they take queued mail (server.inbound_queue) through the pipeline, as the listener does with
+[smtp] accept = "inline", and tell a refusal by mail, since the sender had its 250 already.
+
+With [smtp] queue_workers = N > 0, `serve` runs N worker processes (each takes the files of its shard, and runs the
+fan-out worker too), so a burst is taken at the listener's pace while the pipeline works it off on the other
+cores; with 0, one worker runs as a task of the serve process. A worker process whose parent is gone stops.
+
+A message that fails is tried again after a pause that doubles (from RETRY_BASE_SECONDS up to RETRY_MAX_SECONDS):
+a failure of the database may pass; a failure of the message itself is counted by the pipeline, which shunts it
+after [limits] shunt_after_failures, so it is never tried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from multiprocessing.process import BaseProcess
+
+from qaflow_mail.config import Settings
+from qaflow_mail.db.engine import create_engine_for, session_factory
+from qaflow_mail.db.models import Source
+from qaflow_mail.deps import Deps
+from qaflow_mail.pipeline.cpu import close_shared_pool
+from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.server.fanout_worker import fanning_out
+from qaflow_mail.server.inbound_queue import InboundQueue, UnreadableQueueFile, shard_of
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 300.0
+POLL_SECONDS = 0.05
+STOP_SECONDS = 30.0  # a worker process's time to finish the messages in hand before it is killed
+# Worker processes run at a lower priority than the listener: a burst is accepted first and worked off after.
+WORKER_NICENESS = 5
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+class QueueWorker:
+    def __init__(self, deps: Deps, queue: InboundQueue, *, shard: int = 0, shards: int = 1,
+                 concurrency: int | None = None, retry_base: float = RETRY_BASE_SECONDS) -> None:
+        self.deps = deps
+        self.queue = queue
+        self.shard = shard
+        self.shards = shards
+        self.concurrency = concurrency or deps.settings.smtp.queue_concurrency
+        self.retry_base = retry_base
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._in_hand: set[str] = set()
+        self.taken = 0  # messages the pipeline finished with (accepted, refused or shunted)
+
+    def _due(self, names: list[str]) -> list[str]:
+        now = time.monotonic()
+        return [name for name in names
+                if name not in self._in_hand and self._retry_at.get(name, 0.0) <= now
+                and shard_of(name, self.shards) == self.shard]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take queued messages until `stop` is set; then let the ones in hand finish."""
+        slots = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            try:
+                due = self._due(await asyncio.to_thread(self.queue.waiting))
+            except OSError:
+                log.exception("queue.list_failed dir=%s", self.queue.root)
+                due = []
+            for name in due:
+                await slots.acquire()
+                if stop.is_set():
+                    slots.release()
+                    break
+                self._in_hand.add(name)
+                task = asyncio.create_task(self._take(name))
+                tasks.add(task)
+                task.add_done_callback(functools.partial(self._finished, name=name, slots=slots, tasks=tasks))
+            if not due:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=POLL_SECONDS)
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _finished(self, task: asyncio.Task[None], *, name: str, slots: asyncio.Semaphore,
+                  tasks: set[asyncio.Task[None]]) -> None:
+        tasks.discard(task)
+        self._in_hand.discard(name)
+        slots.release()
+
+    async def _take(self, name: str) -> None:
+        try:
+            message = await asyncio.to_thread(self.queue.read, name)
+            source = Source(message.source) if message is not None else None
+        except (UnreadableQueueFile, ValueError) as error:
+            log.error("queue.unreadable name=%s error=%s (moved to %s)", name, error, self.queue.bad)
+            await asyncio.to_thread(self.queue.set_aside, name)
+            return
+        if message is None or source is None:
+            return
+        limits = self.deps.settings.limits
+        deadline = 2 * self.deps.settings.database.statement_timeout + 2 * limits.cpu_deadline
+        try:
+            async with asyncio.timeout(deadline):
+                result = await ingest(message.raw, envelope_from=message.mail_from, recipients=list(message.rcpt_tos),
+                                      source=source, deps=self.deps, answer_by_mail=True)
+        except Exception:
+            failures = self._failures[name] = self._failures.get(name, 0) + 1
+            pause = min(RETRY_MAX_SECONDS, self.retry_base * 2 ** (failures - 1))
+            self._retry_at[name] = time.monotonic() + pause
+            log.exception("queue.failed name=%s failures=%d retry_in=%.0fs", name, failures, pause)
+            return
+        await asyncio.to_thread(self.queue.remove, name)
+        self._failures.pop(name, None)
+        self._retry_at.pop(name, None)
+        self.taken += 1
+        log.debug("queue.taken name=%s reply=%s", name, result.reply)
+
+
+@asynccontextmanager
+async def queue_working(deps: Deps, **options: object) -> AsyncIterator[QueueWorker]:
+    """One QueueWorker as a task of this process for the duration of the block."""
+    queue = InboundQueue(deps.settings.smtp.queue_dir)
+    await asyncio.to_thread(queue.prepare)
+    worker = QueueWorker(deps, queue, **options)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name="queue-worker")
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+
+
+async def _work_in_process(settings: Settings, shard: int, shards: int, parent: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        engine = create_engine_for(settings.database)
+        stack.push_async_callback(engine.dispose)
+        deps = Deps.build(settings, session_factory(engine))
+        await stack.enter_async_context(
+            fanning_out(deps, lease_seconds=settings.outbound.fanout_lease_seconds))
+        queue = InboundQueue(settings.smtp.queue_dir)
+        worker = QueueWorker(deps, queue, shard=shard, shards=shards)
+        running = asyncio.create_task(worker.run(stop))
+        log.info("queue.worker_ready shard=%d/%d pid=%d", shard, shards, os.getpid())
+        while not stop.is_set():
+            if os.getppid() != parent:
+                log.warning("queue.parent_gone shard=%d", shard)
+                stop.set()
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        await running
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel kill this process the moment its parent dies (a `kill -9` of serve): a worker
+    left behind would take the queue beside the next serve's. Elsewhere the run loop notices within a second."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def worker_process_main(settings: Settings, shard: int, shards: int, parent: int) -> None:
+    """The entry point of one worker process (spawned: nothing of the parent's event loop or database comes)."""
+    from qaflow_mail import logs
+
+    _die_with_parent(parent)
+    logs.configure(settings.logging.level, settings.logging.format)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+    try:
+        asyncio.run(_work_in_process(settings, shard, shards, parent))
+    finally:
+        close_shared_pool()
+
+
+@asynccontextmanager
+async def queue_processes(settings: Settings) -> AsyncIterator[list[BaseProcess]]:
+    """[smtp] queue_workers processes for the duration of the block, each restarted should it die."""
+    await asyncio.to_thread(InboundQueue(settings.smtp.queue_dir).prepare)
+    context = multiprocessing.get_context("spawn")
+    shards = settings.smtp.queue_workers
+
+    def start(shard: int) -> BaseProcess:
+        process = context.Process(target=worker_process_main, args=(settings, shard, shards, os.getpid()),
+                                  name=f"qaflow-queue-{shard}")
+        process.start()
+        return process
+
+    processes = [start(shard) for shard in range(shards)]
+    stopping = asyncio.Event()
+
+    async def keep_alive() -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=1.0)
+            for shard, process in enumerate(processes):
+                if not stopping.is_set() and not process.is_alive():
+                    log.error("queue.worker_died shard=%d exitcode=%s (started again)", shard, process.exitcode)
+                    processes[shard] = start(shard)
+
+    watcher = asyncio.create_task(keep_alive())
+    try:
+        yield processes
+    finally:
+        stopping.set()
+        await watcher
+        for process in processes:
+            process.terminate()  # SIGTERM: finish the messages in hand, then exit
+        for process in processes:
+            await asyncio.to_thread(process.join, STOP_SECONDS)
+            if process.is_alive():
+                log.warning("queue.worker_stop_timeout pid=%s", process.pid)
+                process.kill()
+                await asyncio.to_thread(process.join)
