@@ -46,7 +46,16 @@ from qaflow_mail.config import (
 )
 from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory, upgrade
-from qaflow_mail.db.models import Base, Category, CategorySubscription, Outbox, Post, SubscriptionMode, User
+from qaflow_mail.db.models import (
+    Base,
+    Category,
+    CategorySubscription,
+    FanoutJob,
+    Outbox,
+    Post,
+    SubscriptionMode,
+    User,
+)
 from qaflow_mail.outbound.mailer import build_mailer
 from qaflow_mail.outbound.notify import enqueue_post_notifications
 from qaflow_mail.outbound.render import Renderer
@@ -247,10 +256,13 @@ async def end_to_end(args: argparse.Namespace) -> None:
             posted = time.time()
             conv = await send(run.smtp_port, mail, mail_from="author@example.org", rcpt_tos=["general@forum.example"])
             answered = time.time()
+            busy_before = time.thread_time()
             assert conv.data_code == 250, conv.data
             finished, count = await sink.done_at()
+            busy = time.thread_time() - busy_before
             async with run.deps.sessions() as session:
                 size = await session.scalar(select(func.avg(func.length(Outbox.raw))))
+                written = await session.scalar(select(func.max(FanoutJob.finished_at)))
         elapsed = finished - answered
         line = b"A line of a notification, as long as most lines of text in mail are.\r\n"
         raw = b"Subject: reference\r\nMessage-ID: <reference@forum.example>\r\n\r\n" + line * (
@@ -261,6 +273,10 @@ async def end_to_end(args: argparse.Namespace) -> None:
     rate = count / elapsed
     print(f"end to end ({url.split(':')[0]}): post 250 in {(answered - posted) * 1000:.0f} ms; "
           f"{count} notifications accepted by the sink {elapsed:.2f} s after the 250 = {rate:.0f} msg/s")
+    print(f"  the gateway's event loop thread busy {busy / elapsed:.0%} of that time ({busy / count * 1000:.2f} ms "
+          "a notification)")
+    if written is not None:
+        print(f"  every outbox row written {written.timestamp() - answered:.2f} s after the 250")
     print(f"  sink's own accept rate (same mailer, from memory): {reference:.0f} msg/s; "
           f"ratio {rate / reference:.2f}")
     print(f"  peak RSS of the gateway process: {rss_mb():.0f} MB (before the gateway started: {rss_before:.0f} MB)")

@@ -67,6 +67,8 @@ class SmtpSettings:
     queue_dir: str = ""  # empty: <data_dir>/queue (Settings.__post_init__)
     queue_workers: int = 1  # processes that take queued mail; 0: a task of the serve process itself
     queue_concurrency: int = 4  # messages one queue worker takes at once
+    queue_min_free: int = 256 * 1024 * 1024  # bytes the queue's file system keeps free; a message that would
+    # leave less gets "452 4.3.1" (Postfix's queue_minfree)
 
 
 @dataclass(frozen=True, slots=True)

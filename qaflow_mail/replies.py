@@ -58,6 +58,8 @@ IDLE_TIMEOUT = SmtpReply(421, "4.4.2", "Idle for too long; closing", notice=None
 # More bytes of mail are being processed than [smtp] max_bytes_in_flight allows, for longer than [smtp]
 # in_flight_wait: the message is safe with its sender, who tries again shortly.
 MAIL_BACKLOG = SmtpReply(452, "4.3.1", "Too much mail in progress; try again shortly", notice=None)
+# [smtp] accept = "queue": the queue's file system would have less than [smtp] queue_min_free left.
+STORAGE_FULL = SmtpReply(452, "4.3.1", "Insufficient system storage; try again later", notice=None)
 
 # --- addresses (5.1.1) ------------------------------------------------------------------------------------------
 UNKNOWN_RECIPIENT = SmtpReply(550, "5.1.1", "No such address here; check the category address on the forum",

@@ -27,6 +27,10 @@ STALE_TMP_SECONDS = 3600.0
 _counter = itertools.count()
 
 
+class QueueFull(OSError):
+    """The queue's file system would keep less free space than asked if this message were written."""
+
+
 class UnreadableQueueFile(ValueError):
     """A queue file whose envelope line is not what `put` writes."""
 
@@ -75,8 +79,13 @@ class InboundQueue:
             if entry.is_file() and entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
 
-    def put(self, raw: bytes, *, mail_from: str, rcpt_tos: list[str], source: str) -> str:
-        """Store one message durably; its name once it is on disk (the caller may answer 250 then)."""
+    def put(self, raw: bytes, *, mail_from: str, rcpt_tos: list[str], source: str, keep_free: int = 0) -> str:
+        """Store one message durably; its name once it is on disk (the caller may answer 250 then). Raises
+        QueueFull, writing nothing, when the file system would have less than `keep_free` bytes left."""
+        if keep_free > 0:
+            stats = os.statvfs(self.root)
+            if stats.f_bavail * stats.f_frsize - len(raw) < keep_free:
+                raise QueueFull(f"less than {keep_free} bytes would be left free in {self.root}")
         name = f"{time.time_ns():020d}.{os.getpid()}.{next(_counter):08d}"
         envelope = json.dumps({"mail_from": mail_from, "rcpt_tos": rcpt_tos, "source": source},
                               ensure_ascii=False).encode("utf-8", "surrogateescape")

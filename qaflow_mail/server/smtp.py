@@ -26,6 +26,7 @@ from qaflow_mail.replies import (
     MAIL_BACKLOG,
     QUEUED,
     RCPT_OK,
+    STORAGE_FULL,
     TEMPORARY_FAILURE,
     TOO_MANY_CONNECTIONS,
     TOO_MANY_JUNK_COMMANDS,
@@ -35,7 +36,7 @@ from qaflow_mail.replies import (
     too_big,
 )
 from qaflow_mail.server.data_spool import SpooledData
-from qaflow_mail.server.inbound_queue import InboundQueue
+from qaflow_mail.server.inbound_queue import InboundQueue, QueueFull
 from qaflow_mail.server.latency import node_label, observed
 from qaflow_mail.server.log_guard import guard_logs, redact_tokens
 from qaflow_mail.server.mail_budget import MailBudget
@@ -203,7 +204,11 @@ class GatewayHandler:
         self._destinations.pop(envelope, None)
         try:
             name = await asyncio.to_thread(queue.put, raw, mail_from=envelope.mail_from or "",
-                                           rcpt_tos=list(envelope.rcpt_tos), source=self.source.value)
+                                           rcpt_tos=list(envelope.rcpt_tos), source=self.source.value,
+                                           keep_free=self.deps.settings.smtp.queue_min_free)
+        except QueueFull as full:
+            log.warning("%s.queue_full size=%d %s", self.source, len(raw), full)
+            return STORAGE_FULL
         except OSError:
             log.exception("%s.queue_failed mail_from=%s", self.source, envelope.mail_from)
             return TEMPORARY_FAILURE

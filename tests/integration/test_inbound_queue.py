@@ -302,3 +302,17 @@ async def test_lmtp_queues_too_with_one_reply_per_accepted_recipient(settings: S
             return await count(run, posts_with("q8@client.example")) == 1
 
         await until(posted, what="the post")
+
+
+async def test_a_full_disk_is_a_temporary_refusal_and_nothing_is_written(
+    settings: Settings, clock: Clock, tmp_path: Path
+) -> None:
+    disk = os.statvfs(tmp_path)  # the queue directory's file system (data_dir is under tmp_path)
+    more_than_free = disk.f_bavail * disk.f_frsize * 2
+    settings = dataclasses.replace(settings, smtp=dataclasses.replace(settings.smtp, queue_min_free=more_than_free))
+    async with running(settings, clock=clock) as run:
+        await seed(run.deps.sessions)
+        conv = await send(run.smtp_port, question(9), mail_from=ALICE, rcpt_tos=[GENERAL])
+        assert conv.data == (452, "4.3.1 Insufficient system storage; try again later")
+        assert waiting(run) == []
+        assert await count(run, posts_with("q9@client.example")) == 0
