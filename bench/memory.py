@@ -1,6 +1,7 @@
 """Resident memory of `qaflow-mail serve` (a real child process), sampled from /proc every 20 ms.
 
     python bench/memory.py [--big 8] [--size-mb 25] [--messages 600] [--clients 4] [--url DATABASE_URL]
+                           [--accept inline|queue]
 
 Three phases against one server on a fresh SQLite file (or --url, whose tables are truncated):
   1. idle: the server started, nothing sent, for 3 s;
@@ -9,6 +10,7 @@ Three phases against one server on a fresh SQLite file (or --url, whose tables a
      SMTP clients, first from a known sender, then from an unknown sender to a members-only category (refused:
      only its headers and 64 KB of it may stay in the database).
 Prints the peak RSS of the serving process and of it with its worker processes, per phase, with the replies.
+With --accept queue each phase lasts until the queue worker has taken every message.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ async def main() -> int:
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--url", default="")
+    parser.add_argument("--accept", choices=("inline", "queue"), default="inline")
     args = parser.parse_args()
     size = int(args.size_mb * 1_000_000)
 
@@ -118,7 +121,14 @@ async def main() -> int:
         url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"
         await prepare(url, members_only_category=True)
         server = ServeProcess(Path(tmp), database_url=url, domain=DOMAIN,
-                              extra={"smtp": {"max_message_size": size + MB}})
+                              extra={"smtp": {"max_message_size": size + MB, "accept": args.accept}})
+        queue = Path(tmp) / "queue" / "new"
+
+        async def drained() -> None:
+            while True:
+                if not (queue.is_dir() and any(queue.iterdir())):
+                    return
+                await asyncio.sleep(0.05)  # poll interval: the queue is another process's directory
         server.start()
         try:
             with Sampler(server) as idle:
@@ -128,12 +138,14 @@ async def main() -> int:
             with Sampler(server) as load:
                 seconds, _latencies, refused = await blast(server.port, mixed_messages(args.messages),
                                                            args.clients)
+                await drained()
             print(load.line(f"ingest: {args.messages} mixed messages, {args.clients} clients") +
                   f"  {args.messages / seconds:.0f} msg/s, refused {refused}")
 
             known = [big_message(i, size, SENDERS[i % len(SENDERS)], CATEGORY) for i in range(args.big)]
             with Sampler(server) as big:
                 replies, seconds = await send_all(server.port, known, SENDERS[0], CATEGORY)
+                await drained()
             del known
             print(big.line(f"big: {args.big} x {args.size_mb:g} MB, known sender") +
                   f"  {seconds:.1f} s, replies {dict(replies)}")
@@ -142,6 +154,7 @@ async def main() -> int:
             before = await refused_raw_bytes(url)
             with Sampler(server) as refused_big:
                 replies, seconds = await send_all(server.port, strangers, STRANGER, MEMBERS_ONLY)
+                await drained()
             del strangers
             after = await refused_raw_bytes(url)
             print(refused_big.line(f"big: {args.big} x {args.size_mb:g} MB, unknown sender") +

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # tmp/ files older than this were never answered 250 (the process died while writing them): removed at start.
 STALE_TMP_SECONDS = 3600.0
 _counter = itertools.count()
+# The envelope line holds at most [smtp] max_recipients addresses: far below this.
+ENVELOPE_LINE_LIMIT = 1024 * 1024
 
 
 class QueueFull(OSError):
@@ -118,16 +120,24 @@ class InboundQueue:
             oldest = time.time()
         return len(names), max(0.0, time.time() - oldest)
 
+    def size(self, name: str) -> int:
+        """Bytes of the file `name` (0 when it is gone)."""
+        try:
+            return (self.new / name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def read(self, name: str) -> QueuedMessage | None:
         """The message `name`; None when it is gone (taken by another worker). Raises UnreadableQueueFile."""
         try:
-            data = (self.new / name).read_bytes()
+            with open(self.new / name, "rb") as stored:
+                line = stored.readline(ENVELOPE_LINE_LIMIT)
+                raw = stored.read()  # the message read once, not the whole file and then a copy of its tail
         except FileNotFoundError:
             return None
-        line, newline, raw = data.partition(b"\n")
         try:
             envelope = json.loads(line.decode("utf-8", "surrogateescape"))
-            if not newline or not isinstance(envelope, dict):
+            if not line.endswith(b"\n") or not isinstance(envelope, dict):
                 raise ValueError("no envelope line")
             rcpt_tos = envelope["rcpt_tos"]
             if not isinstance(rcpt_tos, list) or not all(isinstance(r, str) for r in rcpt_tos):

@@ -30,10 +30,12 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
+from qaflow_mail.heap import return_large_buffers
 from qaflow_mail.pipeline.cpu import close_shared_pool
 from qaflow_mail.pipeline.ingest import ingest
 from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.inbound_queue import InboundQueue, UnreadableQueueFile, shard_of
+from qaflow_mail.server.mail_budget import MailBudget
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ STOP_SECONDS = 30.0  # a worker process's time to finish the messages in hand be
 # Worker processes run at a lower priority than the listener: a burst is accepted first and worked off after.
 WORKER_NICENESS = 5
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+_NO_LIMIT = 365 * 24 * 3600.0  # a queued message waits for room as long as it takes
 
 
 class QueueWorker:
@@ -59,6 +62,8 @@ class QueueWorker:
         self._retry_at: dict[str, float] = {}
         self._in_hand: set[str] = set()
         self.taken = 0  # messages the pipeline finished with (accepted, refused or shunted)
+        # Bytes of mail in hand at once, as the listeners' ([smtp] max_bytes_in_flight): a message waits for room.
+        self.budget = MailBudget(deps.settings.smtp.max_bytes_in_flight)
 
     def _due(self, names: list[str]) -> list[str]:
         now = time.monotonic()
@@ -98,6 +103,12 @@ class QueueWorker:
         slots.release()
 
     async def _take(self, name: str) -> None:
+        size = await asyncio.to_thread(self.queue.size, name)
+        async with self.budget.hold(size, wait=_NO_LIMIT) as room:
+            if room:
+                await self._take_within_budget(name)
+
+    async def _take_within_budget(self, name: str) -> None:
         try:
             message = await asyncio.to_thread(self.queue.read, name)
             source = Source(message.source) if message is not None else None
@@ -182,6 +193,7 @@ def worker_process_main(settings: Settings, shard: int, shards: int, parent: int
 
     _die_with_parent(parent)
     logs.configure(settings.logging.level, settings.logging.format)
+    return_large_buffers()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     try:
