@@ -35,10 +35,13 @@ typecheck: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ingest.py --heavy 2
+	$(BIN)/python bench/ingest.py --accept queue
+	$(BIN)/python bench/ingest.py --accept queue --offered 100
 	$(BIN)/python bench/outbox_drain.py
 	$(BIN)/python bench/notify_fanout.py
 	$(BIN)/python bench/digests.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/memory.py --accept queue
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

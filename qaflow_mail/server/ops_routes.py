@@ -61,12 +61,12 @@ def queue_text(queue: InboundQueue) -> str:
     """The inbound queue's depth and oldest message, in the Prometheus text format."""
     waiting, oldest = queue.depth()
     return (
-        "# HELP qaflow_inbound_queue_messages Accepted messages waiting for the pipeline.\n"
-        "# TYPE qaflow_inbound_queue_messages gauge\n"
-        f"qaflow_inbound_queue_messages {waiting}\n"
-        "# HELP qaflow_inbound_queue_oldest_seconds Age of the oldest message waiting for the pipeline.\n"
-        "# TYPE qaflow_inbound_queue_oldest_seconds gauge\n"
-        f"qaflow_inbound_queue_oldest_seconds {oldest:.1f}\n"
+        "# HELP qaflow_mail_inbound_queue_messages Accepted messages waiting for the pipeline.\n"
+        "# TYPE qaflow_mail_inbound_queue_messages gauge\n"
+        f"qaflow_mail_inbound_queue_messages {waiting}\n"
+        "# HELP qaflow_mail_inbound_queue_oldest_seconds Age of the oldest message waiting for the pipeline.\n"
+        "# TYPE qaflow_mail_inbound_queue_oldest_seconds gauge\n"
+        f"qaflow_mail_inbound_queue_oldest_seconds {oldest:.1f}\n"
     )
 
 

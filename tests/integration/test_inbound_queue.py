@@ -124,7 +124,7 @@ async def test_a_250_waits_for_the_queue_file_and_the_worker_posts_it(
     assert stored is not None
     assert stored.raw == question(1).replace(b"\n", b"\r\n")
     assert (stored.mail_from, stored.rcpt_tos, stored.source) == (ALICE, (GENERAL,), "smtp")
-    assert "qaflow_inbound_queue_messages 1\n" in queue_text(InboundQueue(forum.deps.settings.smtp.queue_dir))
+    assert "qaflow_mail_inbound_queue_messages 1\n" in queue_text(InboundQueue(forum.deps.settings.smtp.queue_dir))
     assert await count(forum, posts_with("q1@client.example")) == 0
     down = False  # the database is back: the next try (after a second) posts it
 
@@ -133,7 +133,7 @@ async def test_a_250_waits_for_the_queue_file_and_the_worker_posts_it(
 
     await until(posted, what="the post")
     await until(drained(forum), what="the queue file removed")
-    assert "qaflow_inbound_queue_messages 0\n" in queue_text(InboundQueue(forum.deps.settings.smtp.queue_dir))
+    assert "qaflow_mail_inbound_queue_messages 0\n" in queue_text(InboundQueue(forum.deps.settings.smtp.queue_dir))
 
 
 async def test_a_refused_queued_message_is_told_by_mail_to_an_authenticated_sender(forum: Running) -> None:
