@@ -24,10 +24,11 @@ from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.mailer import build_mailer
 from qaflow_mail.outbound.outbox import OutgoingMessage, drain_once, enqueue
+from qaflow_mail.outbound.sent_journal import SentJournal
 from tests.sink import SmtpSink
 
 
-async def run(url: str, messages: int, concurrency: int) -> None:
+async def run(url: str, messages: int, concurrency: int, *, journal: bool) -> None:
     async with SmtpSink() as sink:
         settings = Settings(
             database=DatabaseSettings(url=url),
@@ -44,15 +45,20 @@ async def run(url: str, messages: int, concurrency: int) -> None:
                 for i in range(messages)
             ], now=datetime.now(UTC))
         mailer = build_mailer(settings)
+        # As serve's sender: each 250 is written to the journal, and the slot goes on while its mark commits.
+        sent_journal = SentJournal.open(Path(tempfile.mkdtemp()) / "outbox-sent.journal") if journal else None
         started = time.perf_counter()
         sent = 0
-        while (stats := await drain_once(deps, mailer, worker="bench")).claimed:
+        while (stats := await drain_once(deps, mailer, worker="bench", journal=sent_journal)).claimed:
             sent += stats.sent
         elapsed = time.perf_counter() - started
+        if sent_journal is not None:
+            sent_journal.close()
         await mailer.close()
         await engine.dispose()
         print(f"{url.split(':')[0]}: {sent} messages in {elapsed:.2f} s = {sent / elapsed:.0f} msg/s "
-              f"over {sink.connections} connection(s); sink received {len(sink.messages)}")
+              f"over {sink.connections} connection(s){'' if journal else ', no sent journal'}; "
+              f"sink received {len(sink.messages)}")
 
 
 def main() -> None:
@@ -60,10 +66,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--url", help="database URL (tables are created if missing)")
+    parser.add_argument("--no-journal", action="store_true", help="each slot waits for its mark's commit")
     args = parser.parse_args()
     url = args.url or f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
     upgrade(url)
-    asyncio.run(run(url, args.messages, args.concurrency))
+    asyncio.run(run(url, args.messages, args.concurrency, journal=not args.no_journal))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ Delivery guarantees, stated honestly:
   worker whose name is in `claimed_by` may record its result. On PostgreSQL the candidate rows are also locked
   with FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint batches instead of waiting for each other.
 - A row is marked sent only after the relay answered 250 to its DATA (or the Maildir file was written), and as
-  soon as it did: each 250 is committed as it comes back (those that arrive during one commit share the next),
-  and its send slot is freed only then.
-- At least once, not exactly once, over SMTP: if the process dies, or the database cannot be reached, between the
-  relay's 250 and that commit, the row stays "sending"; once its claim expires (`lease_seconds`) another drain
-  sends it again. The window is at most [outbound] concurrency messages: a slot carries a message from its
-  MAIL FROM to the commit of its 250; the same holds for a send cut short by the batch deadline after the relay had in
-  fact accepted it. Recipients see a duplicate at worst, never a loss.
+  soon as it did: each 250 is committed as it comes back (those that arrive during one commit share the next).
+  With a `SentJournal` (the serve process's sender has one) the row's id is first appended to it and the slot is
+  freed at once; a drain, and a restarted sender, marks what the journal holds sent before it claims anything.
+  Without one the slot is freed only once the mark is committed.
+- At least once, not exactly once, over SMTP: if the process dies while a message is on the wire (or the relay
+  accepted it but its 250 never reached us, or came after the batch deadline) the row stays "sending"; once its
+  claim expires (`lease_seconds`) another drain sends it again. That is at most [outbound] concurrency messages.
+  Without a journal, those between the relay's 250 and the commit of its mark count too (a slot carries a message
+  from MAIL FROM to that commit); with one, they are lost only with the machine (a power cut: the journal is not
+  fsynced). Recipients see a duplicate at worst, never a loss.
 - Exactly once to a Maildir: the row id names the file (see `DELIVERY_KEY`), so sending a row again finds it.
 """
 
@@ -41,6 +44,7 @@ from qaflow_mail.db.group_commit import writing
 from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus, UTCDateTime
 from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
 from qaflow_mail.outbound.mailer import DELIVERY_KEY, DeliveryError, Mailer
+from qaflow_mail.outbound.sent_journal import SentJournal
 
 if TYPE_CHECKING:
     from qaflow_mail.deps import Deps
@@ -284,11 +288,13 @@ async def requeue(session: AsyncSession, outbox_id: int, now: datetime) -> None:
 
 class _SentRecorder:
     """Commits each row as sent as soon as its 250 is back; the ids that arrive during one commit share the next.
-    ``add`` gives a future that is done once the row's commit is (whether it succeeded: ``close`` says)."""
+    ``add`` gives a future that is done once the row's commit is (whether it succeeded: ``close`` says), or at
+    once when the id is in the journal."""
 
-    def __init__(self, deps: Deps, worker: str) -> None:
+    def __init__(self, deps: Deps, worker: str, journal: SentJournal | None = None) -> None:
         self.deps = deps
         self.worker = worker
+        self.journal = journal
         self.recorded: set[int] = set()
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -297,8 +303,12 @@ class _SentRecorder:
 
     def add(self, row_id: int) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._task.done():  # a commit failed: nothing more is recorded in this batch
+        if self.journal is not None:
+            self.journal.append(row_id)  # safe from here on: the slot need not wait for the commit
             done.set_result(None)
+        if self._task.done():  # a commit failed: nothing more is recorded in this batch
+            if not done.done():
+                done.set_result(None)
             return done
         self._waiting.append((row_id, done))
         self._wake.set()
@@ -322,11 +332,40 @@ class _SentRecorder:
                 return
 
     async def close(self) -> set[int]:
-        """Wait for the last commit; raises when one failed (those rows stay claimed and are sent again)."""
+        """Wait for the last commit; raises when one failed (those rows stay claimed; they are sent again, or,
+        with a journal, marked sent by the next drain)."""
         self._closing = True
         self._wake.set()
         await self._task
+        if self.journal is not None:
+            self.journal.clear()  # every id in it is committed now
         return self.recorded
+
+
+# A journal's ids marked sent whoever holds the row now: the relay accepted it.
+_MARK_JOURNALED = (
+    update(Outbox)
+    .where(Outbox.id.in_(bindparam("ids", expanding=True)), Outbox.status == SENDING)
+    .values(attempts=Outbox.attempts + 1, claimed_until=None, status=SENT,
+            sent_at=bindparam("sent_at", type_=Outbox.sent_at.type), last_error="")
+    .execution_options(synchronize_session=False)
+)
+_JOURNAL_CHUNK = 500
+
+
+async def settle_journal(deps: Deps, journal: SentJournal) -> int:
+    """Mark the rows the journal names sent (those still "sending"), then empty it; how many ids it held."""
+    ids = journal.pending
+    if not ids:
+        return 0
+    async with writing(deps.sessions), deps.sessions() as session, session.begin():
+        connection = await session.connection()
+        for start in range(0, len(ids), _JOURNAL_CHUNK):
+            await connection.execute(_MARK_JOURNALED, {"ids": ids[start : start + _JOURNAL_CHUNK],
+                                                       "sent_at": deps.clock()})
+    journal.clear()
+    log.info("outbox.journal_settled ids=%d", len(ids))
+    return len(ids)
 
 
 async def _attempt(
@@ -338,8 +377,8 @@ async def _attempt(
         async with asyncio.timeout_at(deadline), slots:
             await mailer.send(row.envelope_from, row.recipient, row.raw)
             sent = True
-            # The slot is held until the 250 is committed: at most [outbound] concurrency messages are ever
-            # accepted by the relay yet not marked sent, which is all a crash can send twice.
+            # The slot is held until the 250 is committed, or written to the journal: at most [outbound]
+            # concurrency messages are ever accepted by the relay yet nowhere recorded, all a crash can send twice.
             await recorder.add(row.id)
     except DeliveryError as exc:
         return exc
@@ -354,12 +393,16 @@ async def _attempt(
 
 
 async def drain_once(
-    deps: Deps, mailer: Mailer, *, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    deps: Deps, mailer: Mailer, *, worker: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    journal: SentJournal | None = None,
 ) -> DrainStats:
-    """Claim one batch (one short transaction), send it concurrently, record every result (one transaction)."""
+    """Claim one batch (one short transaction), send it concurrently, record every result (one transaction).
+    With a journal, what it holds from before (a crash, a failed commit) is marked sent first."""
     settings = deps.settings
     outbound = settings.outbound
     started = time.monotonic()
+    if journal is not None:
+        await settle_journal(deps, journal)
     async with writing(deps.sessions), deps.sessions() as session, session.begin():
         rows = await claim(session, worker=worker, now=deps.clock(), limit=outbound.batch_size,
                            lease_seconds=lease_seconds)
@@ -369,7 +412,7 @@ async def drain_once(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + lease_seconds * _SEND_SHARE_OF_LEASE
     slots = asyncio.Semaphore(max(1, outbound.concurrency))
-    recorder = _SentRecorder(deps, worker)
+    recorder = _SentRecorder(deps, worker, journal)
     try:
         results = await asyncio.gather(*(_attempt(mailer, row, slots, deadline, recorder) for row in rows))
     finally:

@@ -14,10 +14,12 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qaflow_mail.outbound.mailer import Mailer, build_mailer
 from qaflow_mail.outbound.outbox import DrainStats, drain_once
+from qaflow_mail.outbound.sent_journal import SentJournal
 
 if TYPE_CHECKING:
     from qaflow_mail.deps import Deps
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0
+JOURNAL_NAME = "outbox-sent.journal"  # in [site] data_dir
 _FAILURE_PAUSE_CAP = 60.0
 
 
@@ -35,10 +38,11 @@ def default_worker_name() -> str:
 
 
 class Sender:
-    def __init__(self, deps: Deps, mailer: Mailer, *, worker: str) -> None:
+    def __init__(self, deps: Deps, mailer: Mailer, *, worker: str, journal: SentJournal | None = None) -> None:
         self.deps = deps
         self.mailer = mailer
         self.worker = worker
+        self.journal = journal
         self.drains = 0
         self.last_stats = DrainStats()
         self._started = 0
@@ -77,7 +81,8 @@ class Sender:
             pause = interval
             try:
                 self.last_stats = await drain_once(self.deps, self.mailer, worker=self.worker,
-                                                   lease_seconds=self.deps.settings.outbound.lease_seconds)
+                                                   lease_seconds=self.deps.settings.outbound.lease_seconds,
+                                                   journal=self.journal)
                 failures = 0
                 if self.last_stats.claimed >= batch_size:
                     pause = 0.0
@@ -125,13 +130,17 @@ async def sending(
     """Run a Sender in the background for the duration of the block. A mailer built here is closed here."""
     own_mailer = mailer is None
     active = build_mailer(deps.settings) if mailer is None else mailer
-    sender = Sender(deps, active, worker=worker or default_worker_name())
+    # The first sender of a data directory keeps its accepted ids in the journal there (another does without).
+    journal = SentJournal.open(Path(deps.settings.site.data_dir) / JOURNAL_NAME)
+    sender = Sender(deps, active, worker=worker or default_worker_name(), journal=journal)
     sender.start()
     log.info("outbox.sender_started worker=%s transport=%s", sender.worker, deps.settings.outbound.transport)
     try:
         yield sender
     finally:
         await sender.stop(stop_timeout)
+        if journal is not None:
+            journal.close()
         if own_mailer:
             await active.close()
         log.info("outbox.sender_stopped worker=%s", sender.worker)

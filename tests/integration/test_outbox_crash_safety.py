@@ -1,5 +1,6 @@
 """After a crash the outbox sends again only what was on the wire: each row is marked sent as its 250 comes back
-(not when its whole batch is done), and the Maildir transport is exactly once (the row id names the file)."""
+(not when its whole batch is done), or written to the sent journal, which the next drain settles before it claims
+anything; and the Maildir transport is exactly once (the row id names the file)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.mailer import DELIVERY_KEY, MaildirMailer
 from qaflow_mail.outbound.outbox import DrainStats, claim, drain_once
+from qaflow_mail.outbound.sent_journal import SentJournal
 from tests.integration.test_outbox_delivery import ALICE, BOB, CAROL, Clock, enqueue_rows, outbound, rows
 
 POLL_DEADLINE = 10.0
@@ -83,3 +85,42 @@ async def test_the_maildir_transport_writes_a_row_once_however_often_it_is_sent(
     assert await drain_once(deps, mailer, worker="w2") == DrainStats(claimed=3, sent=3)
     assert len(list((outbox / "new").iterdir())) + len(list((outbox / "cur").iterdir())) == 3
     assert list((outbox / "tmp").iterdir()) == []
+
+
+def test_the_journal_keeps_what_a_killed_owner_wrote_and_has_one_owner(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "outbox-sent.journal"
+    first = SentJournal.open(path)
+    assert first is not None and first.pending == []
+    first.append(7)
+    first.append(12)
+    assert SentJournal.open(path) is None  # one owner at a time
+    first.close()  # as a killed process's file is closed: what it wrote stays
+    with path.open("ab") as torn:
+        torn.write(b"13")  # a line the crash cut short: not a sure acceptance
+    second = SentJournal.open(path)
+    assert second is not None and second.pending == [7, 12]
+    second.clear()
+    assert second.pending == [] and path.read_bytes() == b""
+    second.close()
+
+
+async def test_a_drain_marks_what_the_journal_holds_sent_before_claiming(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    clock = Clock()
+    deps = Deps.build(outbound(settings, concurrency=1), session_factory(engine), clock=clock)
+    await enqueue_rows(deps, [(ALICE, None), (BOB, None)])
+    async with deps.sessions() as session, session.begin():
+        claimed = await claim(session, worker="killed", now=clock(), limit=10, lease_seconds=60.0)
+    assert len(claimed) == 2
+    clock.advance(61)  # the killed sender's claim has run out
+    # The killed sender had Alice's 250 in its journal, not in the database; Bob's was still on the wire.
+    journal = SentJournal.open(tmp_path / "outbox-sent.journal")
+    assert journal is not None
+    journal.append(claimed[0].id)
+    mailer = FirstThenHang(settings.outbound.outbox_dir)
+    stats = await drain_once(deps, mailer, worker="restarted", journal=journal)
+    assert [r.status for r in await rows(deps)] == ["sent", "sent"]
+    assert (stats.claimed, stats.sent, mailer.calls) == (1, 1, 1)  # only Bob's is sent again
+    assert journal.pending == []
+    journal.close()
