@@ -19,7 +19,8 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD = 256 * 1024
 
 
-def _libc() -> ctypes.CDLL | None:
+def libc() -> ctypes.CDLL | None:
+    """The C library, or None where none can be loaded."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -31,15 +32,14 @@ def _libc() -> ctypes.CDLL | None:
 
 def trim() -> None:
     """Hand the free pages of the heap back to the system (after a big message in a worker process)."""
-    libc = _libc()
-    malloc_trim = getattr(libc, "malloc_trim", None)
+    malloc_trim = getattr(libc(), "malloc_trim", None)
     if malloc_trim is not None:
         malloc_trim(ctypes.c_size_t(0))
 
 
 def return_large_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
     """Serve allocations of `threshold` bytes and more by mmap from now on; True when the C library agreed."""
-    mallopt = getattr(_libc(), "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
     done = bool(mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(threshold)))

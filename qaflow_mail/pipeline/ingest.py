@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from qaflow_mail.config import Settings
 from qaflow_mail.db.group_commit import group_commit
 from qaflow_mail.db.models import Disposition, InboundMessage, Source
 from qaflow_mail.deps import Deps
@@ -59,6 +60,12 @@ async def parse(raw: bytes, deps: Deps) -> ParsedMail:
     """Parsing is CPU work on untrusted input: in a worker process with a deadline, within the configured [limits]
     (raises InputRefused otherwise), so one message never stalls the others."""
     return await parse_untrusted(raw, deps.settings.limits)
+
+
+def message_deadline(settings: Settings) -> float:
+    """Seconds one message may take through the pipeline: each statement is bounded by the database's own
+    timeouts and each CPU step by [limits] cpu_deadline; this bounds the message as a whole."""
+    return 2 * settings.database.statement_timeout + 2 * settings.limits.cpu_deadline
 
 
 def bounded_raw(raw: bytes) -> bytes:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import logging
 import multiprocessing
@@ -30,9 +28,9 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
-from qaflow_mail.heap import return_large_buffers
+from qaflow_mail.heap import libc, return_large_buffers
 from qaflow_mail.pipeline.cpu import close_shared_pool
-from qaflow_mail.pipeline.ingest import ingest
+from qaflow_mail.pipeline.ingest import ingest, message_deadline
 from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.inbound_queue import InboundQueue, UnreadableQueueFile, shard_of
 from qaflow_mail.server.mail_budget import MailBudget
@@ -61,7 +59,6 @@ class QueueWorker:
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._in_hand: set[str] = set()
-        self.taken = 0  # messages the pipeline finished with (accepted, refused or shunted)
         # Bytes of mail in hand at once, as the listeners' ([smtp] max_bytes_in_flight): a message waits for room.
         self.budget = MailBudget(deps.settings.smtp.max_bytes_in_flight)
 
@@ -118,10 +115,8 @@ class QueueWorker:
             return
         if message is None or source is None:
             return
-        limits = self.deps.settings.limits
-        deadline = 2 * self.deps.settings.database.statement_timeout + 2 * limits.cpu_deadline
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(message_deadline(self.deps.settings)):
                 result = await ingest(message.raw, envelope_from=message.mail_from, recipients=list(message.rcpt_tos),
                                       source=source, deps=self.deps, answer_by_mail=True)
         except Exception:
@@ -133,16 +128,15 @@ class QueueWorker:
         await asyncio.to_thread(self.queue.remove, name)
         self._failures.pop(name, None)
         self._retry_at.pop(name, None)
-        self.taken += 1
         log.debug("queue.taken name=%s reply=%s", name, result.reply)
 
 
 @asynccontextmanager
-async def queue_working(deps: Deps, **options: object) -> AsyncIterator[QueueWorker]:
+async def queue_working(deps: Deps) -> AsyncIterator[QueueWorker]:
     """One QueueWorker as a task of this process for the duration of the block."""
     queue = InboundQueue(deps.settings.smtp.queue_dir)
     await asyncio.to_thread(queue.prepare)
-    worker = QueueWorker(deps, queue, **options)  # type: ignore[arg-type]
+    worker = QueueWorker(deps, queue)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop), name="queue-worker")
     try:
@@ -180,9 +174,9 @@ async def _work_in_process(settings: Settings, shard: int, shards: int, parent: 
 def _die_with_parent(parent: int) -> None:
     """On Linux, have the kernel kill this process the moment its parent dies (a `kill -9` of serve): a worker
     left behind would take the queue beside the next serve's. Elsewhere the run loop notices within a second."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl = getattr(libc(), "prctl", None)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
 

@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.mail.addresses import Destination, Reply
-from qaflow_mail.pipeline.ingest import IngestResult, classify_recipient, ingest
+from qaflow_mail.pipeline.ingest import IngestResult, classify_recipient, ingest, message_deadline
 from qaflow_mail.pipeline.routes import has_route
 from qaflow_mail.replies import (
     BAD_TOKEN,
@@ -216,10 +216,7 @@ class GatewayHandler:
         return QUEUED
 
     async def _run_pipeline(self, raw: bytes, envelope: Envelope) -> IngestResult | SmtpReply:
-        database = self.deps.settings.database
-        limits = self.deps.settings.limits
-        # Each statement is bounded by the database's own timeouts; this bounds the message as a whole.
-        deadline = 2 * database.statement_timeout + 2 * limits.cpu_deadline
+        deadline = message_deadline(self.deps.settings)
         try:
             with observed(self.source.value, node_label(self.deps.settings.site.node_name)):
                 async with asyncio.timeout(deadline):
