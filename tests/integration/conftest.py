@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from qaflow_mail.db.engine import create_engine, session_factory
 from tests.dovecot import INSTALL_HINT, Dovecot, missing_binaries
 from tests.sink import SmtpSink
 
@@ -45,3 +47,13 @@ async def sink() -> AsyncIterator[SmtpSink]:
     """A real SMTP server on loopback that keeps what it receives (the gateway's relay in `transport = "smtp"`)."""
     async with SmtpSink() as server:
         yield server
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on the test database, for tests whose server runs in another process (or not at all)."""
+    engine = create_engine(database_url)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()

@@ -18,7 +18,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.integration.test_kill9 import GENERAL, SENDERS, seed, sessions  # noqa: F401 (the sessions fixture)
+from tests.integration.test_kill9 import GENERAL, SENDERS, seed
 from tests.serve_process import ServeProcess
 from tests.smtp_client import make_mail
 
@@ -65,7 +65,7 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
 
 
 async def test_1100_idle_connections_under_a_1024_file_limit(
-    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession],  # noqa: F811
+    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     _room_for(IDLE_CONNECTIONS)
     await seed(sessions)

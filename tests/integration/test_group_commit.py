@@ -17,10 +17,8 @@ from qaflow_mail.db import queries
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.group_commit import LET_GO_SECONDS, MAX_HOLD_SECONDS, GroupCommit, group_commit, writing
 from qaflow_mail.db.models import User
-from tests.integration import test_kill9
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-sessions = test_kill9.sessions  # the fixture: a session factory on the test database
 
 
 def add_user(email: str, *, fail: bool = False) -> Callable[[AsyncSession], Awaitable[str]]:

@@ -14,8 +14,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from qaflow_mail.server.inbound_queue import InboundQueue
 from qaflow_mail.server.ops_routes import queue_text
 from qaflow_mail.server.queue_worker import QueueWorker
 from tests.clock import Clock
+from tests.polling import until
 from tests.serve_process import ServeProcess, _children_of
 from tests.smtp_client import make_mail, send
 
@@ -72,14 +72,6 @@ async def forum(gateway: Running) -> Running:
 def question(n: int, *, sender: str = ALICE, headers: dict[str, str] | None = None) -> bytes:
     return make_mail(sender=sender, to=GENERAL, subject=f"Question {n}", body=f"What about {n}?\n",
                      message_id=f"<q{n}@client.example>", headers=headers).as_bytes()
-
-
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)  # poll interval of the deadline loop
 
 
 async def count(run: Running, statement: object) -> int:
@@ -236,15 +228,6 @@ def test_put_writes_the_file_whole_and_private(tmp_path: Path) -> None:
         b"Subject: a\r\n\r\nA\r\n", "", ("x@forum.test",), "lmtp")
     queue.remove(first)
     assert queue.read(first) is None and queue.waiting() == [second]
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def test_worker_processes_post_and_die_with_a_killed_serve(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
     FanoutJob,
     Outbox,
@@ -34,6 +32,7 @@ from qaflow_mail.db.models import (
     Post,
 )
 from tests.fanout import add_followers
+from tests.polling import until
 from tests.serve_process import ServeProcess
 from tests.sink import SmtpSink
 from tests.smtp_client import make_mail
@@ -44,23 +43,6 @@ SENDERS = [f"sender{i}@example.org" for i in range(8)]
 AUTHOR = "author@example.org"
 FOLLOWERS = 1_000
 SHORT_LEASES = {"lease_seconds": 3.0, "fanout_lease_seconds": 2.0, "poll_interval": 0.1}
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-
-
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.05)  # poll interval of the deadline loop
 
 
 async def seed(sessions: async_sessionmaker[AsyncSession], *, followers: int = 0) -> None:
