@@ -99,7 +99,6 @@ async def blast(
     latencies: list[float] = []
     refused = 0
     sent = 0
-    begun = time.perf_counter()
 
     async def client() -> None:
         nonlocal refused, sent

@@ -189,15 +189,19 @@ async def _finish(session: AsyncSession, ids: Collection[int], *, worker: str, v
     return set((await session.scalars(stmt)).all())
 
 
-# Built once: it runs for every few messages sent, and building it took longer than executing it.
-_MARK_SENT = (
+# Built once: they run for every few messages sent, and building one took longer than executing it.
+# Rows a sent journal names are marked whoever holds them now (the relay accepted them); a sender's own 250s only
+# on the rows it still holds.
+_MARK_JOURNALED = (
     update(Outbox)
-    .where(Outbox.id.in_(bindparam("ids", expanding=True)), Outbox.status == SENDING,
-           Outbox.claimed_by == bindparam("worker", type_=Outbox.claimed_by.type))
+    .where(Outbox.id.in_(bindparam("ids", expanding=True)), Outbox.status == SENDING)
     .values(attempts=Outbox.attempts + 1, claimed_until=None, status=SENT,
             sent_at=bindparam("sent_at", type_=Outbox.sent_at.type), last_error="")
-    .returning(Outbox.id)
     .execution_options(synchronize_session=False)
+)
+_MARK_SENT = (
+    _MARK_JOURNALED.where(Outbox.claimed_by == bindparam("worker", type_=Outbox.claimed_by.type))
+    .returning(Outbox.id)
 )
 
 
@@ -342,14 +346,6 @@ class _SentRecorder:
         return self.recorded
 
 
-# A journal's ids marked sent whoever holds the row now: the relay accepted it.
-_MARK_JOURNALED = (
-    update(Outbox)
-    .where(Outbox.id.in_(bindparam("ids", expanding=True)), Outbox.status == SENDING)
-    .values(attempts=Outbox.attempts + 1, claimed_until=None, status=SENT,
-            sent_at=bindparam("sent_at", type_=Outbox.sent_at.type), last_error="")
-    .execution_options(synchronize_session=False)
-)
 _JOURNAL_CHUNK = 500
 
 

@@ -108,12 +108,12 @@ class QueueWorker:
     async def _take_within_budget(self, name: str) -> None:
         try:
             message = await asyncio.to_thread(self.queue.read, name)
-            source = Source(message.source) if message is not None else None
+            if message is None:
+                return  # gone: taken by another worker
+            source = Source(message.source)
         except (UnreadableQueueFile, ValueError) as error:
             log.error("queue.unreadable name=%s error=%s (moved to %s)", name, error, self.queue.bad)
             await asyncio.to_thread(self.queue.set_aside, name)
-            return
-        if message is None or source is None:
             return
         try:
             async with asyncio.timeout(message_deadline(self.deps.settings)):
