@@ -1,7 +1,7 @@
 """Inbound throughput and latency of the gateway against a bare aiosmtpd that discards, measured in the same run.
 
     python bench/ingest.py [--messages 600] [--clients 4] [--url DATABASE_URL] [--heavy 0]
-                           [--accept inline|queue] [--queue-workers 1] [--offered MSG_PER_S]
+                           [--accept auto|inline|queue] [--queue-workers 0] [--offered MSG_PER_S]
 
 A realistic mix (one in five a new topic, the rest replies by In-Reply-To; bodies of 2-20 KB) is sent by
 --clients SMTP clients over loopback, first to a bare aiosmtpd (the reference), then to the gateway on a fresh
@@ -9,9 +9,11 @@ SQLite file (or --url, e.g. postgresql+asyncpg://postgres@127.0.0.1/bench, whose
 Prints messages/s, the ratio to the reference, p50/p99 of end-of-DATA → reply, and the gateway's RSS.
 With --heavy N, N senders keep sending a worst-case HTML mail (1 MB of nested tags) during the gateway run:
 the small messages' latency shows whether hostile input starves the others.
-With --accept queue the listener answers once a message is fsynced to the inbound queue and --queue-workers
-processes run the pipeline: the figures are then the listener's, and the time until every message is stored as a
-post (the queue drained) is printed beside them. With --offered R the clients send R messages a second in all,
+--accept and --queue-workers default to the service's own defaults ("auto", 0: a message that finds the pipeline
+free goes through it before its reply, one that would wait is fsynced to the inbound queue and answered at once).
+With --accept queue every message is queued and --queue-workers processes (0: a task of the gateway) run the
+pipeline. Unless inline, the figures are the listener's, and the time until every message is stored as a post (the
+queue drained) is printed beside them. With --offered R the clients send R messages a second in all,
 each on its schedule, instead of as fast as replies come (latency at a given load rather than at saturation).
 """
 
@@ -183,8 +185,8 @@ async def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--url", default="")
     parser.add_argument("--heavy", type=int, default=0)
-    parser.add_argument("--accept", choices=("inline", "queue"), default="inline")
-    parser.add_argument("--queue-workers", type=int, default=1)
+    parser.add_argument("--accept", choices=("auto", "inline", "queue"), default=SmtpSettings().accept)
+    parser.add_argument("--queue-workers", type=int, default=SmtpSettings().queue_workers)
     parser.add_argument("--offered", type=float, default=0.0)
     args = parser.parse_args()
     messages = mixed_messages(args.messages)
@@ -225,7 +227,7 @@ async def main() -> int:
     print(f"gateway ({backend}, {args.clients} clients): {rate:,.0f} msg/s = {rate / bare_rate:.3f} x bare; "
           f"DATA->reply p50 {statistics.median(lat):.1f} ms p99 {percentile(lat, 0.99):.1f} ms; "
           f"refused {refused}; peak RSS {rss_mb:.0f} MB" + (f"; heavy mails sent {heavy_sent}" if args.heavy else ""))
-    if args.accept == "queue":
+    if args.accept != "inline":
         print(f"queue ({args.queue_workers} worker processes): every message stored as a post "
               f"{drained:.1f} s after the first was sent = {len(messages) / drained:,.0f} msg/s through the pipeline")
     return 0

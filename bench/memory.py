@@ -1,7 +1,7 @@
 """Resident memory of `qaflow-mail serve` (a real child process), sampled from /proc every 20 ms.
 
     python bench/memory.py [--big 8] [--size-mb 25] [--messages 600] [--clients 4] [--url DATABASE_URL]
-                           [--accept inline|queue]
+                           [--accept auto|inline|queue] [--queue-workers 0]
 
 Three phases against one server on a fresh SQLite file (or --url, whose tables are truncated):
   1. idle: the server started, nothing sent, for 3 s;
@@ -10,7 +10,9 @@ Three phases against one server on a fresh SQLite file (or --url, whose tables a
      SMTP clients, first from a known sender, then from an unknown sender to a members-only category (refused:
      only its headers and 64 KB of it may stay in the database).
 Prints the peak RSS of the serving process and of it with its worker processes, per phase, with the replies.
-With --accept queue each phase lasts until the queue worker has taken every message.
+Each phase lasts until the queue worker has taken every message queued (with the default "auto", those that came
+while the pipeline was busy; with --accept queue, all). --accept and --queue-workers default to the service's own
+defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ingest import CATEGORY, DOMAIN, SENDERS, blast, mixed_messages, prepare
 
+from qaflow_mail.config import SmtpSettings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import Disposition, InboundMessage
 from tests.serve_process import ServeProcess
@@ -113,7 +116,8 @@ async def main() -> int:
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--url", default="")
-    parser.add_argument("--accept", choices=("inline", "queue"), default="inline")
+    parser.add_argument("--accept", choices=("auto", "inline", "queue"), default=SmtpSettings().accept)
+    parser.add_argument("--queue-workers", type=int, default=SmtpSettings().queue_workers)
     args = parser.parse_args()
     size = int(args.size_mb * 1_000_000)
 
@@ -121,7 +125,8 @@ async def main() -> int:
         url = args.url or f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"
         await prepare(url, members_only_category=True)
         server = ServeProcess(Path(tmp), database_url=url, domain=DOMAIN,
-                              extra={"smtp": {"max_message_size": size + MB, "accept": args.accept}})
+                              extra={"smtp": {"max_message_size": size + MB, "accept": args.accept,
+                                                       "queue_workers": args.queue_workers}})
         queue = Path(tmp) / "queue" / "new"
 
         async def drained() -> None:

@@ -230,7 +230,7 @@ async def end_to_end(args: argparse.Namespace) -> None:
             database=DatabaseSettings(url=url),
             smtp=SmtpSettings(host="127.0.0.1", port=0, accept=args.accept),
             outbound=OutboundSettings(transport="smtp", smtp_port=sink.port, concurrency=args.concurrency,
-                                      batch_size=500, poll_interval=0.2),
+                                      batch_size=args.batch_size, poll_interval=0.2),
             tokens=TokensSettings(secret="bench-secret"), logging=LoggingSettings(level="WARNING"),
         )
         from qaflow_mail.outbound.sender import sending
@@ -288,8 +288,11 @@ if __name__ == "__main__":
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--body-kb", type=int, default=2, help="approximate post body size in KB")
     parser.add_argument("--url", help="database URL (default: a new SQLite file in a temporary directory)")
-    parser.add_argument("--concurrency", type=int, default=8, help="SMTP connections to the sink (end to end)")
-    parser.add_argument("--accept", choices=("inline", "queue"), default="inline",
+    parser.add_argument("--concurrency", type=int, default=OutboundSettings().concurrency,
+                        help="SMTP connections to the sink (end to end; the service's default)")
+    parser.add_argument("--batch-size", type=int, default=OutboundSettings().batch_size,
+                        help="outbox rows claimed per round (the service's default)")
+    parser.add_argument("--accept", choices=("auto", "inline", "queue"), default=SmtpSettings().accept,
                         help='[smtp] accept: "queue" runs the pipeline and the fan-out in a worker process')
     parser.add_argument("--end-to-end-only", action="store_true", help="skip the import and in-transaction parts")
     arguments = parser.parse_args()

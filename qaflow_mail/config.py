@@ -62,10 +62,11 @@ class SmtpSettings:
     spool_threshold: int = 1024 * 1024  # DATA beyond this many bytes is spooled to a temporary file
     spool_dir: str = ""  # where spooled DATA goes; empty: the system's temporary directory
     # "inline": the pipeline runs before the reply (refusals are SMTP replies); "queue": the message is written to
-    # queue_dir and fsynced, answered 250, and taken by the queue workers (refusals are told by mail).
-    accept: str = "inline"
+    # queue_dir and fsynced, answered 250, and taken by the queue workers (refusals are told by mail); "auto":
+    # inline while the pipeline is free, queued while another message waits for it (server.accept_policy).
+    accept: str = "auto"
     queue_dir: str = ""  # empty: <data_dir>/queue (Settings.__post_init__)
-    queue_workers: int = 1  # processes that take queued mail; 0: a task of the serve process itself
+    queue_workers: int = 0  # processes that take queued mail; 0: a task of the serve process itself
     queue_concurrency: int = 4  # messages one queue worker takes at once
     queue_min_free: int = 256 * 1024 * 1024  # bytes the queue's file system keeps free; a message that would
     # leave less gets "452 4.3.1" (Postfix's queue_minfree)
@@ -113,7 +114,7 @@ class OutboundSettings:
     smtp_username: str = ""
     smtp_password: str = ""
     smtp_ca_file: str = ""
-    concurrency: int = 4
+    concurrency: int = 8  # connections to the relay, each with one message at a time
     batch_size: int = 100
     poll_interval: float = 1.0
     max_attempts: int = 8
@@ -430,8 +431,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("[site] domain must be a bare domain name")
     if settings.smtp.max_message_size <= 0:
         raise ConfigError("[smtp] max_message_size must be positive")
-    if settings.smtp.accept not in {"inline", "queue"}:
-        raise ConfigError('[smtp] accept must be "inline" or "queue"')
+    if settings.smtp.accept not in {"inline", "queue", "auto"}:
+        raise ConfigError('[smtp] accept must be "inline", "queue" or "auto"')
     if settings.smtp.queue_workers < 0 or settings.smtp.queue_concurrency <= 0:
         raise ConfigError("[smtp] queue_workers must be 0 or more and queue_concurrency positive")
     if settings.announce.require not in {"dkim_or_confirm", "dkim", "confirm"}:

@@ -9,7 +9,7 @@ import resource
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from qaflow_mail.config import Settings
@@ -20,6 +20,7 @@ from qaflow_mail.deps import Deps, utc_now
 from qaflow_mail.heap import return_large_buffers
 from qaflow_mail.outbound.sender import sending
 from qaflow_mail.pipeline.cpu import close_shared_pool
+from qaflow_mail.server.accept_policy import InlineLoad
 from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.http import http_server
 from qaflow_mail.server.imap import polling
@@ -38,6 +39,7 @@ class Running:
     smtp_port: int
     http_port: int | None = None
     lmtp_port: int | None = None
+    inline: InlineLoad = field(default_factory=InlineLoad)  # messages the listeners run before their reply
 
 
 async def prepare_database(settings: Settings) -> None:
@@ -68,7 +70,7 @@ async def running(
     dkim_dnsfunc: Callable[..., bytes | None] | None = None, fanout: bool = True,
 ) -> AsyncIterator[Running]:
     """Start the SMTP listener (and LMTP when enabled), the fan-out worker that turns posts into outbox rows
-    (unless `fanout` is False), the queue workers with [smtp] accept = "queue" (worker processes, which then run
+    (unless `fanout` is False), the queue workers unless [smtp] accept = "inline" (worker processes, which then run
     the fan-out, or with queue_workers = 0 a task here) and, with `background`, everything else `serve` runs
     (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
     `clock` and `dkim_dnsfunc` stand in for the real time and DNS (tests)."""
@@ -79,11 +81,12 @@ async def running(
         settings = await with_installation(settings, sessions)  # the Message-ID salt of this database
         deps = Deps.build(settings, sessions, clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
-        queue_workers = settings.smtp.queue_workers if settings.smtp.accept == "queue" else 0
+        queueing = settings.smtp.accept != "inline"
+        queue_workers = settings.smtp.queue_workers if queueing else 0
         if queue_workers:
             # The worker processes run the pipeline and the fan-out; this one takes mail and serves the web.
             await stack.enter_async_context(queue_processes(settings))
-        elif settings.smtp.accept == "queue":
+        elif queueing:
             await stack.enter_async_context(queue_working(deps))
         if fanout and not queue_workers:
             await stack.enter_async_context(
@@ -95,14 +98,14 @@ async def running(
             if settings.http.enabled:
                 run.http_port = await stack.enter_async_context(http_server(deps))
             await stack.enter_async_context(scheduling(deps))
-        budget = MailBudget(settings.smtp.max_bytes_in_flight)  # one for both listeners
+        # One bytes-in-flight budget and one count of messages run before their reply, for both listeners.
+        budget, load = MailBudget(settings.smtp.max_bytes_in_flight), run.inline
         run.smtp_port = _bound_port(
-            stack, await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port, budget=budget)
+            stack, await start_smtp(deps, host=settings.smtp.host, port=settings.smtp.port, budget=budget, load=load)
         )
         if settings.lmtp.enabled:
-            run.lmtp_port = _bound_port(
-                stack, await start_lmtp(deps, host=settings.lmtp.host, port=settings.lmtp.port, budget=budget)
-            )
+            run.lmtp_port = _bound_port(stack, await start_lmtp(
+                deps, host=settings.lmtp.host, port=settings.lmtp.port, budget=budget, load=load))
         if background:
             await stack.enter_async_context(polling(deps))
         yield run

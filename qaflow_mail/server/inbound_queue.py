@@ -109,6 +109,14 @@ class InboundQueue:
         """The names of the messages in the queue, oldest first."""
         return sorted(name for name in os.listdir(self.new) if not name.startswith("."))
 
+    def has_waiting(self) -> bool:
+        """Whether any message is in the queue (read or in hand); cheap enough to ask for every message."""
+        try:
+            with os.scandir(self.new) as entries:
+                return any(not entry.name.startswith(".") for entry in entries)
+        except FileNotFoundError:
+            return False
+
     def depth(self) -> tuple[int, float]:
         """Messages waiting, and the age in seconds of the oldest (0 when none): what an operator watches."""
         names = self.waiting()

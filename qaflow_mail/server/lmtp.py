@@ -11,6 +11,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.replies import SmtpReply
+from qaflow_mail.server.accept_policy import InlineLoad
 from qaflow_mail.server.data_spool import SpooledData
 from qaflow_mail.server.mail_budget import MailBudget
 from qaflow_mail.server.smtp import EnhancedSizeReplies, GatewayHandler, GuardedSession, start_listener
@@ -31,5 +32,8 @@ class LmtpHandler(GatewayHandler):
         return "\r\n".join(str(result.outcomes[rcpt].reply) for rcpt in envelope.rcpt_tos)
 
 
-async def start_lmtp(deps: Deps, *, host: str, port: int, budget: MailBudget | None = None) -> asyncio.Server:
-    return await start_listener(deps, host=host, port=port, protocol=GatewayLMTP, handler=LmtpHandler(deps, budget))
+async def start_lmtp(
+    deps: Deps, *, host: str, port: int, budget: MailBudget | None = None, load: InlineLoad | None = None,
+) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port, protocol=GatewayLMTP,
+                                handler=LmtpHandler(deps, budget, load))

@@ -3,7 +3,7 @@
 - ``/healthz``: 200 "ok" when a trivial query returns within HEALTH_TIMEOUT seconds, else 503 with the reason's
   kind (never the database URL or its error text, which may name hosts and users).
 - ``/metrics``: the figures of ``services.metrics`` in the Prometheus text format, read from the database at each
-  scrape, this process's request latency (``server.latency``) and, with [smtp] accept = "queue", the inbound
+  scrape, this process's request latency (``server.latency``) and, unless [smtp] accept = "inline", the inbound
   queue's depth; 503 when the database does not answer.
 - ``request_timing``: the middleware that times every HTTP request into that latency histogram.
 """
@@ -50,7 +50,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         log.warning("http.metrics_failed error=%s", type(exc).__name__)
         return web.Response(text=f"database unavailable ({type(exc).__name__})\n", status=503,
                             content_type="text/plain")
-    if deps.settings.smtp.accept == "queue":
+    if deps.settings.smtp.accept != "inline":
         body += await asyncio.to_thread(queue_text, InboundQueue(deps.settings.smtp.queue_dir))
     response = web.Response(text=body + latency_text())
     response.headers["Content-Type"] = CONTENT_TYPE

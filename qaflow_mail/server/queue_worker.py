@@ -1,5 +1,6 @@
 """The queue workers: they take queued mail (server.inbound_queue) through the pipeline, as the listener does with
-[smtp] accept = "inline", and tell a refusal by mail, since the sender had its 250 already.
+[smtp] accept = "inline" (and "auto" while the pipeline is free), and tell a refusal by mail, since the sender had
+its 250 already.
 
 With [smtp] queue_workers = N > 0, `serve` runs N worker processes (each takes the files of its shard, and runs the
 fan-out worker too), so a burst is taken at the listener's pace while the pipeline works it off on the other

@@ -35,6 +35,7 @@ from qaflow_mail.replies import (
     SmtpReply,
     too_big,
 )
+from qaflow_mail.server.accept_policy import InlineLoad, answers_inline
 from qaflow_mail.server.data_spool import SpooledData
 from qaflow_mail.server.inbound_queue import InboundQueue, QueueFull
 from qaflow_mail.server.latency import node_label, observed
@@ -149,11 +150,12 @@ class GatewaySMTP(GuardedSession, SpooledData, EnhancedSizeReplies, SMTP):
 class GatewayHandler:
     source = Source.SMTP
 
-    def __init__(self, deps: Deps, budget: MailBudget | None = None) -> None:
+    def __init__(self, deps: Deps, budget: MailBudget | None = None, load: InlineLoad | None = None) -> None:
         self.deps = deps
         self.budget = budget or MailBudget(deps.settings.smtp.max_bytes_in_flight)
+        self.load = load or InlineLoad()
         smtp = deps.settings.smtp
-        self.queue = InboundQueue(smtp.queue_dir) if smtp.accept == "queue" else None
+        self.queue = InboundQueue(smtp.queue_dir) if smtp.accept != "inline" else None
         # Each accepted RCPT's destination, so DATA does not classify the addresses again.
         self._destinations: weakref.WeakKeyDictionary[Envelope, dict[str, Destination]] = weakref.WeakKeyDictionary()
 
@@ -195,12 +197,19 @@ class GatewayHandler:
             else:
                 content = envelope.original_content or b""
                 raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
-            if self.queue is not None:
+            if self.queue is not None and not answers_inline(
+                smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting(),
+            ):
                 return await self._enqueue(self.queue, raw, envelope)
-            return await self._run_pipeline(raw, envelope)
+            self.load.running += 1
+            try:
+                return await self._run_pipeline(raw, envelope)
+            finally:
+                self.load.running -= 1
 
     async def _enqueue(self, queue: InboundQueue, raw: bytes, envelope: Envelope) -> SmtpReply:
-        """[smtp] accept = "queue": the message on disk, fsynced, is all a 250 waits for."""
+        """[smtp] accept = "queue" (or "auto" while the pipeline is busy): the message on disk, fsynced, is all a
+        250 waits for."""
         self._destinations.pop(envelope, None)
         try:
             name = await asyncio.to_thread(queue.put, raw, mail_from=envelope.mail_from or "",
@@ -268,5 +277,7 @@ async def start_listener(
     return server
 
 
-async def start_smtp(deps: Deps, *, host: str, port: int, budget: MailBudget | None = None) -> asyncio.Server:
-    return await start_listener(deps, host=host, port=port, handler=GatewayHandler(deps, budget))
+async def start_smtp(
+    deps: Deps, *, host: str, port: int, budget: MailBudget | None = None, load: InlineLoad | None = None,
+) -> asyncio.Server:
+    return await start_listener(deps, host=host, port=port, handler=GatewayHandler(deps, budget, load))

@@ -4,22 +4,18 @@ the gateway recovers by itself once the database answers again."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import sqlite3
 import time
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.engine import create_engine_for
 from qaflow_mail.db.models import InboundFailure, Post
 from qaflow_mail.server.app import Running
 from tests.conftest import open_general
+from tests.database_hold import database_held
 from tests.smtp_client import make_mail, send
 
 GENERAL = "general@forum.test"
@@ -37,30 +33,6 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
     return await open_general(gateway, member=ALICE)
-
-
-@contextlib.asynccontextmanager
-async def database_held(url: str) -> AsyncIterator[None]:
-    """Another client holding the lock every write of a message needs, as a stuck transaction would."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        holder = sqlite3.connect(str(parsed.database), isolation_level=None)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-        return
-    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        transaction = conn.transaction()
-        await transaction.start()
-        await conn.execute("LOCK TABLE inbound_messages, posts IN ACCESS EXCLUSIVE MODE")
-        yield
-        await transaction.rollback()
-    finally:
-        await conn.close()
 
 
 async def test_a_hung_database_answers_451_in_bounded_time_and_recovers(forum: Running, settings: Settings) -> None:

@@ -32,7 +32,9 @@ DEADLINE = 0.8
 def settings(settings: Settings) -> Settings:
     limits = dataclasses.replace(settings.limits, cpu_deadline=DEADLINE, cpu_inline_size=1024,
                                  max_html_size=4 * 1024 * 1024)
-    smtp = dataclasses.replace(settings.smtp, max_message_size=8 * 1024 * 1024)
+    # Every message here runs before its reply, however many arrive at once, so the refusal is the reply itself
+    # (with the default "auto" one arriving beside another would be queued and its refusal recorded instead).
+    smtp = dataclasses.replace(settings.smtp, max_message_size=8 * 1024 * 1024, accept="inline")
     return dataclasses.replace(settings, limits=limits, smtp=smtp)
 
 

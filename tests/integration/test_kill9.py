@@ -2,7 +2,8 @@
 
 - Ingest: several SMTP clients blast messages and retry what got no answer (as an MTA does); the server is killed
   twice while they do. Every message that got a 250 is stored exactly once, and nothing is stored twice: with the
-  pipeline before the reply, and with [smtp] accept = "queue" (the worker process killed with serve).
+  pipeline before the reply, with [smtp] accept = "queue" (the worker process killed with serve), and with the
+  default "auto" (some messages answered after the pipeline, the others after the queue's fsync).
 - Fan-out: killed while posts to 1,000 followers are being expanded; after the restart each follower has exactly
   one outbox row per post.
 - Outbox to an SMTP relay: killed while it drains; after the restart everything is delivered, and only messages
@@ -72,13 +73,14 @@ async def deliver_until_250(server: ServeProcess, raw: bytes, sender: str, *, wi
         await asyncio.sleep(0.05)  # an MTA's retry delay, shortened
 
 
-@pytest.mark.parametrize("accept", ["inline", "queue"])
+@pytest.mark.parametrize("smtp", [{"accept": "inline"}, {"accept": "queue", "queue_workers": 1}, {"accept": "auto"}],
+                         ids=["inline", "queue", "auto"])
 async def test_every_250_is_stored_exactly_once_across_two_kills(
-    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession], accept: str
+    tmp_path: Path, database_url: str, sessions: async_sessionmaker[AsyncSession], smtp: dict[str, object]
 ) -> None:
     await seed(sessions)
     # "queue": the 250 follows the fsync of the queue file, and the worker process stores the post after it.
-    server = ServeProcess(tmp_path, database_url=database_url, domain=DOMAIN, extra={"smtp": {"accept": accept}})
+    server = ServeProcess(tmp_path, database_url=database_url, domain=DOMAIN, extra={"smtp": smtp})
     await asyncio.to_thread(server.start)
     total, clients = 160, 6
     queue: asyncio.Queue[int] = asyncio.Queue()
