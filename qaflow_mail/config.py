@@ -66,7 +66,7 @@ class SmtpSettings:
     # inline while the pipeline is free, queued while another message waits for it (server.accept_policy).
     accept: str = "auto"
     queue_dir: str = ""  # empty: <data_dir>/queue (Settings.__post_init__)
-    queue_workers: int = 0  # processes that take queued mail; 0: a task of the serve process itself
+    queue_workers: int = 1  # processes that take queued mail while any waits; 0: a task of the serve process
     queue_concurrency: int = 4  # messages one queue worker takes at once
     queue_min_free: int = 256 * 1024 * 1024  # bytes the queue's file system keeps free; a message that would
     # leave less gets "452 4.3.1" (Postfix's queue_minfree)

@@ -70,8 +70,8 @@ async def running(
     dkim_dnsfunc: Callable[..., bytes | None] | None = None, fanout: bool = True,
 ) -> AsyncIterator[Running]:
     """Start the SMTP listener (and LMTP when enabled), the fan-out worker that turns posts into outbox rows
-    (unless `fanout` is False), the queue workers unless [smtp] accept = "inline" (worker processes, which then run
-    the fan-out, or with queue_workers = 0 a task here) and, with `background`, everything else `serve` runs
+    (unless `fanout` is False), the queue workers unless [smtp] accept = "inline" (worker processes while queued mail
+    waits, or with queue_workers = 0 a task here) and, with `background`, everything else `serve` runs
     (outbox sender, HTTP endpoint, digest scheduler, IMAP poller); stop it all in reverse order on exit.
     `clock` and `dkim_dnsfunc` stand in for the real time and DNS (tests)."""
     async with AsyncExitStack() as stack:
@@ -81,14 +81,11 @@ async def running(
         settings = await with_installation(settings, sessions)  # the Message-ID salt of this database
         deps = Deps.build(settings, sessions, clock=clock, dkim_dnsfunc=dkim_dnsfunc)
         run = Running(deps=deps, smtp_port=0)
-        queueing = settings.smtp.accept != "inline"
-        queue_workers = settings.smtp.queue_workers if queueing else 0
-        if queue_workers:
-            # The worker processes run the pipeline and the fan-out; this one takes mail and serves the web.
-            await stack.enter_async_context(queue_processes(settings))
-        elif queueing:
-            await stack.enter_async_context(queue_working(deps))
-        if fanout and not queue_workers:
+        if settings.smtp.accept != "inline":
+            # Worker processes while queued mail waits (this one takes mail and serves the web), or a task here.
+            working = queue_processes(settings) if settings.smtp.queue_workers else queue_working(deps)
+            await stack.enter_async_context(working)
+        if fanout:
             await stack.enter_async_context(
                 fanning_out(deps, lease_seconds=settings.outbound.fanout_lease_seconds)
             )

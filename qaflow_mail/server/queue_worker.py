@@ -2,9 +2,11 @@
 [smtp] accept = "inline" (and "auto" while the pipeline is free), and tell a refusal by mail, since the sender had
 its 250 already.
 
-With [smtp] queue_workers = N > 0, `serve` runs N worker processes (each takes the files of its shard, and runs the
-fan-out worker too), so a burst is taken at the listener's pace while the pipeline works it off on the other
-cores; with 0, one worker runs as a task of the serve process. A worker process whose parent is gone stops.
+With [smtp] queue_workers = N > 0, `serve` runs up to N worker processes while queued mail waits (each takes the
+files of its shard), so a burst is taken at the listener's pace while the pipeline works it off on the other cores;
+they are started when mail is queued and stopped once the queue has been empty for IDLE_STOP_SECONDS, so an idle
+`serve` is one process. With 0, one worker runs as a task of the serve process. A worker process whose parent is
+gone stops.
 
 A message that fails is tried again after a pause that doubles (from RETRY_BASE_SECONDS up to RETRY_MAX_SECONDS):
 a failure of the database may pass; a failure of the message itself is counted by the pipeline, which shunts it
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -32,7 +35,6 @@ from qaflow_mail.deps import Deps
 from qaflow_mail.heap import libc, return_large_buffers
 from qaflow_mail.pipeline.cpu import close_shared_pool
 from qaflow_mail.pipeline.ingest import ingest, message_deadline
-from qaflow_mail.server.fanout_worker import fanning_out
 from qaflow_mail.server.inbound_queue import InboundQueue, UnreadableQueueFile, shard_of
 from qaflow_mail.server.mail_budget import MailBudget
 
@@ -42,8 +44,12 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
 POLL_SECONDS = 0.05
 STOP_SECONDS = 30.0  # a worker process's time to finish the messages in hand before it is killed
-# Worker processes run at a lower priority than the listener: a burst is accepted first and worked off after.
-WORKER_NICENESS = 5
+IDLE_STOP_SECONDS = 60.0  # worker processes stop once the queue has been empty this long
+WATCH_SECONDS = 0.2  # how often serve looks whether mail waits (worker processes to start) or a worker died
+# Worker processes run at the lowest priority: on a machine with as many cores as busy processes the listener (and
+# the senders' side of a burst) would otherwise share its core with a worker that is never short of work. A burst is
+# accepted first and worked off after, on whatever CPU is left.
+WORKER_NICENESS = 19
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 _NO_LIMIT = 365 * 24 * 3600.0  # a queued message waits for room as long as it takes
 
@@ -156,8 +162,6 @@ async def _work_in_process(settings: Settings, shard: int, shards: int, parent: 
         engine = create_engine_for(settings.database)
         stack.push_async_callback(engine.dispose)
         deps = Deps.build(settings, session_factory(engine))
-        await stack.enter_async_context(
-            fanning_out(deps, lease_seconds=settings.outbound.fanout_lease_seconds))
         queue = InboundQueue(settings.smtp.queue_dir)
         worker = QueueWorker(deps, queue, shard=shard, shards=shards)
         running = asyncio.create_task(worker.run(stop))
@@ -192,17 +196,27 @@ def worker_process_main(settings: Settings, shard: int, shards: int, parent: int
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     try:
-        asyncio.run(_work_in_process(settings, shard, shards, parent))
+        asyncio.run(_work_in_process(_one_reader(settings), shard, shards, parent))
     finally:
         close_shared_pool()
 
 
+def _one_reader(settings: Settings) -> Settings:
+    """A worker process reads mail with one CPU-pool process: no reply waits on it, and a second pool process
+    beside the listener's own would only add to the memory a burst of large messages needs."""
+    limits = dataclasses.replace(settings.limits, cpu_workers=1)
+    return dataclasses.replace(settings, limits=limits)
+
+
 @asynccontextmanager
-async def queue_processes(settings: Settings) -> AsyncIterator[list[BaseProcess]]:
-    """[smtp] queue_workers processes for the duration of the block, each restarted should it die."""
-    await asyncio.to_thread(InboundQueue(settings.smtp.queue_dir).prepare)
+async def queue_processes(settings: Settings) -> AsyncIterator[list[BaseProcess | None]]:
+    """Up to [smtp] queue_workers processes for the duration of the block: each shard's process is started while
+    queued mail waits (again, should it die) and stopped once the queue has been empty for IDLE_STOP_SECONDS."""
+    queue = InboundQueue(settings.smtp.queue_dir)
+    await asyncio.to_thread(queue.prepare)
     context = multiprocessing.get_context("spawn")
     shards = settings.smtp.queue_workers
+    processes: list[BaseProcess | None] = [None] * shards
 
     def start(shard: int) -> BaseProcess:
         process = context.Process(target=worker_process_main, args=(settings, shard, shards, os.getpid()),
@@ -210,29 +224,42 @@ async def queue_processes(settings: Settings) -> AsyncIterator[list[BaseProcess]
         process.start()
         return process
 
-    processes = [start(shard) for shard in range(shards)]
-    stopping = asyncio.Event()
-
-    async def keep_alive() -> None:
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=1.0)
-            for shard, process in enumerate(processes):
-                if not stopping.is_set() and not process.is_alive():
-                    log.error("queue.worker_died shard=%d exitcode=%s (started again)", shard, process.exitcode)
-                    processes[shard] = start(shard)
-
-    watcher = asyncio.create_task(keep_alive())
-    try:
-        yield processes
-    finally:
-        stopping.set()
-        await watcher
-        for process in processes:
+    async def stop_all() -> None:
+        running = [process for process in processes if process is not None]
+        processes[:] = [None] * shards
+        for process in running:
             process.terminate()  # SIGTERM: finish the messages in hand, then exit
-        for process in processes:
+        for process in running:
             await asyncio.to_thread(process.join, STOP_SECONDS)
             if process.is_alive():
                 log.warning("queue.worker_stop_timeout pid=%s", process.pid)
                 process.kill()
                 await asyncio.to_thread(process.join)
+
+    stopping = asyncio.Event()
+
+    async def watch() -> None:
+        empty_since = time.monotonic()
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=WATCH_SECONDS)
+            if stopping.is_set():
+                return
+            if await asyncio.to_thread(queue.has_waiting):
+                empty_since = time.monotonic()
+                for shard, process in enumerate(processes):
+                    if process is not None and not process.is_alive():
+                        log.error("queue.worker_died shard=%d exitcode=%s (started again)", shard, process.exitcode)
+                    if process is None or not process.is_alive():
+                        processes[shard] = start(shard)
+            elif any(processes) and time.monotonic() - empty_since > IDLE_STOP_SECONDS:
+                log.info("queue.workers_idle stopping=%d", sum(1 for p in processes if p is not None))
+                await stop_all()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield processes
+    finally:
+        stopping.set()
+        await watcher
+        await stop_all()

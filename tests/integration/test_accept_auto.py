@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from qaflow_mail.config import Settings, SmtpSettings
 from qaflow_mail.db import queries
 from qaflow_mail.db.models import Post
+from qaflow_mail.pipeline.cpu import LARGE_MESSAGE_BYTES
 from qaflow_mail.server.accept_policy import answers_inline
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.inbound_queue import InboundQueue
@@ -29,6 +30,7 @@ GENERAL = f"general@{DOMAIN}"
 ALICE, STRANGER = "alice@example.org", "stranger@example.com"
 VERDICT = (250, "2.0.0 Message accepted")
 QUEUED = (250, "2.0.0 Message accepted for delivery")
+SMALL = 4096
 
 
 @pytest.fixture
@@ -61,12 +63,13 @@ def queue_of(run: Running) -> InboundQueue:
 
 def test_auto_is_the_default_and_queues_only_what_would_wait() -> None:
     assert SmtpSettings().accept == "auto"
-    assert SmtpSettings().queue_workers == 0  # one process on the embedded defaults
-    assert answers_inline("auto", inline_running=0, queue_waiting=False)
-    assert not answers_inline("auto", inline_running=1, queue_waiting=False)
-    assert not answers_inline("auto", inline_running=0, queue_waiting=True)
-    assert answers_inline("inline", inline_running=5, queue_waiting=True)
-    assert not answers_inline("queue", inline_running=0, queue_waiting=False)
+    assert SmtpSettings().queue_workers == 1  # a worker process, while queued mail waits
+    assert answers_inline("auto", inline_running=0, queue_waiting=False, size=SMALL)
+    assert not answers_inline("auto", inline_running=1, queue_waiting=False, size=SMALL)
+    assert not answers_inline("auto", inline_running=0, queue_waiting=True, size=SMALL)
+    assert not answers_inline("auto", inline_running=0, queue_waiting=False, size=LARGE_MESSAGE_BYTES)
+    assert answers_inline("inline", inline_running=5, queue_waiting=True, size=LARGE_MESSAGE_BYTES)
+    assert not answers_inline("queue", inline_running=0, queue_waiting=False, size=SMALL)
 
 
 async def test_a_message_that_finds_the_pipeline_free_is_answered_with_its_verdict(forum: Running) -> None:
