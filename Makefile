@@ -35,14 +35,12 @@ typecheck: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ingest.py --offered 100
-	$(BIN)/python bench/ingest.py --accept queue --queue-workers 1
+	$(BIN)/python bench/ingest.py --heavy 2
 	$(BIN)/python bench/ingest.py --accept inline
-	$(BIN)/python bench/ingest.py --accept inline --heavy 2
 	$(BIN)/python bench/outbox_drain.py
 	$(BIN)/python bench/notify_fanout.py
 	$(BIN)/python bench/digests.py
 	$(BIN)/python bench/memory.py
-	$(BIN)/python bench/memory.py --accept queue --queue-workers 1
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
