@@ -115,7 +115,7 @@ class OutboundSettings:
     smtp_password: str = ""
     smtp_ca_file: str = ""
     concurrency: int = 8  # connections to the relay, each with one message at a time
-    batch_size: int = 100
+    batch_size: int = 500  # outbox rows claimed per round: each round ends waiting for its slowest message
     poll_interval: float = 1.0
     max_attempts: int = 8
     retry_base_seconds: float = 60.0
