@@ -134,7 +134,16 @@ async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[object]:
 
 async def open_general(run: Running, *, member: str, display_name: str = "") -> Running:
     """The running gateway with the category "general", open to strangers, and `member` registered."""
+    return await _with_general(run, member=member, display_name=display_name, allow_strangers=True)
+
+
+async def members_only_general(run: Running, *, member: str, display_name: str = "") -> Running:
+    """The running gateway with the category "general", for members only, and `member` registered."""
+    return await _with_general(run, member=member, display_name=display_name, allow_strangers=False)
+
+
+async def _with_general(run: Running, *, member: str, display_name: str, allow_strangers: bool) -> Running:
     async with run.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=True)
+        await queries.add_category(session, slug="general", name="General", allow_strangers=allow_strangers)
         await queries.add_user(session, email=member, display_name=display_name, now=datetime.now(UTC))
     return run

@@ -11,9 +11,9 @@ the memory a burst of them needs.
 
 from __future__ import annotations
 
-from qaflow_mail.pipeline.cpu import LARGE_MESSAGE_BYTES
+from collections.abc import Callable
 
-ACCEPT_MODES = ("inline", "queue", "auto")
+from qaflow_mail.pipeline.cpu import LARGE_MESSAGE_BYTES
 
 
 class InlineLoad:
@@ -23,12 +23,13 @@ class InlineLoad:
         self.running = 0
 
 
-def answers_inline(accept: str, *, inline_running: int, queue_waiting: bool, size: int) -> bool:
-    """True: run the pipeline and reply with its verdict; False: queue the message and reply 250."""
+def answers_inline(accept: str, *, inline_running: int, queue_waiting: Callable[[], bool], size: int) -> bool:
+    """True: run the pipeline and reply with its verdict; False: queue the message and reply 250. `queue_waiting`
+    (a look at the queue's directory) is asked only when the answer depends on it."""
     if accept == "inline":
         return True
     if accept == "queue":
         return False
     # A message that would wait behind another one is queued: its 250 never waits for the pipeline, and the
     # queue keeps messages in the order they came.
-    return inline_running == 0 and not queue_waiting and size < LARGE_MESSAGE_BYTES
+    return inline_running == 0 and size < LARGE_MESSAGE_BYTES and not queue_waiting()

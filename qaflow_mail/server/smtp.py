@@ -198,7 +198,7 @@ class GatewayHandler:
                 content = envelope.original_content or b""
                 raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
             if self.queue is not None and not answers_inline(
-                smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting(), size=size,
+                smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting, size=size,
             ):
                 return await self._enqueue(self.queue, raw, envelope)
             self.load.running += 1

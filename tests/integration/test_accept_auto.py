@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
 
 from qaflow_mail.config import Settings, SmtpSettings
-from qaflow_mail.db import queries
 from qaflow_mail.db.models import Post
 from qaflow_mail.pipeline.cpu import LARGE_MESSAGE_BYTES
 from qaflow_mail.server.accept_policy import answers_inline
 from qaflow_mail.server.app import Running
 from qaflow_mail.server.inbound_queue import InboundQueue
+from tests.conftest import members_only_general
 from tests.database_hold import database_held
 from tests.polling import until
 from tests.smtp_client import make_mail, send
@@ -33,6 +32,14 @@ QUEUED = (250, "2.0.0 Message accepted for delivery")
 SMALL = 4096
 
 
+def queue_empty() -> bool:
+    return False
+
+
+def queue_busy() -> bool:
+    return True
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # A statement waiting for a held lock gives up after a second, so the held message is answered 451 quickly.
@@ -41,10 +48,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=False)
-        await queries.add_user(session, email=ALICE, display_name="Alice", now=datetime.now(UTC))
-    return gateway
+    return await members_only_general(gateway, member=ALICE, display_name="Alice")
 
 
 def question(n: int, *, sender: str = ALICE) -> bytes:
@@ -64,12 +68,12 @@ def queue_of(run: Running) -> InboundQueue:
 def test_auto_is_the_default_and_queues_only_what_would_wait() -> None:
     assert SmtpSettings().accept == "auto"
     assert SmtpSettings().queue_workers == 1  # a worker process, while queued mail waits
-    assert answers_inline("auto", inline_running=0, queue_waiting=False, size=SMALL)
-    assert not answers_inline("auto", inline_running=1, queue_waiting=False, size=SMALL)
-    assert not answers_inline("auto", inline_running=0, queue_waiting=True, size=SMALL)
-    assert not answers_inline("auto", inline_running=0, queue_waiting=False, size=LARGE_MESSAGE_BYTES)
-    assert answers_inline("inline", inline_running=5, queue_waiting=True, size=LARGE_MESSAGE_BYTES)
-    assert not answers_inline("queue", inline_running=0, queue_waiting=False, size=SMALL)
+    assert answers_inline("auto", inline_running=0, queue_waiting=queue_empty, size=SMALL)
+    assert not answers_inline("auto", inline_running=1, queue_waiting=queue_empty, size=SMALL)
+    assert not answers_inline("auto", inline_running=0, queue_waiting=queue_busy, size=SMALL)
+    assert not answers_inline("auto", inline_running=0, queue_waiting=queue_empty, size=LARGE_MESSAGE_BYTES)
+    assert answers_inline("inline", inline_running=5, queue_waiting=queue_busy, size=LARGE_MESSAGE_BYTES)
+    assert not answers_inline("queue", inline_running=0, queue_waiting=queue_empty, size=SMALL)
 
 
 async def test_a_message_that_finds_the_pipeline_free_is_answered_with_its_verdict(forum: Running) -> None:

@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 
 from qaflow_mail.config import Settings
-from qaflow_mail.db import queries
 from qaflow_mail.db.models import Outbox, OutboxKind
 from qaflow_mail.mail.parse import parse_message
 from qaflow_mail.outbound.render import Renderer
@@ -23,6 +22,7 @@ from qaflow_mail.pipeline.ingest import ingest
 from qaflow_mail.replies import SmtpReply
 from qaflow_mail.server.app import Running
 from qaflow_mail.services.notices import queue_rejection_notice, reason_and_advice, withhold_reason
+from tests.conftest import members_only_general
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -44,10 +44,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def forum(gateway: Running) -> Running:
-    async with gateway.deps.sessions() as session, session.begin():
-        await queries.add_category(session, slug="general", name="General", allow_strangers=False)
-        await queries.add_user(session, email=ALICE, display_name="Alice", now=datetime.now(UTC))
-    return gateway
+    return await members_only_general(gateway, member=ALICE, display_name="Alice")
 
 
 def question(n: int = 1, *, sender: str = STRANGER, headers: dict[str, str] | None = None) -> bytes:
