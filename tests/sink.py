@@ -8,7 +8,7 @@
         sink.accept_all()                               # back to accepting
         await sink.stop(); await sink.start()           # the MTA is down (connection refused), then up again
 
-`messages` holds one `SinkMessage(mail_from, rcpt_tos, raw)` per accepted DATA; `refusals` one
+`messages` holds one `SinkMessage(mail_from, rcpt_tos, raw, mail_options)` per accepted DATA; `refusals` one
 `(recipient, code)` per refused RCPT; `connections` counts the connections accepted. Optional: `tls_context`
 offers (and requires) STARTTLS, `credentials` requires AUTH (login, password), and `hang_up_next(n)` drops the
 connection on the next n MAIL commands, as a relay that went away under an idle client would.
@@ -34,6 +34,7 @@ class SinkMessage:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     raw: bytes
+    mail_options: tuple[str, ...] = ()
 
     def parsed(self) -> EmailMessage:
         message = message_from_bytes(self.raw, policy=policy.default)
@@ -75,7 +76,8 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        await self.sink._record(SinkMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), bytes(raw)))
+        await self.sink._record(SinkMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), bytes(raw),
+                                            tuple(envelope.mail_options)))
         return "250 2.0.0 Queued"
 
 

@@ -7,9 +7,11 @@ Every transport has the same small surface (`Mailer`): `send` one message to one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mailbox
 import os
+import re
 import ssl
 import threading
 from contextvars import ContextVar
@@ -23,6 +25,7 @@ from aiosmtplib.errors import (
     SMTPException,
     SMTPHeloError,
     SMTPNotSupported,
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
     SMTPSenderRefused,
@@ -34,6 +37,9 @@ from qaflow_mail.outbound.dkim_sign import with_signing
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT_SECONDS = 60.0
+
+# An address that goes on the wire as <address> unchanged: no display name, comment, quoting or route to parse.
+_PLAIN_ADDRESS = re.compile(r'[^\s<>()\[\]\\,;:"@]+@[^\s<>()\[\]\\,;:"@]+')
 
 # The identity of the message being sent (the outbox sets "outbox-<row id>" in the sending task's context, which
 # reaches through any wrapping mailer): the Maildir names the file after it, so a row sent twice is written once.
@@ -201,7 +207,13 @@ class SmtpMailer:
         if not (envelope_from.isascii() and recipient.isascii()):
             options.append("SMTPUTF8")  # RFC 6531: internationalised addresses
         try:
-            refused, _ = await client.sendmail(envelope_from, [recipient], raw, mail_options=options)
+            size = _wire_size(raw)
+            if (size is None or client.is_ehlo_or_helo_needed or not _PLAIN_ADDRESS.fullmatch(envelope_from)
+                    or not _PLAIN_ADDRESS.fullmatch(recipient)):
+                refused, _ = await client.sendmail(envelope_from, [recipient], raw, mail_options=options)
+            else:
+                await _plain_transaction(client, envelope_from, recipient, raw, size, options)
+                refused = {}
         except SMTPNotSupported as exc:  # an internationalised address the relay cannot carry, now or later
             raise DeliveryError(True, None, f"relay cannot deliver this address: {exc}") from exc
         except SMTPRecipientsRefused as exc:
@@ -232,6 +244,40 @@ class SmtpMailer:
                 await asyncio.wait_for(client.quit(), timeout=5)
             except (SMTPException, OSError, TimeoutError):
                 client.close()
+
+
+def _wire_size(raw: bytes) -> int | None:
+    """The message's size as DATA carries it (RFC 1870 SIZE), when every line already ends in CRLF; else None."""
+    line_ends = raw.count(b"\r\n")
+    if raw.count(b"\n") != line_ends or raw.count(b"\r") != line_ends:
+        return None
+    return len(raw) + (0 if raw.endswith(b"\r\n") else 2)
+
+
+async def _plain_transaction(client: aiosmtplib.SMTP, envelope_from: str, recipient: str, raw: bytes, size: int,
+                             options: list[str]) -> None:
+    """What `sendmail` does for one plain recipient on a greeted connection, without parsing both addresses
+    twice and normalising the message twice more (a third of the sender's CPU per notification): MAIL (with
+    SIZE), RCPT, DATA; RSET after a refusal. Raises what `sendmail` raises."""
+    encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    if encoding == "utf-8" and not client.supports_extension("smtputf8"):
+        raise SMTPNotSupported("SMTPUTF8 is not supported by this server")
+    mail = [b"FROM:<" + envelope_from.encode(encoding) + b">"]
+    if client.supports_extension("size"):
+        mail.append(b"SIZE=%d" % size)
+    mail.extend(option.encode("ascii") for option in options)
+    try:
+        reply = await client.execute_command(b"MAIL", *mail)
+        if reply.code != 250:
+            raise SMTPSenderRefused(reply.code, reply.message, envelope_from)
+        reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode(encoding) + b">")
+        if reply.code not in (250, 251):
+            raise SMTPRecipientsRefused([SMTPRecipientRefused(reply.code, reply.message, recipient)])
+        await client.data(raw)
+    except (SMTPResponseException, SMTPRecipientsRefused):
+        with contextlib.suppress(ConnectionError, SMTPException):
+            await client.rset()
+        raise
 
 
 class _BrokenConnection(Exception):

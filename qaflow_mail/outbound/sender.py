@@ -1,7 +1,8 @@
 """The background task that keeps the outbox drained while the gateway runs.
 
 It drains every [outbound] poll_interval seconds, and at once when woken (`Sender.wake()`, called after a
-transaction that enqueued mail commits). A full batch is followed straight away by the next one.
+transaction that enqueued mail commits). A full batch is followed straight away by the next one, in the same
+drain: claimed as the last messages of the one before go out, it fills the send slots they free.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Sender:
             await self._progress.wait_for(lambda: self.drains >= target or self._stopping)
         return self.last_stats
 
+    def _keeps_going(self) -> bool:
+        return not self._stopping
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"outbox-sender {self.worker}")
 
@@ -82,7 +86,7 @@ class Sender:
             try:
                 self.last_stats = await drain_once(self.deps, self.mailer, worker=self.worker,
                                                    lease_seconds=self.deps.settings.outbound.lease_seconds,
-                                                   journal=self.journal)
+                                                   journal=self.journal, keep_going=self._keeps_going)
                 failures = 0
                 if self.last_stats.claimed >= batch_size:
                     pause = 0.0

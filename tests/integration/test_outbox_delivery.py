@@ -43,6 +43,7 @@ from qaflow_mail.outbound.outbox import (
     requeue,
 )
 from qaflow_mail.outbound.sender import sending
+from qaflow_mail.outbound.sent_journal import SentJournal
 from tests.sink import SmtpSink
 
 DOMAIN = "forum.test"
@@ -415,6 +416,38 @@ async def test_starttls_and_auth(settings: Settings, make_deps: DepsFactory, tmp
     assert refused.value.code == 535
 
 
+async def test_one_connection_carries_accepted_and_refused_mail_in_turn(settings: Settings) -> None:
+    """After the first message a pooled connection runs MAIL/RCPT/DATA itself (no address parsing, SIZE counted
+    from the CRLF-ended message): a refusal leaves the connection usable (RSET), with the same answers as the
+    first message got, and a message or address that is not plain still goes through aiosmtplib's sendmail."""
+    async with SmtpSink() as sink:
+        mailer = SmtpMailer(outbound(smtp_settings(settings, sink), concurrency=1).outbound, local_hostname=DOMAIN)
+        sender = f"bounces+n1={DOMAIN}@{DOMAIN}"
+        try:
+            first = rendered(ALICE, f"1@{DOMAIN}")
+            await mailer.send(sender, ALICE, first)  # greets the relay (EHLO) on the way
+            sink.fail_with(550, "5.1.1 No such user", only={BOB})
+            with pytest.raises(DeliveryError) as unknown:
+                await mailer.send(sender, BOB, rendered(BOB, f"2@{DOMAIN}"))
+            sink.fail_with(451, "4.3.0 Try later")
+            with pytest.raises(DeliveryError) as busy:
+                await mailer.send(sender, CAROL, rendered(CAROL, f"3@{DOMAIN}"))
+            sink.accept_all()
+            second = rendered(CAROL, f"4@{DOMAIN}", body="a second line.\r\n.a line that starts with a dot")
+            await mailer.send(sender, CAROL, second)
+            await mailer.send(sender, f"Carol <{CAROL}>", rendered(CAROL, f"5@{DOMAIN}").replace(b"\r\n", b"\n"))
+            arrived = await sink.wait_for(3)
+        finally:
+            await mailer.close()
+    assert (unknown.value.permanent, unknown.value.code) == (True, 550)
+    assert (busy.value.permanent, busy.value.code) == (False, 451)
+    assert sink.connections == 1, "a refusal must not cost the connection"
+    assert [(m.mail_from, m.rcpt_tos) for m in arrived] == [(sender, (ALICE,)), (sender, (CAROL,)), (sender, (CAROL,))]
+    assert [m.raw for m in arrived[:2]] == [first, second], "the bytes on the wire are the outbox's bytes"
+    assert f"SIZE={len(second)}" in arrived[1].mail_options
+    assert arrived[2].raw.count(b"\n") == arrived[2].raw.count(b"\r\n"), "bare line ends go out as CRLF"
+
+
 # -- claims -----------------------------------------------------------------------------------------------------
 
 
@@ -447,6 +480,39 @@ async def test_two_concurrent_drainers_never_send_a_row_twice(settings: Settings
     assert {r.claimed_by for r in await rows(deps_a)} == {"a", "b"}
 
 
+async def test_a_drain_that_keeps_going_claims_each_next_batch_before_the_slots_run_dry(
+    settings: Settings, make_deps: DepsFactory, tmp_path: Path
+) -> None:
+    """With keep_going a full batch is followed, in the same drain, by the next (claimed while the last rows of the
+    one before are on the wire): every row is sent once, a refusal among them is still recorded, and the journal
+    is empty at the end; once keep_going says no, the drain ends with the batch in hand."""
+    async with SmtpSink() as sink:
+        settings = smtp_settings(settings, sink, batch_size=5, concurrency=2)
+        deps = await make_deps(settings)
+        users = await add_users(deps, ALICE, BOB, CAROL)
+        ids = await enqueue_rows(deps, [(a, users[a]) for a in (ALICE, BOB, CAROL)] * 9)  # 27 rows
+        sink.fail_with(550, "5.1.1 No such user", only={BOB})
+        journal = SentJournal.open(tmp_path / "sent.journal")
+        assert journal is not None
+        mailer = build_mailer(settings)
+        batches_left = iter([True, False])
+        try:
+            first = await drain_once(deps, mailer, worker="w", journal=journal, keep_going=lambda: next(batches_left))
+            rest = await drain_once(deps, mailer, worker="w", journal=journal, keep_going=lambda: True)
+            assert await drain_once(deps, mailer, worker="w", journal=journal, keep_going=lambda: True) == DrainStats()
+        finally:
+            await mailer.close()
+            journal.close()
+        await sink.wait_for(18)
+    assert first == DrainStats(claimed=10, sent=7, failed=3)  # two batches, the second ended the drain
+    assert rest == DrainStats(claimed=17, sent=11, failed=6)  # four batches in one drain, the last not full
+    counts = deliveries(sink)
+    assert len(counts) == 18 and set(counts.values()) == {1}
+    assert {mid for mid, _ in counts} == set(ids[0::3] + ids[2::3])  # Alice's and Carol's, never Bob's
+    assert Counter(r.status for r in await rows(deps)) == Counter({OutboxStatus.SENT: 18, OutboxStatus.FAILED: 9})
+    assert (tmp_path / "sent.journal").read_bytes() == b""
+
+
 async def test_claimed_rows_are_skipped_by_a_second_worker_until_the_claim_expires(
     settings: Settings, make_deps: DepsFactory
 ) -> None:
@@ -456,7 +522,7 @@ async def test_claimed_rows_are_skipped_by_a_second_worker_until_the_claim_expir
     async with deps.sessions() as session, session.begin():
         crashed = await claim(session, worker="crashed", now=clock.now, limit=10, lease_seconds=300)
     assert [r.recipient for r in crashed] == [ALICE, BOB]
-    assert {(r.status, r.claimed_by, r.claimed_until) for r in crashed} == {
+    assert {(r.status, r.claimed_by, r.claimed_until) for r in await rows(deps)} == {
         ("sending", "crashed", T0 + timedelta(seconds=300))}
 
     mailer = MaildirMailer(settings.outbound.outbox_dir)
