@@ -509,7 +509,7 @@ async def drain_once(
                 await collect(*on_the_wire.pop(0))
             if keep_going is None or len(rows) < outbound.batch_size or not keep_going():
                 break
-            if not await _tail_or_end(tail, sends):
+            if not await _tail_or_end(tail, sends) or not keep_going():
                 break
             claimed_at = loop.time()
             rows = await _claim_batch(deps, worker=worker, lease_seconds=lease_seconds)
