@@ -324,8 +324,7 @@ class _SentRecorder:
         self.recorded: set[int] = set()
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
-        self._closing = False
-        self._closed = asyncio.Event()
+        self._closing = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def add(self, row_id: int) -> asyncio.Future[None]:
@@ -357,23 +356,20 @@ class _SentRecorder:
                     for _, done in batch:
                         if not done.done():
                             done.set_result(None)
-                if self.journal is not None and not self._closing:
+                if self.journal is not None and not self._closing.is_set():
                     # The journal keeps each 250 through a crash already: gather marks for a moment rather than
                     # commit (an fsync each) a handful at a time.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closed.wait(), JOURNALED_MARK_INTERVAL)
-            if self._closing:
+                        await asyncio.wait_for(self._closing.wait(), JOURNALED_MARK_INTERVAL)
+            if self._closing.is_set():
                 return
 
     async def close(self) -> set[int]:
         """Wait for the last commit; raises when one failed (those rows stay claimed; they are sent again, or,
-        with a journal, marked sent by the next drain)."""
-        self._closing = True
-        self._closed.set()
+        with a journal, marked sent by the next drain). The journal was emptied by the last commit."""
+        self._closing.set()
         self._wake.set()
         await self._task
-        if self.journal is not None:
-            self.journal.clear()  # every id in it is committed now
         return self.recorded
 
 
@@ -507,7 +503,7 @@ async def drain_once(
             claimed += len(rows)
             if len(on_the_wire) > 1:  # the batch before is down to its last few messages: wait for them
                 await collect(*on_the_wire.pop(0))
-            if keep_going is None or len(rows) < outbound.batch_size or not keep_going():
+            if keep_going is None or len(rows) < outbound.batch_size:
                 break
             if not await _tail_or_end(tail, sends) or not keep_going():
                 break

@@ -495,7 +495,7 @@ async def test_a_drain_that_keeps_going_claims_each_next_batch_before_the_slots_
         journal = SentJournal.open(tmp_path / "sent.journal")
         assert journal is not None
         mailer = build_mailer(settings)
-        batches_left = iter([True, True, False])  # asked before and after the tail of each batch
+        batches_left = iter([True, False])  # asked once the tail of each full batch is on its way
         try:
             first = await drain_once(deps, mailer, worker="w", journal=journal, keep_going=lambda: next(batches_left))
             rest = await drain_once(deps, mailer, worker="w", journal=journal, keep_going=lambda: True)
