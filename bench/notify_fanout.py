@@ -45,7 +45,8 @@ from qaflow_mail.config import (
     TokensSettings,
 )
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.db.engine import create_engine, session_factory
+from qaflow_mail.db.migrate import upgrade
 from qaflow_mail.db.models import (
     Base,
     Category,

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qaflow_mail.config import DatabaseSettings, OutboundSettings, Settings
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.db.engine import create_engine, session_factory
+from qaflow_mail.db.migrate import upgrade
 from qaflow_mail.db.models import OutboxKind
 from qaflow_mail.deps import Deps
 from qaflow_mail.outbound.mailer import build_mailer

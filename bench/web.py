@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from qaflow_mail.config import DatabaseSettings, HttpSettings, Settings, SiteSettings  # noqa: E402
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade  # noqa: E402
+from qaflow_mail.db.engine import create_engine, session_factory  # noqa: E402
+from qaflow_mail.db.migrate import upgrade  # noqa: E402
 from qaflow_mail.deps import Deps  # noqa: E402
 from qaflow_mail.server.http import build_app  # noqa: E402
 

@@ -23,7 +23,7 @@ from qaflow_mail.config import (
     TokensSettings,
 )
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import upgrade
+from qaflow_mail.db.migrate import upgrade
 from qaflow_mail.db.models import Base
 from tests.clock import Clock
 

@@ -61,12 +61,16 @@ def _rss_of(pid: int) -> int:
 
 
 def _children_of(pid: int) -> list[int]:
+    """Every descendant of `pid`: a worker process's own pool processes are grandchildren."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            found.extend(int(child) for child in (task / "children").read_text().split())
+            children = [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
+        for child in children:
+            found.append(child)
+            found.extend(_children_of(child))
     return found
 
 

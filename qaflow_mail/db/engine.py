@@ -1,4 +1,4 @@
-"""The async engine and session factory, and schema upgrades through Alembic.
+"""The async engine and session factory (schema upgrades: `db.migrate`).
 
 Durability, per backend (what a `250` promises):
 - SQLite: WAL with `synchronous=FULL`: every commit is fsynced to the WAL before it returns, so a committed
@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -23,10 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from qaflow_mail.config import DatabaseSettings
 from qaflow_mail.db.sqlite_driver import one_trip_dbapi
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
-
-def _prepare_sqlite_path(url: str) -> None:
+def prepare_sqlite_path(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +50,7 @@ def create_engine(
     url: str, *, echo: bool = False, statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncEngine:
-    _prepare_sqlite_path(url)
+    prepare_sqlite_path(url)
     options: dict[str, Any] = {"pool_timeout": statement_timeout}
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
@@ -83,16 +79,3 @@ def create_engine_for(database: DatabaseSettings) -> AsyncEngine:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
-
-def alembic_config(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    return cfg
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Create or migrate the schema (blocking: call from a thread when a loop is running)."""
-    _prepare_sqlite_path(url)
-    command.upgrade(alembic_config(url), revision)

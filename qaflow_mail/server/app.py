@@ -14,8 +14,9 @@ from datetime import datetime
 
 from qaflow_mail.config import Settings
 from qaflow_mail.db.defaults import ensure_default_categories
-from qaflow_mail.db.engine import create_engine_for, session_factory, upgrade
+from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.installation import with_installation
+from qaflow_mail.db.migrate import upgrade
 from qaflow_mail.deps import Deps, utc_now
 from qaflow_mail.heap import return_large_buffers
 from qaflow_mail.outbound.sender import sending

@@ -25,8 +25,9 @@ from qaflow_mail.cli import build_parser
 from qaflow_mail.commands.common import CommandError, in_session
 from qaflow_mail.config import ConfigError, ImapSettings, Settings, load_settings
 from qaflow_mail.db import queries
-from qaflow_mail.db.engine import create_engine, session_factory, upgrade
+from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.installation import message_id_salt
+from qaflow_mail.db.migrate import upgrade
 from qaflow_mail.db.models import (
     ANNOUNCEMENTS_SLUG,
     BounceRecord,
