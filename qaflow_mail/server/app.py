@@ -16,7 +16,7 @@ from qaflow_mail.config import Settings
 from qaflow_mail.db.defaults import ensure_default_categories
 from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.installation import with_installation
-from qaflow_mail.db.migrate import upgrade
+from qaflow_mail.db.schema_version import schema_is_current
 from qaflow_mail.deps import Deps, utc_now
 from qaflow_mail.heap import return_large_buffers
 from qaflow_mail.outbound.sender import sending
@@ -44,9 +44,12 @@ class Running:
 
 
 async def prepare_database(settings: Settings) -> None:
-    await asyncio.to_thread(upgrade, settings.database.url)
     engine = create_engine_for(settings.database)
     try:
+        if not await schema_is_current(engine):
+            from qaflow_mail.db.migrate import upgrade  # Alembic is loaded only when it has work to do
+
+            await asyncio.to_thread(upgrade, settings.database.url)
         async with session_factory(engine)() as session, session.begin():
             await ensure_default_categories(session)
     finally:

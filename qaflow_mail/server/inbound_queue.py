@@ -15,10 +15,12 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ STALE_TMP_SECONDS = 3600.0
 _counter = itertools.count()
 # The envelope line holds at most [smtp] max_recipients addresses: far below this.
 ENVELOPE_LINE_LIMIT = 1024 * 1024
+COPY_CHUNK = 1024 * 1024
 
 
 class QueueFull(OSError):
@@ -81,12 +84,16 @@ class InboundQueue:
             if entry.is_file() and entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
 
-    def put(self, raw: bytes, *, mail_from: str, rcpt_tos: list[str], source: str, keep_free: int = 0) -> str:
-        """Store one message durably; its name once it is on disk (the caller may answer 250 then). Raises
-        QueueFull, writing nothing, when the file system would have less than `keep_free` bytes left."""
+    def put(self, message: bytes | IO[bytes], *, mail_from: str, rcpt_tos: list[str], source: str,
+            keep_free: int = 0) -> str:
+        """Store one message durably; its name once it is on disk (the caller may answer 250 then). `message` is
+        its bytes or a file holding them (a DATA spool), copied in chunks: a large message is never in memory
+        whole. Raises QueueFull, writing nothing, when the file system would have less than `keep_free` bytes
+        left."""
+        size = len(message) if isinstance(message, bytes) else message.seek(0, os.SEEK_END)
         if keep_free > 0:
             stats = os.statvfs(self.root)
-            if stats.f_bavail * stats.f_frsize - len(raw) < keep_free:
+            if stats.f_bavail * stats.f_frsize - size < keep_free:
                 raise QueueFull(f"less than {keep_free} bytes would be left free in {self.root}")
         name = f"{time.time_ns():020d}.{os.getpid()}.{next(_counter):08d}"
         envelope = json.dumps({"mail_from": mail_from, "rcpt_tos": rcpt_tos, "source": source},
@@ -95,7 +102,11 @@ class InboundQueue:
         try:
             with open(partial, "xb", opener=_private) as out:
                 out.write(envelope + b"\n")
-                out.write(raw)
+                if isinstance(message, bytes):
+                    out.write(message)
+                else:
+                    message.seek(0)
+                    shutil.copyfileobj(message, out, COPY_CHUNK)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:

@@ -33,7 +33,7 @@ from qaflow_mail.db.engine import create_engine_for, session_factory
 from qaflow_mail.db.models import Source
 from qaflow_mail.deps import Deps
 from qaflow_mail.heap import libc, return_large_buffers
-from qaflow_mail.pipeline.cpu import close_shared_pool
+from qaflow_mail.pipeline.cpu import LARGE_MESSAGE_BYTES, close_shared_pool
 from qaflow_mail.pipeline.ingest import ingest, message_deadline
 from qaflow_mail.server.inbound_queue import InboundQueue, UnreadableQueueFile, shard_of
 from qaflow_mail.server.mail_budget import MailBudget
@@ -68,6 +68,9 @@ class QueueWorker:
         self._in_hand: set[str] = set()
         # Bytes of mail in hand at once, as the listeners' ([smtp] max_bytes_in_flight): a message waits for room.
         self.budget = MailBudget(deps.settings.smtp.max_bytes_in_flight)
+        # The CPU pool reads one large message at a time: a second one read from its file meanwhile would only
+        # wait in memory.
+        self._large = asyncio.Lock()
 
     def _due(self, names: list[str]) -> list[str]:
         now = time.monotonic()
@@ -108,7 +111,9 @@ class QueueWorker:
 
     async def _take(self, name: str) -> None:
         size = await asyncio.to_thread(self.queue.size, name)
-        async with self.budget.hold(size, wait=_NO_LIMIT) as room:
+        one_at_a_time: contextlib.AbstractAsyncContextManager[object] = (
+            self._large if size >= LARGE_MESSAGE_BYTES else contextlib.nullcontext())
+        async with one_at_a_time, self.budget.hold(size, wait=_NO_LIMIT) as room:
             if room:
                 await self._take_within_budget(name)
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from typing import Any
+from typing import IO, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -147,6 +147,12 @@ class GatewaySMTP(GuardedSession, SpooledData, EnhancedSizeReplies, SMTP):
     placeholder): like Postfix, DATA takes them up to the message size (SpooledData reads them in pieces)."""
 
 
+def _content(envelope: Envelope) -> bytes:
+    """The message as a listener without a spool received it."""
+    content = envelope.original_content or b""
+    return content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+
+
 class GatewayHandler:
     source = Source.SMTP
 
@@ -186,6 +192,12 @@ class GatewayHandler:
         spool = server if isinstance(server, SpooledData) and server.spool is not None else None
         size = spool.spool_size if spool is not None else len(envelope.original_content or b"")
         smtp = self.deps.settings.smtp
+        if self.queue is not None and not answers_inline(
+            smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting, size=size,
+        ):
+            # Copied from its spool to the queue file, a queued message takes no room in memory.
+            held = spool.spool if spool is not None else None
+            return await self._enqueue(self.queue, held if held is not None else _content(envelope), size, envelope)
         async with self.budget.hold(size, wait=smtp.in_flight_wait) as room:
             if not room:
                 log.warning("%s.backlog size=%d in_flight=%d", self.source, size, self.budget.used)
@@ -195,33 +207,29 @@ class GatewayHandler:
                 big = spool.spool_size > spool.spool_threshold
                 raw = await asyncio.to_thread(spool.read_spool) if big else spool.read_spool()
             else:
-                content = envelope.original_content or b""
-                raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
-            if self.queue is not None and not answers_inline(
-                smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting, size=size,
-            ):
-                return await self._enqueue(self.queue, raw, envelope)
+                raw = _content(envelope)
             self.load.running += 1
             try:
                 return await self._run_pipeline(raw, envelope)
             finally:
                 self.load.running -= 1
 
-    async def _enqueue(self, queue: InboundQueue, raw: bytes, envelope: Envelope) -> SmtpReply:
+    async def _enqueue(self, queue: InboundQueue, message: bytes | IO[bytes], size: int,
+                       envelope: Envelope) -> SmtpReply:
         """[smtp] accept = "queue" (or "auto" while the pipeline is busy): the message on disk, fsynced, is all a
         250 waits for."""
         self._destinations.pop(envelope, None)
         try:
-            name = await asyncio.to_thread(queue.put, raw, mail_from=envelope.mail_from or "",
+            name = await asyncio.to_thread(queue.put, message, mail_from=envelope.mail_from or "",
                                            rcpt_tos=list(envelope.rcpt_tos), source=self.source.value,
                                            keep_free=self.deps.settings.smtp.queue_min_free)
         except QueueFull as full:
-            log.warning("%s.queue_full size=%d %s", self.source, len(raw), full)
+            log.warning("%s.queue_full size=%d %s", self.source, size, full)
             return STORAGE_FULL
         except OSError:
             log.exception("%s.queue_failed mail_from=%s", self.source, envelope.mail_from)
             return TEMPORARY_FAILURE
-        log.info("%s.queued name=%s size=%d rcpts=%d", self.source, name, len(raw), len(envelope.rcpt_tos))
+        log.info("%s.queued name=%s size=%d rcpts=%d", self.source, name, size, len(envelope.rcpt_tos))
         return QUEUED
 
     async def _run_pipeline(self, raw: bytes, envelope: Envelope) -> IngestResult | SmtpReply:

@@ -1,17 +1,28 @@
-"""The Alembic migrations build exactly the schema the models declare, on every backend under test."""
+"""The Alembic migrations build exactly the schema the models declare, on every backend under test; a start on a
+current schema knows it without loading Alembic, and a start on an older one migrates it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from qaflow_mail.config import Settings
+from qaflow_mail.config import DatabaseSettings, Settings
 from qaflow_mail.db.engine import create_engine
+from qaflow_mail.db.migrate import alembic_config
 from qaflow_mail.db.models import Base
+from qaflow_mail.db.schema_version import SCHEMA_HEAD, schema_is_current
 from qaflow_mail.db.search_index import include_name
+from qaflow_mail.server.app import prepare_database
 
 
 async def test_migrated_schema_matches_the_models(settings: Settings) -> None:
@@ -27,3 +38,40 @@ async def test_migrated_schema_matches_the_models(settings: Settings) -> None:
     finally:
         await engine.dispose()
     assert differences == []
+
+
+def test_the_schema_head_named_in_code_is_alembics_own(settings: Settings) -> None:
+    assert ScriptDirectory.from_config(alembic_config(settings.database.url)).get_current_head() == SCHEMA_HEAD
+
+
+# Run in a fresh interpreter: this test session has loaded Alembic already.
+PREPARE_PROBE = """
+import asyncio, json, sys
+from qaflow_mail.config import DatabaseSettings, Settings
+from qaflow_mail.server.app import prepare_database
+asyncio.run(prepare_database(Settings(database=DatabaseSettings(url=sys.argv[1]))))
+print(json.dumps([name.split(".")[0] for name in sys.modules]))
+"""
+
+
+def test_a_start_on_a_current_schema_does_not_load_alembic(settings: Settings) -> None:
+    result = subprocess.run([sys.executable, "-c", PREPARE_PROBE, settings.database.url],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {"alembic", "mako", "pygments"}.isdisjoint(json.loads(result.stdout))
+
+
+async def test_a_start_on_an_older_schema_migrates_it(tmp_path: Path) -> None:
+    from qaflow_mail.db.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(upgrade, url, "0009")
+    engine = create_engine(url)
+    try:
+        assert not await schema_is_current(engine)
+        await prepare_database(Settings(database=DatabaseSettings(url=url)))
+        assert await schema_is_current(engine)
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar() == SCHEMA_HEAD
+    finally:
+        await engine.dispose()
