@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,6 +232,17 @@ def test_put_writes_the_file_whole_and_private(tmp_path: Path) -> None:
         b"Subject: a\r\n\r\nA\r\n", "", ("x@forum.test",), "lmtp")
     queue.remove(first)
     assert queue.read(first) is None and queue.waiting() == [second]
+
+
+def test_put_copies_a_spooled_message_from_its_file(tmp_path: Path) -> None:
+    queue = InboundQueue(tmp_path / "queue")
+    queue.prepare()
+    raw = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 200_000  # 3.2 MB: over a chunk, not a multiple
+    with tempfile.SpooledTemporaryFile(max_size=1024) as spool:
+        spool.write(raw)  # left at its end, as the DATA reader leaves it
+        name = queue.put(spool, mail_from="a@example.org", rcpt_tos=[GENERAL], source="smtp")
+    message = queue.read(name)
+    assert message is not None and message.raw == raw
 
 
 def test_a_worker_process_loads_no_schema_migration_code() -> None:
