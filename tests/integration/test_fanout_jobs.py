@@ -29,6 +29,7 @@ from qaflow_mail.services.announcements import publish_text
 from qaflow_mail.services.fanout_jobs import ExpandedBatch, claim, enqueue, expand_batch
 from tests.clock import Clock
 from tests.fanout import add_followers, fanout_done
+from tests.polling import until
 from tests.smtp_client import make_mail, send
 
 DOMAIN = "forum.test"
@@ -133,6 +134,20 @@ async def test_a_claim_is_exclusive_until_its_lease_runs_out(settings: Settings,
         assert len(await notifications(deps)) == 5
 
 
+class WaitsForTheOther(FanoutWorker):
+    """A worker that, having expanded a batch, claims its next job only once `other` has expanded one too."""
+
+    other: FanoutWorker
+
+    async def run_once(self) -> int:
+        async def other_has_a_batch() -> bool:
+            return bool(self.other.expanded)
+
+        if self.expanded:
+            await until(other_has_a_batch, timeout=30, what=f"a batch expanded by {self.other.worker}")
+        return await super().run_once()
+
+
 async def test_two_workers_never_expand_the_same_batch(settings: Settings) -> None:
     """Two nodes (two engines, two workers) share twelve jobs: every batch is expanded by exactly one of them."""
     async with running(settings, fanout=False) as run:
@@ -150,13 +165,19 @@ async def test_two_workers_never_expand_the_same_batch(settings: Settings) -> No
 
         other_engine = create_engine_for(settings.database)
         other = dataclasses.replace(run.deps, sessions=session_factory(other_engine))
+        # SQLite's busy handler is not fair: a worker committing batch after batch can keep the other waiting for
+        # the lock until every job is done. So neither claims a second job before the other has a batch.
+        a = WaitsForTheOther(run.deps, worker="node-a", batch_size=25)
+        b = WaitsForTheOther(other, worker="node-b", batch_size=25)
+        a.other, b.other = b, a
         try:
-            async with fanning_out(run.deps, worker="node-a", batch_size=25) as a, \
-                    fanning_out(other, worker="node-b", batch_size=25) as b:
-                a.wake()
-                b.wake()
-                await fanout_done(run.deps, timeout=60)
+            for worker in (a, b):
+                worker.start()
+                worker.wake()
+            await fanout_done(run.deps, timeout=60)
         finally:
+            await a.stop()
+            await b.stop()
             await other_engine.dispose()
         async with run.deps.sessions() as session:
             assert await session.scalar(select(func.count(Outbox.id))) == 12 * 200
