@@ -7,7 +7,8 @@ dropped and recreated), written with bulk inserts: --users active users, each fo
 --categories categories in "daily" mode (last digest at the previous boundary), and a day of posts: --topics
 topics spread over the categories, --posts posts among them (bodies of 300-1,500 characters), all inside the
 window that ends at the latest daily boundary. Then ONE `run_digests` pass renders and queues every digest.
-Prints its wall time, digests/s, outbox rows written, and the process's RSS before the pass and its peak.
+Prints its wall time, digests/s, the outbox rows and shared bodies written, and the process's RSS before the pass and
+its peak.
 """
 
 from __future__ import annotations
@@ -31,10 +32,20 @@ from notify_fanout import prepare_schema
 
 from qaflow_mail.config import Settings, SiteSettings, TokensSettings
 from qaflow_mail.db.engine import create_engine, session_factory
-from qaflow_mail.db.models import Category, CategorySubscription, Outbox, Post, SubscriptionMode, Topic, User
+from qaflow_mail.db.models import (
+    Category,
+    CategorySubscription,
+    Outbox,
+    OutboxBody,
+    Post,
+    SubscriptionMode,
+    Topic,
+    User,
+)
 from qaflow_mail.outbound.digest_run import run_digests
 from qaflow_mail.outbound.digest_schedule import DigestSchedule, Period, window_end
 from qaflow_mail.outbound.render import Renderer
+from qaflow_mail.outbound.stored_bodies import whole_message
 
 CHUNK = 10_000  # rows per bulk insert: keeps the generator's own memory small
 WORDS = ("mail", "forum", "answer", "question", "thread", "reply", "digest", "category", "detail", "example")
@@ -138,11 +149,16 @@ async def main(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     async with sessions() as session:
         rows = await session.scalar(select(func.count()).select_from(Outbox))
-        size = await session.scalar(select(func.avg(func.length(Outbox.raw))))
+        row_bytes = await session.scalar(select(func.coalesce(func.sum(func.length(Outbox.raw)), 0)))
+        bodies, body_bytes = (await session.execute(
+            select(func.count(OutboxBody.id), func.coalesce(func.sum(func.length(OutboxBody.data)), 0)))).one()
+        sample = (await session.execute(select(Outbox.body_id, Outbox.raw).limit(1))).one_or_none()
+        whole = len(await whole_message(session, *sample)) if sample is not None else 0
     await engine.dispose()
     print(f"{'daily digest pass (' + str(stats.digests) + ' digests, ' + str(stats.batches) + ' batches)':<58} "
           f"{elapsed:8.2f} s  ({stats.digests / elapsed:.0f} digests/s)")
-    print(f"  outbox rows: {rows}, average message size {float(size or 0):.0f} bytes")
+    print(f"  outbox rows: {rows} ({int(row_bytes) / 1e6:.1f} MB) and {bodies} shared bodies"
+          f" ({int(body_bytes) / 1e6:.1f} MB) written; a digest as sent: {whole} bytes")
     print(f"  RSS before the pass: {rss_before:.0f} MB; peak RSS of the process: {rss_mb():.0f} MB")
 
 

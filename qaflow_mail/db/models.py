@@ -319,6 +319,18 @@ class Announcement(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class OutboxBody(Base):
+    """A message shared by many outbox rows (a digest's), stored once as a template (outbound.stored_bodies)."""
+
+    __tablename__ = "outbox_bodies"
+    # Never reuse an id (on SQLite a deleted highest id would be): a sender keeps bodies it has read by id.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (
@@ -340,7 +352,9 @@ class Outbox(Base):
     announcement_id: Mapped[int | None] = mapped_column(
         ForeignKey("announcements.id", ondelete="SET NULL"), index=True
     )
+    # The message; with body_id, only this recipient's values (JSON) to fill into that shared body.
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    body_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_bodies.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -39,6 +39,7 @@ from qaflow_mail.outbound.fanout import MessagePrototype, simple_address
 from qaflow_mail.outbound.outbox import OutgoingMessage
 from qaflow_mail.outbound.render import Rendered, Renderer
 from qaflow_mail.outbound.site_notice import user_bounce_address
+from qaflow_mail.outbound.stored_bodies import StoredBody, values_json
 from qaflow_mail.urls import reply_address, topic_url, unsubscribe_address, unsubscribe_url
 
 DAILY_TEMPLATE = "digest/daily"
@@ -418,6 +419,7 @@ class SharedDigest:
         self.digest = build_digest(period=period, recipient=nobody, windows=windows, topics=topics, posts=posts,
                                    settings=settings, issued=now.date(), tokens=self._tokens)
         self.prototype: MessagePrototype | None = None
+        self._stored: StoredBody | None = None
         if not self.digest.is_empty:
             rendered = render_digest(renderer, self.digest)
             message = _compose(settings, self.digest, rendered, message_id=self._message_id,
@@ -453,6 +455,14 @@ class SharedDigest:
             message_id=message_id,
             envelope_from=user_bounce_address(settings, recipient.user_id, now=now),
             recipient=recipient.email,
-            raw=self.prototype.fill_values(values),
+            raw=values_json(values),
             user_id=recipient.user_id,
+            body=self._stored_body(self.prototype, values),
         )
+
+    def _stored_body(self, prototype: MessagePrototype, values: Mapping[str, str]) -> StoredBody:
+        """The body the recipient's row fills in as it is sent; ValueError now if `values` could not be filled."""
+        prototype.check_values(values)
+        if self._stored is None:
+            self._stored = StoredBody(prototype)
+        return self._stored

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from markupsafe import escape
 
 from qaflow_mail.mail.addresses import DOT_ATOM
 from qaflow_mail.mail.compose import to_bytes
-from qaflow_mail.outbound.outbox import OutgoingMessage
+
+if TYPE_CHECKING:  # the outbox reads stored prototypes back: it imports this module
+    from qaflow_mail.outbound.outbox import OutgoingMessage
 
 # Recipients whose address the byte template can carry as is; anything else goes through compose().
 _SIMPLE_ADDRESS_RE = re.compile(
@@ -66,12 +69,20 @@ class Placeholders:
 
 @dataclass(frozen=True, slots=True)
 class _Body:
-    encode: Callable[[str], bytes]
-    escape: Callable[[str], str]  # how a value is written into this part (HTML-escaped in text/html)
+    cte: str  # its Content-Transfer-Encoding
+    html: bool  # text/html: a value is HTML-escaped into it
     # Runs of lines: bytes encoded once (no placeholder in them), or a template of text pieces whose odd items
     # are placeholders. Quoted-printable and 7bit work line by line, so a run of lines encodes the same alone as
     # inside the whole body; base64 does not, and is one template.
     runs: tuple[bytes | tuple[str, ...], ...]
+
+    @property
+    def encode(self) -> Callable[[str], bytes]:
+        return _ENCODERS[self.cte]
+
+    @property
+    def escape(self) -> Callable[[str], str]:
+        return _escape_html if self.html else _as_is
 
 
 class MessagePrototype:
@@ -97,8 +108,7 @@ class MessagePrototype:
             content = leaf.get_content()
             if not isinstance(content, str) or cte not in _ENCODERS:
                 raise ValueError(f"cannot template a {leaf.get_content_type()} part in {cte}")
-            escape = _escape_html if leaf.get_content_type() == "text/html" else _as_is
-            self._bodies.append(_Body(encode=_ENCODERS[cte], escape=escape,
+            self._bodies.append(_Body(cte=cte, html=leaf.get_content_type() == "text/html",
                                       runs=self._runs(content.replace("\r\n", "\n"), cte)))
             marker = f"qfpart{nonce}x{index}"
             leaf.set_payload(marker)
@@ -152,6 +162,47 @@ class MessagePrototype:
                             for position, piece in enumerate(run))))
         return b"".join(out)
 
+    def check_values(self, values: Mapping[str, str]) -> None:
+        """Raise the ValueError `fill_values` would raise for `values`, without filling the message in."""
+        for name in self._in_headers:
+            values[name].encode("ascii")
+        for body in self._bodies:
+            if body.cte == "7bit":
+                for run in body.runs:
+                    if not isinstance(run, bytes):
+                        body.encode("".join(piece if position % 2 == 0 else body.escape(values[piece])
+                                            for position, piece in enumerate(run)))
+
+    def stored(self) -> bytes:
+        """This prototype as bytes to keep (`from_stored` reads them back): JSON, bytes spelled as Latin-1 text."""
+        document = {
+            "segments": [[piece.decode("latin-1") for piece in segment] for segment in self._segments],
+            "bodies": [{"cte": body.cte, "html": body.html,
+                        "runs": [{"bytes": run.decode("latin-1")} if isinstance(run, bytes) else list(run)
+                                 for run in body.runs]} for body in self._bodies],
+        }
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_stored(cls, data: bytes) -> MessagePrototype:
+        """A prototype that `stored` wrote, ready for `fill_values`; ValueError when `data` is not one."""
+        try:
+            document = json.loads(data)
+            segments = [tuple(piece.encode("latin-1") for piece in segment) for segment in document["segments"]]
+            bodies = [_Body(cte=body["cte"], html=bool(body["html"]), runs=tuple(_stored_run(run) for run in
+                                                                                 body["runs"]))
+                      for body in document["bodies"]]
+        except (KeyError, TypeError, AttributeError, UnicodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a stored prototype: {error}") from error
+        if len(segments) != len(bodies) + 1 or any(body.cte not in _ENCODERS for body in bodies):
+            raise ValueError("not a stored prototype: its parts do not match")
+        prototype = cls.__new__(cls)
+        prototype.placeholders = None
+        prototype._segments = segments
+        prototype._bodies = bodies
+        prototype._in_headers = {piece.decode("ascii") for segment in segments for piece in segment[1::2]}
+        return prototype
+
     def fill(self, *, recipient: str, reply_token: str, unsubscribe_token: str) -> bytes:
         ph = self.placeholders
         if ph is None:
@@ -161,6 +212,12 @@ class MessagePrototype:
 
 
 AnyStr = TypeVar("AnyStr", str, bytes)
+
+
+def _stored_run(run: Any) -> bytes | tuple[str, ...]:
+    if isinstance(run, dict):
+        return str(run["bytes"]).encode("latin-1")
+    return tuple(str(piece) for piece in run)
 
 
 def _cut(pattern: re.Pattern[AnyStr], data: AnyStr) -> tuple[AnyStr, ...]:

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +48,7 @@ from qaflow_mail.db.models import Outbox, OutboxKind, OutboxStatus, UTCDateTime
 from qaflow_mail.outbound.bounce_score import DeliveryFailure, record_delivery_failures
 from qaflow_mail.outbound.mailer import DELIVERY_KEY, DeliveryError, Mailer
 from qaflow_mail.outbound.sent_journal import SentJournal
+from qaflow_mail.outbound.stored_bodies import PrototypeCache, StoredBody, store
 
 if TYPE_CHECKING:
     from qaflow_mail.deps import Deps
@@ -71,10 +73,15 @@ class OutgoingMessage:
     message_id: str
     envelope_from: str
     recipient: str
-    raw: bytes
+    raw: bytes  # with `body`: the recipient's values for it (stored_bodies.values_json)
     user_id: int | None = None
     post_id: int | None = None
     announcement_id: int | None = None
+    body: StoredBody | None = None  # the shared body this message fills in
+
+    def whole(self) -> bytes:
+        """The message as it will be sent."""
+        return self.raw if self.body is None else self.body.fill(self.raw)
 
 
 def _row(message: OutgoingMessage, now: datetime) -> dict[str, Any]:
@@ -85,6 +92,7 @@ def _row(message: OutgoingMessage, now: datetime) -> dict[str, Any]:
         "envelope_from": message.envelope_from,
         "recipient": message.recipient,
         "raw": message.raw,
+        "body_id": message.body.id if message.body is not None else None,
         "user_id": message.user_id,
         "post_id": message.post_id,
         "announcement_id": message.announcement_id,
@@ -102,6 +110,7 @@ async def enqueue(
     """Insert outbox rows as batched statements (`chunk` rows each); rows whose dedupe key exists are skipped."""
     if not messages:
         return
+    await store(session, {m.body for m in messages if m.body is not None and m.body.id is None}, now=now)
     stmt = dialect_insert(session, Outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
     for start in range(0, len(messages), chunk):
         await session.execute(stmt, [_row(m, now) for m in messages[start : start + chunk]])
@@ -142,14 +151,24 @@ class ClaimedRow:
     id: int
     envelope_from: str
     recipient: str
-    raw: bytes
+    raw: bytes  # with body_id: the values to fill into that body (made whole as it is sent)
     attempts: int
     user_id: int | None
     next_attempt_at: datetime
+    body_id: int | None = None
 
 
 _CLAIMED_COLUMNS = (Outbox.id, Outbox.envelope_from, Outbox.recipient, Outbox.raw, Outbox.attempts, Outbox.user_id,
-                    Outbox.next_attempt_at)
+                    Outbox.next_attempt_at, Outbox.body_id)
+# The shared bodies that claimed rows name, read back once per database a process sends from (ids are never reused).
+_PROTOTYPES: weakref.WeakKeyDictionary[object, PrototypeCache] = weakref.WeakKeyDictionary()
+
+
+def _prototypes(deps: Deps) -> PrototypeCache:
+    cache = _PROTOTYPES.get(deps.sessions)
+    if cache is None:
+        cache = _PROTOTYPES[deps.sessions] = PrototypeCache()
+    return cache
 
 
 async def claim(
@@ -183,7 +202,7 @@ async def claim(
         .returning(*_CLAIMED_COLUMNS)
         .execution_options(synchronize_session=False)
     )
-    rows = [ClaimedRow(*row) for row in (await session.execute(stmt)).all()]
+    rows = [ClaimedRow(*cast("tuple[Any, ...]", row)) for row in (await session.execute(stmt)).all()]
     rows.sort(key=lambda row: (row.next_attempt_at, row.id))
     return rows
 
@@ -415,14 +434,18 @@ class _Tail:
 
 async def _attempt(
     mailer: Mailer, row: ClaimedRow, slots: asyncio.Semaphore, deadline: float, recorder: _SentRecorder,
-    tail: _Tail,
+    tail: _Tail, prototypes: PrototypeCache,
 ) -> DeliveryError | None:
     DELIVERY_KEY.set(f"outbox-{row.id}")  # this task's own context: the Maildir names the file after the row
     sent = False
     try:
+        raw = row.raw if row.body_id is None else prototypes.message(row.body_id, row.raw)
+    except ValueError as exc:  # the same every time: a permanent failure, not a retry
+        return DeliveryError(True, None, f"the stored message cannot be made whole: {exc}")
+    try:
         async with asyncio.timeout_at(deadline), slots:
             tail.took_slot()
-            await mailer.send(row.envelope_from, row.recipient, row.raw)
+            await mailer.send(row.envelope_from, row.recipient, raw)
             sent = True
             # The slot is held until the 250 is committed, or written to the journal: at most [outbound]
             # concurrency messages are ever accepted by the relay yet nowhere recorded, all a crash can send twice.
@@ -441,8 +464,12 @@ async def _attempt(
 
 async def _claim_batch(deps: Deps, *, worker: str, lease_seconds: float) -> list[ClaimedRow]:
     async with writing(deps.sessions), deps.sessions() as session, session.begin():
-        return await claim(session, worker=worker, now=deps.clock(), limit=deps.settings.outbound.batch_size,
+        rows = await claim(session, worker=worker, now=deps.clock(), limit=deps.settings.outbound.batch_size,
                            lease_seconds=lease_seconds)
+        bodies = {row.body_id for row in rows if row.body_id is not None}
+        if bodies:
+            await _prototypes(deps).load(session, bodies)
+        return rows
 
 
 async def _tail_or_end(tail: _Tail, sends: asyncio.Future[list[DeliveryError | None]]) -> bool:
@@ -494,11 +521,13 @@ async def drain_once(
                 temporary.append((row, str(error)))
                 log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
 
+    prototypes = _prototypes(deps)
     try:
         while rows:
             deadline = claimed_at + lease_seconds * _SEND_SHARE_OF_LEASE
             tail = _Tail(len(rows), left=outbound.concurrency * _CLAIM_AHEAD_ROUNDS)
-            sends = asyncio.gather(*(_attempt(mailer, row, slots, deadline, recorder, tail) for row in rows))
+            sends = asyncio.gather(*(_attempt(mailer, row, slots, deadline, recorder, tail, prototypes)
+                                     for row in rows))
             on_the_wire.append((rows, sends))
             claimed += len(rows)
             if len(on_the_wire) > 1:  # the batch before is down to its last few messages: wait for them

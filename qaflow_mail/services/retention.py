@@ -1,7 +1,8 @@
 """Retention: what the gateway forgets after [retention] days, so the database stops growing with old traffic.
 
 - Outbox rows sent or failed more than ``sent_outbox_days`` ago are deleted (their dedupe keys have done their job:
-  nothing queues the same digest, notification or notice again that late).
+  nothing queues the same digest, notification or notice again that late), and then the shared bodies (a digest's)
+  no row names any more.
 - The raw copy of an inbound message is cut to its header block and the first ``KEPT_BODY_BYTES`` of its body:
   after ``accepted_inbound_days`` for accepted and held mail, after ``refused_inbound_days`` for rejected,
   discarded and retried mail. Shunted mail is never cut: ``shunt retry`` sends the whole message through again.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qaflow_mail.config import RetentionSettings
@@ -27,6 +28,7 @@ from qaflow_mail.db.models import (
     InboundFailure,
     InboundMessage,
     Outbox,
+    OutboxBody,
     OutboxStatus,
     PendingReference,
     Post,
@@ -47,6 +49,7 @@ FINISHED_OUTBOX = (OutboxStatus.SENT.value, OutboxStatus.FAILED.value)
 @dataclass(frozen=True, slots=True)
 class RetentionReport:
     outbox_deleted: int = 0
+    outbox_bodies_deleted: int = 0
     accepted_inbound_trimmed: int = 0
     refused_inbound_trimmed: int = 0
     bytes_freed: int = 0
@@ -74,13 +77,15 @@ async def prune(session: AsyncSession, retention: RetentionSettings, *, now: dat
                 dry_run: bool = False) -> RetentionReport:
     """One retention pass in the caller's transaction; what it deleted or cut (or, dry, would)."""
     outbox = await _prune_outbox(session, _days(retention.sent_outbox_days), now, dry_run)
+    bodies = await _prune_outbox_bodies(session, _days(retention.sent_outbox_days), now, dry_run)
     accepted, freed_accepted = await _trim_inbound(session, ACCEPTED_DISPOSITIONS,
                                                    _days(retention.accepted_inbound_days), now, dry_run)
     refused, freed_refused = await _trim_inbound(session, REFUSED_DISPOSITIONS,
                                                  _days(retention.refused_inbound_days), now, dry_run)
     references = await _prune_references(session, _days(retention.pending_reference_days), now, dry_run)
     failures = await _prune_failures(session, _days(retention.refused_inbound_days), now, dry_run)
-    return RetentionReport(outbox_deleted=outbox, accepted_inbound_trimmed=accepted, refused_inbound_trimmed=refused,
+    return RetentionReport(outbox_deleted=outbox, outbox_bodies_deleted=bodies, accepted_inbound_trimmed=accepted,
+                           refused_inbound_trimmed=refused,
                            bytes_freed=freed_accepted + freed_refused, pending_references_deleted=references,
                            inbound_failures_deleted=failures, dry_run=dry_run)
 
@@ -89,15 +94,31 @@ async def _count(session: AsyncSession, model: type, *conditions: object) -> int
     return int(await session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)  # type: ignore[arg-type]
 
 
+def _prunable_outbox(keep: timedelta, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    # A failed row was never sent: its last attempt (next_attempt_at is not moved after the final one) dates it.
+    finished_at = func.coalesce(Outbox.sent_at, Outbox.next_attempt_at)
+    return Outbox.status.in_(FINISHED_OUTBOX), finished_at < now - keep
+
+
 async def _prune_outbox(session: AsyncSession, keep: timedelta | None, now: datetime, dry_run: bool) -> int:
     if keep is None:
         return 0
-    # A failed row was never sent: its last attempt (next_attempt_at is not moved after the final one) dates it.
-    finished_at = func.coalesce(Outbox.sent_at, Outbox.next_attempt_at)
-    conditions = (Outbox.status.in_(FINISHED_OUTBOX), finished_at < now - keep)
+    conditions = _prunable_outbox(keep, now)
     if dry_run:
         return await _count(session, Outbox, *conditions)
     result = await session.execute(delete(Outbox).where(*conditions))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def _prune_outbox_bodies(session: AsyncSession, keep: timedelta | None, now: datetime, dry_run: bool) -> int:
+    """Bodies as old as the rows pruned with them that no row kept names (a dry run: that no row it would keep)."""
+    if keep is None:
+        return 0
+    unused = ~exists().where(Outbox.body_id == OutboxBody.id, ~and_(*_prunable_outbox(keep, now)))
+    conditions = (OutboxBody.created_at < now - keep, unused)
+    if dry_run:
+        return await _count(session, OutboxBody, *conditions)
+    result = await session.execute(delete(OutboxBody).where(*conditions))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qaflow_mail.cli import build_parser
@@ -26,6 +26,7 @@ from qaflow_mail.db.models import (
     CategorySubscription,
     MessageRef,
     Outbox,
+    OutboxBody,
     OutboxKind,
     Post,
     SubscriptionMode,
@@ -40,8 +41,10 @@ from qaflow_mail.outbound.digest_run import run_digests
 from qaflow_mail.outbound.digest_schedule import Period
 from qaflow_mail.outbound.render import Renderer
 from qaflow_mail.outbound.sender import sending
+from qaflow_mail.outbound.stored_bodies import whole_message
 from qaflow_mail.replies import DIGEST_REPLY
 from qaflow_mail.services.subscriptions import UnsubscribeResult, unsubscribe_by_token
+from tests.polling import until
 from tests.sink import SmtpSink
 from tests.smtp_client import make_mail, send
 
@@ -49,6 +52,7 @@ SECRET = "test-secret-not-for-production"
 JUNE_1_BERLIN_0700 = datetime(2025, 6, 1, 5, 0, tzinfo=UTC)  # 07:00 CEST
 JUNE_2_BERLIN_0700 = datetime(2025, 6, 2, 5, 0, tzinfo=UTC)
 RUN_AT = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)
+UTC_RUN_AT = datetime(2025, 6, 2, 7, 0, 30, tzinfo=UTC)  # just after a UTC reader's daily boundary
 
 
 def https(settings: Settings, **digest: Any) -> Settings:
@@ -139,7 +143,12 @@ class World:
 
     async def outbox(self, kind: OutboxKind = OutboxKind.DIGEST) -> list[Outbox]:
         async def work(s: AsyncSession) -> list[Outbox]:
-            return list((await s.scalars(select(Outbox).where(Outbox.kind == kind.value).order_by(Outbox.id))).all())
+            found = list((await s.scalars(select(Outbox).where(Outbox.kind == kind.value).order_by(Outbox.id))).all())
+            whole = [await whole_message(s, row.body_id, row.raw) for row in found]
+            s.expunge_all()
+            for row, raw in zip(found, whole, strict=True):
+                row.raw = raw  # what the row sends: a digest's shared body filled in with the row's values
+            return found
         rows: list[Outbox] = await self.run(work)
         return rows
 
@@ -408,6 +417,85 @@ async def test_exactly_once_across_reruns_restarts_and_sending(
                                        now=RUN_AT + timedelta(hours=2), period="daily")
         assert after_send.digests == 0
         assert len(sink.messages) == 2
+
+
+async def test_a_digest_many_share_is_stored_once_and_each_reader_gets_it_whole_with_their_own_links(
+    settings: Settings, engines: Any, renderer: Renderer
+) -> None:
+    async with SmtpSink() as sink:
+        settings = dataclasses.replace(https(settings), outbound=dataclasses.replace(
+            settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+        world = World(engines(settings))
+        await world.category("general")
+        await world.user("alice")
+        readers = [f"reader{n}" for n in range(6)]
+        for name in readers:
+            await world.user(name, tz="UTC")
+            await world.subscribe(name, "general", SubscriptionMode.DAILY, last=datetime(2025, 6, 1, 7, 0, tzinfo=UTC))
+        await world.topic("Hello", "general", "alice", datetime(2025, 6, 1, 12, 0, tzinfo=UTC), "Hello everyone.")
+        stats = await run_digests(world.sessions, settings=settings, renderer=renderer, now=UTC_RUN_AT,
+                                  period="daily")
+        assert stats.digests == 6
+
+        async def stored(session: AsyncSession) -> tuple[list[tuple[int | None, int]], int]:
+            rows = (await session.execute(select(Outbox.body_id, func.length(Outbox.raw)))).all()
+            bodies = await session.scalar(select(func.count(OutboxBody.id)))
+            return [(body_id, size) for body_id, size in rows], int(bodies or 0)
+
+        rows, bodies = await world.run(stored)
+        assert bodies == 1 and len({body_id for body_id, _ in rows}) == 1 and None not in {b for b, _ in rows}
+        assert all(size < 1024 for _, size in rows), rows  # each row: its reader's values, not the digest
+        expected = {row.recipient: row.raw for row in await world.outbox()}  # filled in from the stored body
+
+        async with sending(Deps.build(settings, world.sessions)) as sender:
+            sender.wake()
+            delivered = await sink.wait_for(6)
+    assert sorted(m.rcpt_tos[0] for m in delivered) == sorted(f"{name}@example.org" for name in readers)
+    for message in delivered:
+        reader = message.rcpt_tos[0]
+        assert message.raw.replace(b"\r\n", b"\n").endswith(expected[reader].replace(b"\r\n", b"\n"))
+        headers = parsed(expected[reader])
+        assert headers["To"].addresses[0].addr_spec == reader
+        token = str(headers["List-Unsubscribe"]).split("/unsubscribe/", 1)[1].split(">", 1)[0]
+        payload = verify(token, kind=TokenKind.DIGEST, secrets=[SECRET], today=UTC_RUN_AT.date(),
+                         max_age_days=1)
+        assert payload.ids[0] == world.ids[reader.split("@")[0]]
+
+
+async def test_a_row_whose_stored_body_cannot_be_made_whole_fails_once_for_good(
+    settings: Settings, engines: Any, renderer: Renderer
+) -> None:
+    async with SmtpSink() as sink:
+        settings = dataclasses.replace(settings, outbound=dataclasses.replace(
+            settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+        world = World(engines(settings))
+        await make_forum(world)
+        assert (await run_digests(world.sessions, settings=settings, renderer=renderer, now=RUN_AT,
+                                  period="daily")).digests == 2
+
+        async def spoil_one(session: AsyncSession) -> None:
+            body_id = await session.scalar(select(Outbox.body_id).where(Outbox.recipient == "dave@example.org"))
+            await session.execute(update(OutboxBody).where(OutboxBody.id == body_id).values(data=b"{not json"))
+
+        await world.run(spoil_one)
+        async with sending(Deps.build(settings, world.sessions)) as sender:
+            sender.wake()
+            (delivered,) = await sink.wait_for(1)
+
+            async def dave_failed(session: AsyncSession) -> bool:
+                row = await session.scalar(select(Outbox).where(Outbox.recipient == "dave@example.org"))
+                return row is not None and row.status == "failed"
+
+            await until(lambda: world.run(dave_failed), what="dave's row failed")
+    assert list(delivered.rcpt_tos) == ["bob@example.org"]
+
+    async def dave(session: AsyncSession) -> tuple[int, str]:
+        row = await session.scalar(select(Outbox).where(Outbox.recipient == "dave@example.org"))
+        assert row is not None
+        return row.attempts, row.last_error
+
+    attempts, error = await world.run(dave)
+    assert attempts == 1 and "cannot be made whole" in error
 
 
 async def test_a_crash_mid_run_loses_and_doubles_nothing(

@@ -38,6 +38,7 @@ from qaflow_mail.db.models import (
     InboundMessage,
     Installation,
     Outbox,
+    OutboxBody,
     OutboxStatus,
     PendingReference,
     Post,
@@ -140,12 +141,18 @@ def big_mail(size: int) -> bytes:
 async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes_nothing(settings: Settings) -> None:
     async def arrange(session: AsyncSession) -> None:
         general, alice, bob = await forum_rows(session)
-        for key, status, sent_at in (("old-sent", OutboxStatus.SENT, OLD), ("new-sent", OutboxStatus.SENT, NOW),
-                                     ("old-failed", OutboxStatus.FAILED, None),
-                                     ("old-pending", OutboxStatus.PENDING, None)):
+        # Shared bodies: one named only by rows pruned, one also by a row kept, one by none but new.
+        bodies = {name: OutboxBody(data=name.encode(), created_at=at) for name, at in
+                  (("body-old", OLD), ("body-kept", OLD), ("body-new", NOW))}
+        session.add_all(bodies.values())
+        await session.flush()
+        for key, status, sent_at, body in (("old-sent", OutboxStatus.SENT, OLD, "body-old"),
+                                           ("new-sent", OutboxStatus.SENT, NOW, "body-kept"),
+                                           ("old-failed", OutboxStatus.FAILED, None, "body-kept"),
+                                           ("old-pending", OutboxStatus.PENDING, None, None)):
             session.add(Outbox(kind="notice", dedupe_key=key, message_id=f"{key}@forum.test", envelope_from="b@f.t",
                                recipient=BOB, raw=b"x", status=status.value, sent_at=sent_at, next_attempt_at=OLD,
-                               created_at=OLD))
+                               created_at=OLD, body_id=bodies[body].id if body else None))
         for mid, disposition, at in (("refused-old", Disposition.REJECTED, OLD),
                                      ("discarded-old", Disposition.DISCARDED, OLD),
                                      ("refused-new", Disposition.REJECTED, NOW),
@@ -170,13 +177,14 @@ async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes
         return await in_session(settings, work)
 
     dry = await run(True)
-    assert (dry.outbox_deleted, dry.refused_inbound_trimmed, dry.accepted_inbound_trimmed,
-            dry.pending_references_deleted, dry.inbound_failures_deleted) == (2, 2, 0, 1, 1)
+    assert (dry.outbox_deleted, dry.outbox_bodies_deleted, dry.refused_inbound_trimmed, dry.accepted_inbound_trimmed,
+            dry.pending_references_deleted, dry.inbound_failures_deleted) == (2, 1, 2, 0, 1, 1)
     assert dry.bytes_freed == 2 * (200_000 - KEPT_BODY_BYTES)
 
     async def state(session: AsyncSession) -> dict[str, Any]:
         return {
             "outbox": sorted((await session.scalars(select(Outbox.dedupe_key))).all()),
+            "bodies": sorted((await session.scalars(select(OutboxBody.data))).all()),
             "raw": dict((await session.execute(
                 select(InboundMessage.message_id, func.length(InboundMessage.raw)))).all()),
             "refs": sorted((await session.scalars(select(PendingReference.message_id))).all()),
@@ -190,6 +198,7 @@ async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes
     assert dataclasses.replace(report, dry_run=True) == dry
     after = await in_session(settings, state)
     assert after["outbox"] == ["new-sent", "old-pending"]
+    assert after["bodies"] == [b"body-kept", b"body-new"]
     header = len(b"From: a@example.org\r\nSubject: big\r\n\r\n")
     assert after["raw"] == {"refused-old": header + KEPT_BODY_BYTES, "discarded-old": header + KEPT_BODY_BYTES,
                             "refused-new": before["raw"]["refused-new"],
@@ -198,14 +207,15 @@ async def test_retention_prunes_what_is_old_keeps_the_rest_and_a_dry_run_changes
     assert after["refs"] == ["not-yet@c.test"] and after["failures"] == ["f-new"]
 
     again = await run(False)  # idempotent: nothing left to do
-    assert (again.outbox_deleted, again.refused_inbound_trimmed, again.bytes_freed,
-            again.pending_references_deleted, again.inbound_failures_deleted) == (0, 0, 0, 0, 0)
+    assert (again.outbox_deleted, again.outbox_bodies_deleted, again.refused_inbound_trimmed, again.bytes_freed,
+            again.pending_references_deleted, again.inbound_failures_deleted) == (0, 0, 0, 0, 0, 0)
 
 
 def test_retention_run_command_reports_as_json(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(settings, "retention", "run", "--dry-run", "--json") == 0
     assert json.loads(capsys.readouterr().out) == {
-        "outbox_deleted": 0, "accepted_inbound_trimmed": 0, "refused_inbound_trimmed": 0, "bytes_freed": 0,
+        "outbox_deleted": 0, "outbox_bodies_deleted": 0, "accepted_inbound_trimmed": 0,
+        "refused_inbound_trimmed": 0, "bytes_freed": 0,
         "pending_references_deleted": 0, "inbound_failures_deleted": 0, "dry_run": True}
 
 

@@ -20,6 +20,7 @@ from qaflow_mail.db.models import (
     User,
 )
 from qaflow_mail.outbound.digest_run import run_digests
+from qaflow_mail.outbound.stored_bodies import whole_message
 from qaflow_mail.server.app import Running
 from qaflow_mail.services.announcements import publish_text
 from qaflow_mail.services.subscriptions import (
@@ -83,8 +84,8 @@ async def digest_link(run: Running, day: datetime) -> str:
     async with run.deps.sessions() as session:
         row = await session.scalar(select(Outbox).where(Outbox.kind == OutboxKind.DIGEST.value)
                                    .order_by(Outbox.id.desc()).limit(1))
-    assert row is not None and row.created_at >= day - timedelta(minutes=1)
-    return token_of(row.raw)
+        assert row is not None and row.created_at >= day - timedelta(minutes=1)
+        return token_of(await whole_message(session, row.body_id, row.raw))
 
 
 def token_of(raw: bytes) -> str:
