@@ -293,8 +293,10 @@ async def mark_failed(
     now: datetime,
     settings: Settings,
     worker: str,
+    bounce: bool = True,
 ) -> set[int]:
-    """Permanent refusals: the row is failed, and each recipient gets a hard bounce (see bounce_score)."""
+    """Permanent refusals: the row is failed, and each recipient gets a hard bounce (see bounce_score); without
+    `bounce` (the row itself was at fault, not the address), no bounce."""
     errors = {row.id: error for row, error in failures}
     failed = await _finish(session, errors.keys(), worker=worker, values={
         "status": FAILED,
@@ -303,7 +305,7 @@ async def mark_failed(
     bounces = [
         DeliveryFailure(address=row.recipient, user_id=row.user_id, outbox_id=row.id, diagnostic=error, hard=True)
         for row, error in failures
-        if row.id in failed
+        if row.id in failed and bounce
     ]
     await record_delivery_failures(session, bounces, settings=settings, now=now)
     return failed
@@ -432,6 +434,10 @@ class _Tail:
             self.reached.set()
 
 
+class Unsendable(DeliveryError):
+    """A row no message can be made of: failed for good, and no bounce counted against its recipient."""
+
+
 async def _attempt(
     mailer: Mailer, row: ClaimedRow, slots: asyncio.Semaphore, deadline: float, recorder: _SentRecorder,
     tail: _Tail, prototypes: PrototypeCache,
@@ -441,7 +447,7 @@ async def _attempt(
     try:
         raw = row.raw if row.body_id is None else prototypes.message(row.body_id, row.raw)
     except ValueError as exc:  # the same every time: a permanent failure, not a retry
-        return DeliveryError(True, None, f"the stored message cannot be made whole: {exc}")
+        return Unsendable(True, None, f"the stored message cannot be made whole: {exc}")
     try:
         async with asyncio.timeout_at(deadline), slots:
             tail.took_slot()
@@ -508,13 +514,17 @@ async def drain_once(
     on_the_wire: list[tuple[list[ClaimedRow], asyncio.Future[list[DeliveryError | None]]]] = []
     temporary: list[tuple[ClaimedRow, str]] = []
     permanent: list[tuple[ClaimedRow, str]] = []
+    unsendable: list[tuple[ClaimedRow, str]] = []
     claimed = 0
 
     async def collect(batch: list[ClaimedRow], sends: asyncio.Future[list[DeliveryError | None]]) -> None:
         for row, error in zip(batch, await sends, strict=True):
             if error is None:
                 continue  # recorded as its 250 came back
-            if error.permanent:
+            if isinstance(error, Unsendable):
+                unsendable.append((row, str(error)))
+                log.error("outbox.unsendable id=%s error=%s", row.id, error)
+            elif error.permanent:
                 permanent.append((row, str(error)))
                 log.warning("outbox.refused id=%s recipient=%s error=%s", row.id, row.recipient, error)
             else:
@@ -548,11 +558,12 @@ async def drain_once(
     retried: set[int] = set()
     given_up: set[int] = set()
     failed: set[int] = set()
-    if temporary or permanent:
+    if temporary or permanent or unsendable:
         now = deps.clock()
         async with writing(deps.sessions), deps.sessions() as session, session.begin():
             retried, given_up = await mark_retry(session, temporary, now=now, settings=settings, worker=worker)
             failed = await mark_failed(session, permanent, now=now, settings=settings, worker=worker)
+            failed |= await mark_failed(session, unsendable, now=now, settings=settings, worker=worker, bounce=False)
 
     stats = DrainStats(claimed=claimed, sent=len(sent), retried=len(retried), failed=len(failed) + len(given_up))
     log.info("outbox.drained worker=%s claimed=%d sent=%d retried=%d failed=%d ms=%d", worker, stats.claimed,

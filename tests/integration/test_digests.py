@@ -22,6 +22,7 @@ from qaflow_mail.commands.common import CommandError
 from qaflow_mail.config import DigestSettings, Settings
 from qaflow_mail.db.engine import create_engine, session_factory
 from qaflow_mail.db.models import (
+    BounceRecord,
     Category,
     CategorySubscription,
     MessageRef,
@@ -489,13 +490,15 @@ async def test_a_row_whose_stored_body_cannot_be_made_whole_fails_once_for_good(
             await until(lambda: world.run(dave_failed), what="dave's row failed")
     assert list(delivered.rcpt_tos) == ["bob@example.org"]
 
-    async def dave(session: AsyncSession) -> tuple[int, str]:
+    async def dave(session: AsyncSession) -> tuple[int, str, int]:
         row = await session.scalar(select(Outbox).where(Outbox.recipient == "dave@example.org"))
         assert row is not None
-        return row.attempts, row.last_error
+        bounces = await session.scalar(select(func.count(BounceRecord.id)))
+        return row.attempts, row.last_error, int(bounces or 0)
 
-    attempts, error = await world.run(dave)
+    attempts, error, bounces = await world.run(dave)
     assert attempts == 1 and "cannot be made whole" in error
+    assert bounces == 0  # the row was at fault, not Dave's address
 
 
 async def test_a_crash_mid_run_loses_and_doubles_nothing(
