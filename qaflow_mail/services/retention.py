@@ -94,6 +94,14 @@ async def _count(session: AsyncSession, model: type, *conditions: object) -> int
     return int(await session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)  # type: ignore[arg-type]
 
 
+async def _delete_or_count(session: AsyncSession, model: type, *conditions: ColumnElement[bool], dry_run: bool) -> int:
+    """Delete the rows of `model` that meet `conditions`, and say how many (dry: only count them)."""
+    if dry_run:
+        return await _count(session, model, *conditions)
+    result = await session.execute(delete(model).where(*conditions).execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def _prunable_outbox(keep: timedelta, now: datetime) -> tuple[ColumnElement[bool], ...]:
     # A failed row was never sent: its last attempt (next_attempt_at is not moved after the final one) dates it.
     finished_at = func.coalesce(Outbox.sent_at, Outbox.next_attempt_at)
@@ -103,11 +111,7 @@ def _prunable_outbox(keep: timedelta, now: datetime) -> tuple[ColumnElement[bool
 async def _prune_outbox(session: AsyncSession, keep: timedelta | None, now: datetime, dry_run: bool) -> int:
     if keep is None:
         return 0
-    conditions = _prunable_outbox(keep, now)
-    if dry_run:
-        return await _count(session, Outbox, *conditions)
-    result = await session.execute(delete(Outbox).where(*conditions))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return await _delete_or_count(session, Outbox, *_prunable_outbox(keep, now), dry_run=dry_run)
 
 
 async def _prune_outbox_bodies(session: AsyncSession, keep: timedelta | None, now: datetime, dry_run: bool) -> int:
@@ -115,11 +119,7 @@ async def _prune_outbox_bodies(session: AsyncSession, keep: timedelta | None, no
     if keep is None:
         return 0
     unused = ~exists().where(Outbox.body_id == OutboxBody.id, ~and_(*_prunable_outbox(keep, now)))
-    conditions = (OutboxBody.created_at < now - keep, unused)
-    if dry_run:
-        return await _count(session, OutboxBody, *conditions)
-    result = await session.execute(delete(OutboxBody).where(*conditions))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return await _delete_or_count(session, OutboxBody, OutboxBody.created_at < now - keep, unused, dry_run=dry_run)
 
 
 async def _trim_inbound(session: AsyncSession, dispositions: tuple[str, ...], keep: timedelta | None, now: datetime,
@@ -156,17 +156,10 @@ async def _prune_references(session: AsyncSession, keep: timedelta | None, now: 
     where: ColumnElement[bool] = resolved & PendingReference.post_id.in_(posted_before)
     if keep is not None:
         where = where | PendingReference.post_id.in_(select(Post.id).where(Post.created_at < now - keep))
-    if dry_run:
-        return await _count(session, PendingReference, where)
-    result = await session.execute(delete(PendingReference).where(where).execution_options(synchronize_session=False))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return await _delete_or_count(session, PendingReference, where, dry_run=dry_run)
 
 
 async def _prune_failures(session: AsyncSession, keep: timedelta | None, now: datetime, dry_run: bool) -> int:
     if keep is None:
         return 0
-    condition = InboundFailure.last_failed_at < now - keep
-    if dry_run:
-        return await _count(session, InboundFailure, condition)
-    result = await session.execute(delete(InboundFailure).where(condition))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return await _delete_or_count(session, InboundFailure, InboundFailure.last_failed_at < now - keep, dry_run=dry_run)
