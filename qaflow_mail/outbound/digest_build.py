@@ -419,7 +419,7 @@ class SharedDigest:
         self.digest = build_digest(period=period, recipient=nobody, windows=windows, topics=topics, posts=posts,
                                    settings=settings, issued=now.date(), tokens=self._tokens)
         self.prototype: MessagePrototype | None = None
-        self._stored: StoredBody | None = None
+        self._stored: StoredBody | None = None  # the prototype as its rows are queued (stored once)
         if not self.digest.is_empty:
             rendered = render_digest(renderer, self.digest)
             message = _compose(settings, self.digest, rendered, message_id=self._message_id,
@@ -427,10 +427,11 @@ class SharedDigest:
             self.prototype = MessagePrototype(message, (
                 self._email, self._name, self._message_id, self._stop, *self._tokens.replies,
                 *self._tokens.unsubscribes))
+            self._stored = StoredBody(self.prototype)
 
     def message_for(self, recipient: DigestRecipient) -> OutgoingMessage:
         """This digest for one recipient; ValueError when it cannot be filled in for them (compose them one)."""
-        if self.prototype is None:
+        if self.prototype is None or self._stored is None:
             raise ValueError("an empty digest is not sent")
         if not simple_address(recipient.email):
             raise ValueError("an address the shared digest cannot carry as is")
@@ -449,6 +450,7 @@ class SharedDigest:
         values.update({name: tokens.reply(post_id) for name, post_id in self._tokens.replies.items()})
         values.update({name: tokens.unsubscribe(category_id)
                        for name, category_id in self._tokens.unsubscribes.items()})
+        self.prototype.check_values(values)  # now, so that a reader the shared bytes cannot carry is composed alone
         return OutgoingMessage(
             kind=OutboxKind.DIGEST,
             dedupe_key=dedupe_key(recipient.user_id, self.period, digest.window_end),
@@ -457,12 +459,5 @@ class SharedDigest:
             recipient=recipient.email,
             raw=values_json(values),
             user_id=recipient.user_id,
-            body=self._stored_body(self.prototype, values),
+            body=self._stored,
         )
-
-    def _stored_body(self, prototype: MessagePrototype, values: Mapping[str, str]) -> StoredBody:
-        """The body the recipient's row fills in as it is sent; ValueError now if `values` could not be filled."""
-        prototype.check_values(values)
-        if self._stored is None:
-            self._stored = StoredBody(prototype)
-        return self._stored

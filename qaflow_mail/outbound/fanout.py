@@ -84,6 +84,11 @@ class _Body:
     def escape(self) -> Callable[[str], str]:
         return _escape_html if self.html else _as_is
 
+    def fill_run(self, run: tuple[str, ...], values: Mapping[str, str]) -> bytes:
+        """A templated run of lines with its placeholders' values, encoded."""
+        return self.encode("".join(piece if position % 2 == 0 else self.escape(values[piece])
+                                   for position, piece in enumerate(run)))
+
 
 class MessagePrototype:
     """A composed message cut into pieces around its placeholders, to be filled in per recipient.
@@ -153,13 +158,7 @@ class MessagePrototype:
             out += [piece if position % 2 == 0 else in_headers[piece] for position, piece in enumerate(segment)]
             if index < len(self._bodies):
                 body = self._bodies[index]
-                for run in body.runs:
-                    if isinstance(run, bytes):
-                        out.append(run)
-                    else:
-                        out.append(body.encode("".join(
-                            piece if position % 2 == 0 else body.escape(values[piece])
-                            for position, piece in enumerate(run))))
+                out += [run if isinstance(run, bytes) else body.fill_run(run, values) for run in body.runs]
         return b"".join(out)
 
     def check_values(self, values: Mapping[str, str]) -> None:
@@ -167,11 +166,10 @@ class MessagePrototype:
         for name in self._in_headers:
             values[name].encode("ascii")
         for body in self._bodies:
-            if body.cte == "7bit":
+            if body.cte == "7bit":  # the only encoding that can refuse a value
                 for run in body.runs:
                     if not isinstance(run, bytes):
-                        body.encode("".join(piece if position % 2 == 0 else body.escape(values[piece])
-                                            for position, piece in enumerate(run)))
+                        body.fill_run(run, values)
 
     def stored(self) -> bytes:
         """This prototype as bytes to keep (`from_stored` reads them back): JSON, bytes spelled as Latin-1 text."""

@@ -468,13 +468,16 @@ async def _attempt(
     return None
 
 
-async def _claim_batch(deps: Deps, *, worker: str, lease_seconds: float) -> list[ClaimedRow]:
+async def _claim_batch(
+    deps: Deps, *, worker: str, lease_seconds: float, prototypes: PrototypeCache
+) -> list[ClaimedRow]:
+    """Claim a batch, and read the shared bodies its rows name that `prototypes` does not hold yet."""
     async with writing(deps.sessions), deps.sessions() as session, session.begin():
         rows = await claim(session, worker=worker, now=deps.clock(), limit=deps.settings.outbound.batch_size,
                            lease_seconds=lease_seconds)
         bodies = {row.body_id for row in rows if row.body_id is not None}
         if bodies:
-            await _prototypes(deps).load(session, bodies)
+            await prototypes.load(session, bodies)
         return rows
 
 
@@ -505,7 +508,8 @@ async def drain_once(
     if journal is not None:
         await settle_journal(deps, journal)
     claimed_at = loop.time()
-    rows = await _claim_batch(deps, worker=worker, lease_seconds=lease_seconds)
+    prototypes = _prototypes(deps)
+    rows = await _claim_batch(deps, worker=worker, lease_seconds=lease_seconds, prototypes=prototypes)
     if not rows:
         return DrainStats()
 
@@ -531,7 +535,6 @@ async def drain_once(
                 temporary.append((row, str(error)))
                 log.info("outbox.deferred id=%s recipient=%s error=%s", row.id, row.recipient, error)
 
-    prototypes = _prototypes(deps)
     try:
         while rows:
             deadline = claimed_at + lease_seconds * _SEND_SHARE_OF_LEASE
@@ -547,7 +550,7 @@ async def drain_once(
             if not await _tail_or_end(tail, sends) or not keep_going():
                 break
             claimed_at = loop.time()
-            rows = await _claim_batch(deps, worker=worker, lease_seconds=lease_seconds)
+            rows = await _claim_batch(deps, worker=worker, lease_seconds=lease_seconds, prototypes=prototypes)
     finally:
         try:
             while on_the_wire:

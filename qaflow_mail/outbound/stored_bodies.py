@@ -37,7 +37,7 @@ class StoredBody:
 
     def fill(self, values: bytes) -> bytes:
         """The whole message for a row holding `values` (what sending it will make of it)."""
-        return self.prototype.fill_values(json.loads(values))
+        return fill_stored(self.prototype, values)
 
 
 async def store(session: AsyncSession, bodies: Collection[StoredBody], *, now: datetime) -> None:
@@ -85,16 +85,21 @@ class PrototypeCache:
             raise ValueError(f"outbox body {body_id} was not loaded")
         if isinstance(prototype, ValueError):
             raise prototype
-        try:
-            filled = json.loads(values)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"unreadable values: {error}") from error
-        if not isinstance(filled, dict):
-            raise ValueError("unreadable values: not an object")
-        try:
-            return prototype.fill_values(filled)
-        except KeyError as error:
-            raise ValueError(f"no value for {error}") from error
+        return fill_stored(prototype, values)
+
+
+def fill_stored(prototype: MessagePrototype, values: bytes) -> bytes:
+    """`prototype` filled in with a row's `values` (values_json); ValueError when they cannot be."""
+    try:
+        filled = json.loads(values)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"unreadable values: {error}") from error
+    if not isinstance(filled, dict):
+        raise ValueError("unreadable values: not an object")
+    try:
+        return prototype.fill_values(filled)
+    except KeyError as error:
+        raise ValueError(f"no value for {error}") from error
 
 
 async def whole_message(session: AsyncSession, body_id: int | None, raw: bytes) -> bytes:

@@ -196,8 +196,8 @@ class GatewayHandler:
             smtp.accept, inline_running=self.load.running, queue_waiting=self.queue.has_waiting, size=size,
         ):
             # Copied from its spool to the queue file, a queued message takes no room in memory.
-            held = spool.spool if spool is not None else None
-            return await self._enqueue(self.queue, held if held is not None else _content(envelope), size, envelope)
+            message = spool.spool if spool is not None and spool.spool is not None else _content(envelope)
+            return await self._enqueue(self.queue, message, size, envelope)
         async with self.budget.hold(size, wait=smtp.in_flight_wait) as room:
             if not room:
                 log.warning("%s.backlog size=%d in_flight=%d", self.source, size, self.budget.used)
