@@ -56,6 +56,12 @@ RUN_AT = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)
 UTC_RUN_AT = datetime(2025, 6, 2, 7, 0, 30, tzinfo=UTC)  # just after a UTC reader's daily boundary
 
 
+def delivering_to(sink: SmtpSink, settings: Settings) -> Settings:
+    """`settings` whose outbox is sent to `sink`."""
+    return dataclasses.replace(settings, outbound=dataclasses.replace(
+        settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+
+
 def https(settings: Settings, **digest: Any) -> Settings:
     return dataclasses.replace(
         settings,
@@ -392,8 +398,7 @@ async def test_exactly_once_across_reruns_restarts_and_sending(
     settings: Settings, engines: Any, renderer: Renderer
 ) -> None:
     async with SmtpSink() as sink:
-        settings = dataclasses.replace(settings, outbound=dataclasses.replace(
-            settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+        settings = delivering_to(sink, settings)
         world = World(engines(settings))
         await make_forum(world)
         first = await run_digests(world.sessions, settings=settings, renderer=renderer, now=RUN_AT, period="daily")
@@ -424,8 +429,7 @@ async def test_a_digest_many_share_is_stored_once_and_each_reader_gets_it_whole_
     settings: Settings, engines: Any, renderer: Renderer
 ) -> None:
     async with SmtpSink() as sink:
-        settings = dataclasses.replace(https(settings), outbound=dataclasses.replace(
-            settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+        settings = delivering_to(sink, https(settings))
         world = World(engines(settings))
         await world.category("general")
         await world.user("alice")
@@ -467,8 +471,7 @@ async def test_a_row_whose_stored_body_cannot_be_made_whole_fails_once_for_good(
     settings: Settings, engines: Any, renderer: Renderer
 ) -> None:
     async with SmtpSink() as sink:
-        settings = dataclasses.replace(settings, outbound=dataclasses.replace(
-            settings.outbound, transport="smtp", smtp_host="127.0.0.1", smtp_port=sink.port, poll_interval=0.05))
+        settings = delivering_to(sink, settings)
         world = World(engines(settings))
         await make_forum(world)
         assert (await run_digests(world.sessions, settings=settings, renderer=renderer, now=RUN_AT,
